@@ -1,0 +1,1 @@
+//! Filled in by the spec-rules work; see lib.rs.

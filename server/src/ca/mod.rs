@@ -1,0 +1,1 @@
+//! Certificate authority: filled in by the CA work.

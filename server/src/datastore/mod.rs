@@ -1,0 +1,1 @@
+//! Datastore: filled in by the datastore work.

@@ -1,0 +1,4 @@
+//! The Sigil server library; `main.rs` is a thin binary over it.
+
+pub mod ca;
+pub mod datastore;
