@@ -1,0 +1,450 @@
+//! Server configuration: a TOML file plus command-line overrides.
+//!
+//! Field names follow SPIRE's server configuration (`trust_domain`, `bind_port`, `ca_ttl`, ...) so an
+//! operator can carry settings over. Unknown keys are refused, and every error names the field it is about.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use sigil_core::TrustDomain;
+
+/// A configuration problem, always naming the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config field `{field}`: {message}")]
+    Field {
+        field: &'static str,
+        message: String,
+    },
+}
+
+fn field(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        field,
+        message: message.into(),
+    }
+}
+
+/// The file layout. Everything is optional here; [`ServerConfig::resolve`] applies defaults and checks.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub upstream_authority: Option<UpstreamSection>,
+    #[serde(default)]
+    pub health_checks: HealthSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub trust_domain: Option<String>,
+    pub bind_address: Option<String>,
+    pub bind_port: Option<u16>,
+    pub socket_path: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+    pub ca_key_type: Option<String>,
+    pub jwt_key_type: Option<String>,
+    pub ca_ttl: Option<String>,
+    pub default_x509_svid_ttl: Option<String>,
+    pub default_jwt_svid_ttl: Option<String>,
+    pub agent_ttl: Option<String>,
+    pub join_token_ttl: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    pub disk: Option<UpstreamDisk>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamDisk {
+    pub cert_file_path: PathBuf,
+    pub key_file_path: PathBuf,
+    pub bundle_file_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    pub listener_enabled: Option<bool>,
+    pub bind_address: Option<String>,
+    pub bind_port: Option<u16>,
+}
+
+/// Flag overrides (`-trustDomain`, `-dataDir`, ...); `None` keeps the file's value.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub trust_domain: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub bind_address: Option<String>,
+    pub server_port: Option<u16>,
+    pub socket_path: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+    pub health_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Resolved, validated configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub trust_domain: TrustDomain,
+    pub bind_address: IpAddr,
+    pub bind_port: u16,
+    pub socket_path: PathBuf,
+    pub data_dir: PathBuf,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub ca_key_type: String,
+    pub jwt_key_type: String,
+    pub ca_ttl: Duration,
+    pub default_x509_svid_ttl: Duration,
+    pub default_jwt_svid_ttl: Duration,
+    pub agent_ttl: Duration,
+    pub join_token_ttl: Duration,
+    pub upstream: Option<UpstreamDisk>,
+    pub health: Option<(IpAddr, u16)>,
+}
+
+pub const DEFAULT_SOCKET_PATH: &str = "/tmp/sigil-server/private/api.sock";
+pub const DEFAULT_SERVER_PORT: u16 = 8081;
+pub const DEFAULT_HEALTH_PORT: u16 = 8080;
+
+impl FileConfig {
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.message().to_owned() + &span_note(text, e.span()))
+    }
+}
+
+fn span_note(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(span) = span else {
+        return String::new();
+    };
+    let line = text
+        .get(..span.start)
+        .map(|s| s.lines().count().max(1))
+        .unwrap_or(1);
+    format!(" (line {line})")
+}
+
+impl ServerConfig {
+    /// Applies defaults and overrides, and validates every field.
+    pub fn resolve(file: FileConfig, o: Overrides) -> Result<Self, ConfigError> {
+        let s = file.server;
+        let td_raw = o
+            .trust_domain
+            .or(s.trust_domain)
+            .ok_or_else(|| field("trust_domain", "is required (or pass -trustDomain)"))?;
+        let trust_domain =
+            TrustDomain::new(&td_raw).map_err(|e| field("trust_domain", e.to_string()))?;
+        let bind_address = parse_ip(
+            "bind_address",
+            o.bind_address
+                .or(s.bind_address)
+                .as_deref()
+                .unwrap_or("0.0.0.0"),
+        )?;
+        let log_format = match o.log_format.or(s.log_format).as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(field(
+                    "log_format",
+                    format!("{other:?} is not one of text, json"),
+                ));
+            }
+        };
+        let log_level = o
+            .log_level
+            .or(s.log_level)
+            .unwrap_or_else(|| "info".into())
+            .to_lowercase();
+        if !["trace", "debug", "info", "warn", "error"].contains(&log_level.as_str()) {
+            return Err(field(
+                "log_level",
+                format!("{log_level:?} is not one of trace, debug, info, warn, error"),
+            ));
+        }
+        let key_types = ["ec-p256", "ec-p384", "rsa-2048"];
+        let ca_key_type = s.ca_key_type.unwrap_or_else(|| "ec-p256".into());
+        if !key_types.contains(&ca_key_type.as_str()) {
+            return Err(field(
+                "ca_key_type",
+                format!("{ca_key_type:?} is not one of {}", key_types.join(", ")),
+            ));
+        }
+        let jwt_key_type = s.jwt_key_type.unwrap_or_else(|| "ec-p256".into());
+        if !key_types.contains(&jwt_key_type.as_str()) {
+            return Err(field(
+                "jwt_key_type",
+                format!("{jwt_key_type:?} is not one of {}", key_types.join(", ")),
+            ));
+        }
+        let dur = |name: &'static str,
+                   v: Option<String>,
+                   default: Duration|
+         -> Result<Duration, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(text) => {
+                    let d = parse_duration(&text).map_err(|m| field(name, m))?;
+                    if d.is_zero() {
+                        return Err(field(name, "must be greater than zero"));
+                    }
+                    Ok(d)
+                }
+            }
+        };
+        let ca_ttl = dur("ca_ttl", s.ca_ttl, Duration::from_secs(24 * 3600))?;
+        let default_x509_svid_ttl = dur(
+            "default_x509_svid_ttl",
+            s.default_x509_svid_ttl,
+            Duration::from_secs(3600),
+        )?;
+        let default_jwt_svid_ttl = dur(
+            "default_jwt_svid_ttl",
+            s.default_jwt_svid_ttl,
+            Duration::from_secs(300),
+        )?;
+        let agent_ttl = dur("agent_ttl", s.agent_ttl, default_x509_svid_ttl)?;
+        let join_token_ttl = dur("join_token_ttl", s.join_token_ttl, Duration::from_secs(600))?;
+        if ca_ttl < Duration::from_secs(60) {
+            return Err(field("ca_ttl", "must be at least 1m"));
+        }
+        let upstream = match file.upstream_authority {
+            None => None,
+            Some(UpstreamSection { disk: Some(d) }) => Some(d),
+            Some(UpstreamSection { disk: None }) => {
+                return Err(field(
+                    "upstream_authority",
+                    "only the `disk` upstream authority is supported",
+                ));
+            }
+        };
+        let h = file.health_checks;
+        let health = if h.listener_enabled.unwrap_or(true) {
+            let addr = parse_ip(
+                "health_checks.bind_address",
+                h.bind_address.as_deref().unwrap_or("127.0.0.1"),
+            )?;
+            Some((
+                addr,
+                o.health_port.or(h.bind_port).unwrap_or(DEFAULT_HEALTH_PORT),
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            trust_domain,
+            bind_address,
+            bind_port: o.server_port.or(s.bind_port).unwrap_or(DEFAULT_SERVER_PORT),
+            socket_path: o
+                .socket_path
+                .or(s.socket_path)
+                .unwrap_or_else(|| DEFAULT_SOCKET_PATH.into()),
+            data_dir: o
+                .data_dir
+                .or(s.data_dir)
+                .unwrap_or_else(|| "./.data".into()),
+            log_level,
+            log_format,
+            ca_key_type,
+            jwt_key_type,
+            ca_ttl,
+            default_x509_svid_ttl,
+            default_jwt_svid_ttl,
+            agent_ttl,
+            join_token_ttl,
+            upstream,
+            health,
+        })
+    }
+}
+
+fn parse_ip(name: &'static str, v: &str) -> Result<IpAddr, ConfigError> {
+    v.parse()
+        .map_err(|_| field(name, format!("{v:?} is not an IP address")))
+}
+
+/// Parses Go-style durations as SPIRE configs write them: `24h`, `5m`, `90s`, `1h30m`, `500ms`.
+/// A bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!(
+                "{text:?} is not a duration like 90s, 5m, 24h or 1h30m"
+            ));
+        }
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{text:?}: number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let part = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "d" => Duration::from_secs(n.saturating_mul(86400)),
+            _ => {
+                return Err(format!(
+                    "{text:?}: unknown unit {unit:?} (use ms, s, m, h, d)"
+                ));
+            }
+        };
+        total = total.saturating_add(part);
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let table: &[(&str, Option<u64>)] = &[
+            ("24h", Some(86400)),
+            ("5m", Some(300)),
+            ("90s", Some(90)),
+            ("1h30m", Some(5400)),
+            ("600", Some(600)),
+            ("500ms", Some(0)),
+            ("", None),
+            ("h", None),
+            ("5x", None),
+            ("-5s", None),
+        ];
+        for (text, want) in table {
+            assert_eq!(
+                parse_duration(text).ok().map(|d| d.as_secs()),
+                *want,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn defaults_match_spire() {
+        let c = ServerConfig::resolve(
+            FileConfig::default(),
+            Overrides {
+                trust_domain: Some("example.org".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.bind_port, 8081);
+        assert_eq!(
+            c.socket_path,
+            PathBuf::from("/tmp/sigil-server/private/api.sock")
+        );
+        assert_eq!(c.ca_ttl, Duration::from_secs(86400));
+        assert_eq!(c.default_x509_svid_ttl, Duration::from_secs(3600));
+        assert_eq!(c.default_jwt_svid_ttl, Duration::from_secs(300));
+        assert_eq!(c.join_token_ttl, Duration::from_secs(600));
+        assert_eq!(c.ca_key_type, "ec-p256");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases: &[(&str, &str)] = &[
+            ("[server]\ntrust_domain = \"Bad Domain\"\n", "trust_domain"),
+            (
+                "[server]\ntrust_domain = \"td\"\nca_ttl = \"forever\"\n",
+                "ca_ttl",
+            ),
+            (
+                "[server]\ntrust_domain = \"td\"\nca_key_type = \"dsa\"\n",
+                "ca_key_type",
+            ),
+            (
+                "[server]\ntrust_domain = \"td\"\nlog_format = \"xml\"\n",
+                "log_format",
+            ),
+            (
+                "[server]\ntrust_domain = \"td\"\nbind_address = \"nowhere\"\n",
+                "bind_address",
+            ),
+            ("[server]\n", "trust_domain"),
+        ];
+        for (text, name) in cases {
+            let file = FileConfig::parse(text).unwrap();
+            let err = ServerConfig::resolve(file, Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(name), "{text:?} -> {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_refused_by_name() {
+        let err = FileConfig::parse("[server]\ntrust_domian = \"td\"\n").unwrap_err();
+        assert!(err.contains("trust_domian"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let file =
+            FileConfig::parse("[server]\ntrust_domain = \"a.org\"\nbind_port = 9000\n").unwrap();
+        let c = ServerConfig::resolve(
+            file,
+            Overrides {
+                trust_domain: Some("b.org".into()),
+                server_port: Some(9100),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.trust_domain.name(), "b.org");
+        assert_eq!(c.bind_port, 9100);
+    }
+}
