@@ -2,7 +2,8 @@
 # build.sh: build (or find in the cache) every part of the Sigil test cluster.
 #
 #   e2e/cluster/build.sh            # build what is missing, print progress
-#   e2e/cluster/build.sh --api      # only what the api tier needs (etcd, kube, images skipped)
+#   e2e/cluster/build.sh --api      # only what the api tier needs (etcd, kube)
+#   e2e/cluster/build.sh --images   # only the test image archives that need no root (for kind.sh)
 #
 # Everything comes from the Go module proxy (pinned in e2e/k8s-build/*/go.mod and
 # e2e/cluster/versions.env) and Debian's packages. Outputs are cached under
@@ -28,10 +29,12 @@ export CGO_ENABLED=0
 TIMES=$CACHE/build-times.log
 
 only_api=false
+only_images=false
 for a in "$@"; do
   case $a in
     --api) only_api=true ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --images) only_images=true ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "build.sh: unknown argument $a" >&2; exit 2 ;;
   esac
 done
@@ -202,6 +205,12 @@ image() {
 
 total_start=$(date +%s)
 log "cache: $CACHE"
+if $only_images; then
+  build_testapp
+  image testapp "$TESTAPP_IMAGE" "$BIN/testapp" /testapp
+  echo "$IMAGES"
+  exit 0
+fi
 build_etcd
 build_kube
 if ! $only_api; then
