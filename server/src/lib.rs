@@ -1,6 +1,11 @@
 //! The Sigil server library; `main.rs` is a thin binary over it.
 
+pub mod api;
 pub mod ca;
+pub mod cli;
 pub mod config;
 pub mod datastore;
+pub mod health;
 pub mod metrics;
+pub mod run;
+pub mod state;

@@ -1,0 +1,323 @@
+//! The agent API (TLS on TCP). `Attest` needs only server-authenticated TLS; every other RPC requires the
+//! agent's X509-SVID (verified against the current bundle during the handshake) and a live, unbanned agent
+//! record.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sigil_core::{RegistrationEntry, SpiffeId, TrustDomain};
+use sigil_proto::agent::{self as pb, node_server};
+use sigil_proto::types as tpb;
+use sigil_tls::PeerIdentity;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, datastore_status};
+use crate::datastore::{AttestedAgent, JoinTokenOutcome};
+use crate::state::{Change, ServerState, now_unix};
+
+/// Agent ID for a join token, exactly SPIRE's format: `spiffe://<td>/spire/agent/join_token/<token>`.
+pub fn join_token_agent_id(td: &TrustDomain, token: &str) -> Result<SpiffeId, Status> {
+    if token.is_empty() || token.len() > 128 || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(Status::invalid_argument("join token: malformed (expected the value printed by `token generate`)"));
+    }
+    td.join(&format!("/spire/agent/join_token/{token}")).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentApi {
+    pub state: Arc<ServerState>,
+}
+
+impl AgentApi {
+    /// The calling agent's ID, if its connection carries a verified SVID of a live, unbanned agent.
+    fn authenticate<T>(&self, req: &Request<T>) -> Result<AttestedAgent, Status> {
+        let peer = req.extensions().get::<PeerIdentity>();
+        let id = peer
+            .and_then(|p| p.spiffe_id.clone())
+            .ok_or_else(|| Status::unauthenticated("this call needs the agent's X509-SVID as TLS client certificate"))?;
+        if !id.path().starts_with("/spire/agent/") || !id.is_member_of(&self.state.trust_domain) {
+            return Err(Status::permission_denied(format!("{id} is not an agent of trust domain {}", self.state.trust_domain)));
+        }
+        let agent = self
+            .state
+            .agent(&id)
+            .ok_or_else(|| Status::permission_denied(format!("agent {id} is not attested (evicted?): attest again")))?;
+        if agent.banned {
+            return Err(Status::permission_denied(format!("agent {id} is banned")));
+        }
+        Ok(agent)
+    }
+
+    fn sign_agent_svid(&self, csr: &[u8], agent_id: &SpiffeId) -> Result<crate::ca::IssuedX509, Status> {
+        let issued = self
+            .state
+            .ca()
+            .sign_x509_svid_csr(csr, agent_id, &[], Some(self.state.config.agent_ttl), now_unix())
+            .map_err(|e| Status::invalid_argument(format!("csr: {e}")))?;
+        self.state.metrics.x509_svids_signed.inc();
+        Ok(issued)
+    }
+}
+
+fn svid_pb(id: &SpiffeId, issued: crate::ca::IssuedX509) -> tpb::X509Svid {
+    tpb::X509Svid { spiffe_id: id.to_string(), cert_chain: issued.chain_der, expires_at: issued.expires_at }
+}
+
+fn count_attestation(state: &ServerState, kind: &str, result: &str) {
+    state.metrics.attestations.get_or_create(&vec![("type".into(), kind.into()), ("result".into(), result.into())]).inc();
+}
+
+#[tonic::async_trait]
+impl node_server::Node for AgentApi {
+    async fn attest(&self, req: Request<pb::AttestRequest>) -> Result<Response<pb::AttestResponse>, Status> {
+        let req = req.into_inner();
+        if req.attestation_type != "join_token" {
+            return Err(Status::invalid_argument(format!(
+                "attestation_type {:?} is not supported (supported: join_token)",
+                req.attestation_type
+            )));
+        }
+        let token = std::str::from_utf8(&req.payload)
+            .map_err(|_| Status::invalid_argument("join token: not UTF-8"))?
+            .trim()
+            .to_owned();
+        let agent_id = join_token_agent_id(&self.state.trust_domain, &token)?;
+        let now = now_unix();
+        // The token is deleted by this call whatever the outcome: single use, replay-safe.
+        match self.state.ds.consume_join_token(&token, now).await.map_err(datastore_status)? {
+            JoinTokenOutcome::Valid => {}
+            JoinTokenOutcome::Expired => {
+                count_attestation(&self.state, "join_token", "expired");
+                return Err(Status::permission_denied("join token expired"));
+            }
+            JoinTokenOutcome::NotFound => {
+                count_attestation(&self.state, "join_token", "unknown");
+                return Err(Status::permission_denied("join token does not exist or has already been used"));
+            }
+        }
+        if self.state.agent(&agent_id).is_some_and(|a| a.banned) {
+            count_attestation(&self.state, "join_token", "banned");
+            return Err(Status::permission_denied(format!("agent {agent_id} is banned")));
+        }
+        let issued = self.sign_agent_svid(&req.csr, &agent_id)?;
+        let serial = issued.chain_der.first().and_then(|leaf| sigil_tls::serial_hex(leaf)).unwrap_or_default();
+        self.state
+            .upsert_agent(AttestedAgent {
+                spiffe_id: agent_id.clone(),
+                attestation_type: "join_token".into(),
+                cert_serial: serial,
+                cert_expires_at: issued.expires_at,
+                selectors: vec![],
+                banned: false,
+                created_at: now,
+                updated_at: now,
+            })
+            .await
+            .map_err(datastore_status)?;
+        count_attestation(&self.state, "join_token", "ok");
+        tracing::info!(agent = %agent_id, "agent attested");
+        Ok(Response::new(pb::AttestResponse {
+            svid: Some(svid_pb(&agent_id, issued)),
+            bundle: Some(convert::bundle_to_pb(&self.state.bundle())),
+        }))
+    }
+
+    async fn renew_agent_svid(
+        &self,
+        req: Request<pb::RenewAgentSvidRequest>,
+    ) -> Result<Response<pb::RenewAgentSvidResponse>, Status> {
+        let mut agent = self.authenticate(&req)?;
+        let issued = self.sign_agent_svid(&req.get_ref().csr, &agent.spiffe_id)?;
+        agent.cert_serial = issued.chain_der.first().and_then(|leaf| sigil_tls::serial_hex(leaf)).unwrap_or_default();
+        agent.cert_expires_at = issued.expires_at;
+        agent.updated_at = now_unix();
+        let id = agent.spiffe_id.clone();
+        self.state.upsert_agent(agent).await.map_err(datastore_status)?;
+        Ok(Response::new(pb::RenewAgentSvidResponse { svid: Some(svid_pb(&id, issued)) }))
+    }
+
+    type SyncEntriesStream = ReceiverStream<Result<pb::SyncEntriesUpdate, Status>>;
+
+    async fn sync_entries(
+        &self,
+        req: Request<pb::SyncEntriesRequest>,
+    ) -> Result<Response<Self::SyncEntriesStream>, Status> {
+        let agent = self.authenticate(&req)?;
+        // Subscribe before the snapshot, so no change between the two is missed.
+        let changes = self.state.subscribe();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(run_sync(self.state.clone(), agent.spiffe_id, changes, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn batch_new_x509_svid(
+        &self,
+        req: Request<pb::BatchNewX509SvidRequest>,
+    ) -> Result<Response<pb::BatchNewX509SvidResponse>, Status> {
+        let agent = self.authenticate(&req)?;
+        let params = req.into_inner().params;
+        if params.len() > 1000 {
+            return Err(Status::invalid_argument("params: at most 1000 CSRs per batch"));
+        }
+        let authorized: Arc<HashMap<String, RegistrationEntry>> = Arc::new(
+            self.state.authorized_entries(&agent.spiffe_id).into_iter().map(|e| (e.id.clone(), e)).collect(),
+        );
+        // Signing is CPU-bound: spread the batch over the cores, off the async runtime.
+        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(params.len().max(1));
+        let chunk = params.len().div_ceil(workers).max(1);
+        let mut tasks = vec![];
+        for part in params.chunks(chunk) {
+            let part = part.to_vec();
+            let state = self.state.clone();
+            let authorized = authorized.clone();
+            tasks.push(tokio::task::spawn_blocking(move || {
+                let now = now_unix();
+                let ca = state.ca();
+                part.into_iter()
+                    .map(|p| {
+                        let Some(entry) = authorized.get(&p.entry_id) else {
+                            return pb::batch_new_x509_svid_response::Result {
+                                code: tonic::Code::PermissionDenied as i32,
+                                message: format!("entry {:?} is not authorized for this agent", p.entry_id),
+                                entry_id: p.entry_id,
+                                svid: None,
+                            };
+                        };
+                        let ttl = (entry.x509_svid_ttl > 0).then(|| Duration::from_secs(entry.x509_svid_ttl.into()));
+                        match ca.sign_x509_svid_csr(&p.csr, &entry.spiffe_id, &entry.dns_names, ttl, now) {
+                            Ok(issued) => pb::batch_new_x509_svid_response::Result {
+                                code: 0,
+                                message: String::new(),
+                                entry_id: p.entry_id,
+                                svid: Some(svid_pb(&entry.spiffe_id, issued)),
+                            },
+                            Err(e) => pb::batch_new_x509_svid_response::Result {
+                                code: tonic::Code::InvalidArgument as i32,
+                                message: format!("csr: {e}"),
+                                entry_id: p.entry_id,
+                                svid: None,
+                            },
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            }));
+        }
+        let mut results = Vec::with_capacity(params.len());
+        for t in tasks {
+            results.extend(t.await.map_err(|e| Status::internal(format!("signing task failed: {e}")))?);
+        }
+        let signed = results.iter().filter(|r| r.code == 0).count();
+        self.state.metrics.x509_svids_signed.inc_by(signed as u64);
+        Ok(Response::new(pb::BatchNewX509SvidResponse { results }))
+    }
+
+    async fn new_jwt_svid(&self, req: Request<pb::NewJwtSvidRequest>) -> Result<Response<pb::NewJwtSvidResponse>, Status> {
+        let agent = self.authenticate(&req)?;
+        let req = req.into_inner();
+        if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument("audience: at least one non-empty audience is required"));
+        }
+        let entry = self
+            .state
+            .authorized_entries(&agent.spiffe_id)
+            .into_iter()
+            .find(|e| e.id == req.entry_id)
+            .ok_or_else(|| Status::permission_denied(format!("entry {:?} is not authorized for this agent", req.entry_id)))?;
+        let ttl = (entry.jwt_svid_ttl > 0).then(|| Duration::from_secs(entry.jwt_svid_ttl.into()));
+        let (token, expires_at) = self
+            .state
+            .ca()
+            .sign_jwt_svid(&entry.spiffe_id, &req.audience, ttl, now_unix())
+            .map_err(|e| Status::internal(e.to_string()))?;
+        self.state.metrics.jwt_svids_signed.inc();
+        Ok(Response::new(pb::NewJwtSvidResponse { token, expires_at }))
+    }
+}
+
+/// Federated bundles relevant to a set of entries: those any entry federates with.
+fn federated_for(state: &ServerState, entries: &BTreeMap<String, RegistrationEntry>) -> Vec<tpb::Bundle> {
+    let mut tds: Vec<&TrustDomain> = entries.values().flat_map(|e| e.federates_with.iter()).collect();
+    tds.sort();
+    tds.dedup();
+    tds.into_iter().filter_map(|td| state.federated_bundle(td)).map(|b| convert::bundle_to_pb(&b)).collect()
+}
+
+/// One agent's sync stream: a full snapshot, then diffs as changes are announced.
+async fn run_sync(
+    state: Arc<ServerState>,
+    agent_id: SpiffeId,
+    mut changes: broadcast::Receiver<Change>,
+    tx: mpsc::Sender<Result<pb::SyncEntriesUpdate, Status>>,
+) {
+    state.metrics.agents_connected.inc();
+    let snapshot: BTreeMap<String, RegistrationEntry> =
+        state.authorized_entries(&agent_id).into_iter().map(|e| (e.id.clone(), e)).collect();
+    let first = pb::SyncEntriesUpdate {
+        full_snapshot: true,
+        upserted: snapshot.values().map(convert::entry_to_pb).collect(),
+        removed_entry_ids: vec![],
+        bundle: Some(convert::bundle_to_pb(&state.bundle())),
+        federated_bundles: federated_for(&state, &snapshot),
+        federated_bundles_changed: true,
+    };
+    let mut sent = snapshot;
+    if tx.send(Ok(first)).await.is_err() {
+        state.metrics.agents_connected.dec();
+        return;
+    }
+    loop {
+        let change = tokio::select! {
+            c = changes.recv() => c,
+            () = tx.closed() => break,
+        };
+        let (entries_changed, bundle_changed, federated_changed) = match change {
+            Ok(Change::Entries(_)) => (true, false, false),
+            Ok(Change::Bundle) => (false, true, false),
+            Ok(Change::FederatedBundles) => (false, false, true),
+            Ok(Change::AgentRevoked(id)) if id == agent_id => {
+                let _ = tx.send(Err(Status::permission_denied(format!("agent {agent_id} was evicted or banned")))).await;
+                break;
+            }
+            Ok(Change::AgentRevoked(_)) => continue,
+            // Missed some announcements: recompute everything, the diff below makes it exact again.
+            Err(broadcast::error::RecvError::Lagged(_)) => (true, true, true),
+            Err(broadcast::error::RecvError::Closed) => break,
+        };
+        let mut update = pb::SyncEntriesUpdate::default();
+        if entries_changed {
+            let now: BTreeMap<String, RegistrationEntry> =
+                state.authorized_entries(&agent_id).into_iter().map(|e| (e.id.clone(), e)).collect();
+            for (id, e) in &now {
+                if sent.get(id).is_none_or(|old| old.revision != e.revision || old != e) {
+                    update.upserted.push(convert::entry_to_pb(e));
+                }
+            }
+            update.removed_entry_ids = sent.keys().filter(|id| !now.contains_key(*id)).cloned().collect();
+            let federation_changed = update.upserted.iter().any(|e| !e.federates_with.is_empty())
+                || update.removed_entry_ids.iter().any(|id| sent.get(id).is_some_and(|e| !e.federates_with.is_empty()));
+            sent = now;
+            if federation_changed {
+                update.federated_bundles = federated_for(&state, &sent);
+                update.federated_bundles_changed = true;
+            }
+        }
+        if bundle_changed {
+            update.bundle = Some(convert::bundle_to_pb(&state.bundle()));
+        }
+        if federated_changed {
+            update.federated_bundles = federated_for(&state, &sent);
+            update.federated_bundles_changed = true;
+        }
+        let empty = update.upserted.is_empty()
+            && update.removed_entry_ids.is_empty()
+            && update.bundle.is_none()
+            && !update.federated_bundles_changed;
+        if !empty && tx.send(Ok(update)).await.is_err() {
+            break;
+        }
+    }
+    state.metrics.agents_connected.dec();
+}

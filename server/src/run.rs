@@ -1,0 +1,209 @@
+//! `sigil-server run`: wires the datastore, CA, state and listeners together and keeps the CA rotating.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use sigil_proto::admin::{agents_server, bundles_server, entries_server, svids_server};
+use sigil_proto::agent::node_server;
+use sigil_tls::ServerCertSlot;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::api::admin::{AdminApi, PeerUidCheck};
+use crate::api::agent::AgentApi;
+use crate::ca::CaManager;
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
+use crate::state::{ServerState, now_unix};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("data dir {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("admin socket {path}: {source}")]
+    AdminSocket { path: PathBuf, source: std::io::Error },
+    #[error("agent API listener {addr}: {source}")]
+    AgentListener { addr: SocketAddr, source: std::io::Error },
+    #[error("health listener {addr}: {source}")]
+    HealthListener { addr: SocketAddr, source: std::io::Error },
+    #[error("datastore: {0}")]
+    Datastore(#[from] crate::datastore::DatastoreError),
+    #[error("CA: {0}")]
+    Ca(#[from] crate::ca::CaError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("TLS: {0}")]
+    Tls(#[from] sigil_tls::TlsError),
+}
+
+/// A started server; dropping it does not stop it, [`RunningServer::shutdown`] does.
+#[derive(Debug)]
+pub struct RunningServer {
+    pub state: Arc<ServerState>,
+    pub agent_addr: SocketAddr,
+    pub health_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningServer {
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
+
+    /// Resolves when a shutdown was requested.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+}
+
+fn ensure_private_dir(path: &Path) -> Result<(), RunError> {
+    if path.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| RunError::DataDir { path: path.to_owned(), source })
+}
+
+/// Mints the server's own SVID (`spiffe://<td>/spire/server`) for the agent API's TLS.
+fn refresh_server_svid(state: &ServerState, slot: &ServerCertSlot) -> Result<i64, RunError> {
+    let (issued, key) = state.ca().mint_x509_svid(&state.server_id, &[], None, now_unix())?;
+    let expires_at = issued.expires_at;
+    slot.set(sigil_tls::certified_key(&issued.chain_der, &key)?);
+    Ok(expires_at)
+}
+
+/// Starts everything and returns once all listeners are bound.
+pub async fn start(config: ServerConfig) -> Result<RunningServer, RunError> {
+    ensure_private_dir(&config.data_dir)?;
+    let ds = crate::datastore::open_sqlite(&config.data_dir.join("datastore.sqlite3")).await?;
+    let journal = ds.load_ca_journal().await?;
+    let (ca, journal) = CaManager::load_or_init(&config.data_dir, crate::ca::config_from(&config), journal, now_unix())?;
+    ds.store_ca_journal(journal).await?;
+
+    let metrics = Metrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let state = ServerState::new(config.clone(), ds, ca, metrics).await?;
+    state.rotate_ca().await?;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = vec![];
+
+    // Admin API on the Unix socket.
+    let sock = config.socket_path.clone();
+    if let Some(parent) = sock.parent() {
+        ensure_private_dir(parent)?;
+    }
+    if sock.exists() {
+        std::fs::remove_file(&sock).map_err(|source| RunError::AdminSocket { path: sock.clone(), source })?;
+    }
+    let uds = UnixListener::bind(&sock).map_err(|source| RunError::AdminSocket { path: sock.clone(), source })?;
+    // Access is decided by peer credentials; the mode only keeps other users from connecting at all.
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o770))
+        .map_err(|source| RunError::AdminSocket { path: sock.clone(), source })?;
+    let check = PeerUidCheck { server_uid: nix::unistd::geteuid().as_raw() };
+    let admin = AdminApi { state: state.clone() };
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sigil_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .ok();
+    let mut rx = shutdown_rx.clone();
+    let admin_router = tonic::transport::Server::builder()
+        .add_service(entries_server::EntriesServer::with_interceptor(admin.clone(), check))
+        .add_service(agents_server::AgentsServer::with_interceptor(admin.clone(), check))
+        .add_service(bundles_server::BundlesServer::with_interceptor(admin.clone(), check))
+        .add_service(svids_server::SvidsServer::with_interceptor(admin, check))
+        .add_optional_service(reflection);
+    tasks.push(tokio::spawn(async move {
+        let stop = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        if let Err(e) = admin_router.serve_with_incoming_shutdown(UnixListenerStream::new(uds), stop).await {
+            tracing::error!(error = %e, "admin API stopped");
+        }
+    }));
+
+    // Agent API on TCP with SPIFFE TLS.
+    let slot = Arc::new(ServerCertSlot::default());
+    let mut svid_expiry = refresh_server_svid(&state, &slot)?;
+    let tls = Arc::new(sigil_tls::server_config(slot.clone(), state.bundle_watch())?);
+    let addr = SocketAddr::new(config.bind_address, config.bind_port);
+    let listener = TcpListener::bind(addr).await.map_err(|source| RunError::AgentListener { addr, source })?;
+    let agent_addr = listener.local_addr().map_err(|source| RunError::AgentListener { addr, source })?;
+    let agent_api = AgentApi { state: state.clone() };
+    let mut rx = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let stop = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let result = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(node_server::NodeServer::new(agent_api).max_decoding_message_size(64 * 1024 * 1024))
+            .serve_with_incoming_shutdown(sigil_tls::incoming(listener, tls), stop)
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "agent API stopped");
+        }
+    }));
+
+    // CA rotation and the server's own SVID, checked often enough for short test lifetimes.
+    let tick = (config.ca_ttl / 24).clamp(Duration::from_secs(1), Duration::from_secs(10));
+    let rot_state = state.clone();
+    let mut rx = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut interval = tokio::time::interval(tick);
+        let mut seq = rot_state.bundle().sequence;
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = rx.wait_for(|s| *s) => return,
+            }
+            if let Err(e) = rot_state.rotate_ca().await {
+                tracing::error!(error = %e, "CA rotation step failed");
+            }
+            let new_seq = rot_state.bundle().sequence;
+            let half_life_passed = now_unix() >= svid_expiry - (rot_state.config.default_x509_svid_ttl.as_secs() as i64) / 2;
+            if new_seq != seq || half_life_passed {
+                match refresh_server_svid(&rot_state, &slot) {
+                    Ok(exp) => svid_expiry = exp,
+                    Err(e) => tracing::error!(error = %e, "server SVID refresh failed"),
+                }
+                seq = new_seq;
+            }
+        }
+    }));
+
+    let mut health_addr = None;
+    if let Some((ip, port)) = config.health {
+        let addr = SocketAddr::new(ip, port);
+        let registry = Arc::new(registry);
+        let (handle, bound) = crate::health::serve(addr, state.clone(), registry)
+            .await
+            .map_err(|source| RunError::HealthListener { addr, source })?;
+        tasks.push(handle);
+        health_addr = Some(bound);
+    }
+
+    state.set_ready();
+    tracing::info!(
+        trust_domain = %config.trust_domain,
+        agent_api = %agent_addr,
+        admin_socket = %config.socket_path.display(),
+        health = ?health_addr,
+        "sigil-server ready"
+    );
+    Ok(RunningServer { state, agent_addr, health_addr, shutdown, tasks })
+}

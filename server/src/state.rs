@@ -1,0 +1,319 @@
+//! The server's shared state.
+//!
+//! The datastore is the source of truth; the in-memory [`EntryIndex`] and agent map are caches of it, kept
+//! consistent by doing every write as "datastore write, then cache update, then notify" under one async
+//! mutex. Agents never cause datastore reads on their hot path (SPIRE's "biggest bottleneck"): authorization
+//! and sync read the index. Every change is announced on a broadcast channel, which is what makes entry sync a
+//! push instead of SPIRE's 5 s poll.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sigil_core::bundle::Bundle;
+use sigil_core::{EntryIndex, RegistrationEntry, Selector, SpiffeId, TrustDomain};
+use tokio::sync::{Mutex, broadcast, watch};
+
+use crate::ca::CaManager;
+use crate::config::ServerConfig;
+use crate::datastore::{AttestedAgent, Datastore, DatastoreError};
+use crate::metrics::Metrics;
+
+/// What changed; subscribers re-read the state they care about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Entries were created, updated or deleted (ids given).
+    Entries(Vec<String>),
+    /// The own bundle changed (CA rotation, prepared key).
+    Bundle,
+    /// A federated bundle was set or deleted.
+    FederatedBundles,
+    /// An agent was evicted or banned: its streams must end.
+    AgentRevoked(SpiffeId),
+}
+
+pub fn now_unix() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+#[derive(Debug)]
+pub struct ServerState {
+    pub config: ServerConfig,
+    pub trust_domain: TrustDomain,
+    pub server_id: SpiffeId,
+    pub ds: Arc<dyn Datastore>,
+    pub ca: RwLock<CaManager>,
+    index: RwLock<EntryIndex>,
+    agents: RwLock<HashMap<SpiffeId, AttestedAgent>>,
+    federated: RwLock<HashMap<TrustDomain, Bundle>>,
+    bundle_tx: watch::Sender<Arc<Bundle>>,
+    changes: broadcast::Sender<Change>,
+    write_lock: Mutex<()>,
+    pub metrics: Metrics,
+    ready: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Datastore(#[from] DatastoreError),
+    #[error(transparent)]
+    Ca(#[from] crate::ca::CaError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl ServerState {
+    /// Loads caches from the datastore and publishes the current bundle.
+    pub async fn new(
+        config: ServerConfig,
+        ds: Arc<dyn Datastore>,
+        ca: CaManager,
+        metrics: Metrics,
+    ) -> Result<Arc<Self>, StateError> {
+        let trust_domain = config.trust_domain.clone();
+        let server_id = trust_domain
+            .join(sigil_core::entry::SERVER_ID_PATH)
+            .map_err(|e| StateError::Other(e.to_string()))?;
+        let entries = ds.all_entries().await?;
+        let agents = ds.list_agents().await?;
+        let federated = ds.list_bundles().await?;
+        let own = ds.get_bundle(&trust_domain).await?.unwrap_or_else(|| Bundle::new(trust_domain.clone()));
+        let (bundle_tx, _) = watch::channel(Arc::new(own));
+        let (changes, _) = broadcast::channel(4096);
+        metrics.entries.set(entries.len() as i64);
+        let state = Arc::new(Self {
+            config,
+            trust_domain: trust_domain.clone(),
+            server_id,
+            ds,
+            ca: RwLock::new(ca),
+            index: RwLock::new(EntryIndex::new(entries)),
+            agents: RwLock::new(agents.into_iter().map(|a| (a.spiffe_id.clone(), a)).collect()),
+            federated: RwLock::new(
+                federated.into_iter().filter(|b| b.trust_domain != trust_domain).map(|b| (b.trust_domain.clone(), b)).collect(),
+            ),
+            bundle_tx,
+            changes,
+            write_lock: Mutex::new(()),
+            metrics,
+            ready: std::sync::atomic::AtomicBool::new(false),
+        });
+        state.publish_own_bundle().await?;
+        Ok(state)
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    fn notify(&self, change: Change) {
+        // No receivers is fine: nobody is connected.
+        let _ = self.changes.send(change);
+    }
+
+    pub fn bundle_watch(&self) -> watch::Receiver<Arc<Bundle>> {
+        self.bundle_tx.subscribe()
+    }
+
+    pub fn bundle(&self) -> Arc<Bundle> {
+        self.bundle_tx.borrow().clone()
+    }
+
+    pub fn index(&self) -> RwLockReadGuard<'_, EntryIndex> {
+        // A poisoned lock means a panic while updating; the data is still the last consistent state.
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn ca(&self) -> RwLockReadGuard<'_, CaManager> {
+        self.ca.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn federated_bundles(&self) -> Vec<Bundle> {
+        let map = self.federated.read().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<Bundle> = map.values().cloned().collect();
+        v.sort_by(|a, b| a.trust_domain.cmp(&b.trust_domain));
+        v
+    }
+
+    pub fn federated_bundle(&self, td: &TrustDomain) -> Option<Bundle> {
+        self.federated.read().unwrap_or_else(|p| p.into_inner()).get(td).cloned()
+    }
+
+    /// Recomputes the own bundle from the CA's slots; stores and publishes it when the keys changed
+    /// (the sequence number grows by one on each change, F2).
+    pub async fn publish_own_bundle(&self) -> Result<bool, StateError> {
+        let _guard = self.write_lock.lock().await;
+        let (x509, jwt) = self.ca().bundle_authorities(now_unix());
+        let current = self.bundle();
+        if current.x509_authorities == x509 && current.jwt_authorities == jwt && current.sequence > 0 {
+            return Ok(false);
+        }
+        let next = Bundle {
+            trust_domain: self.trust_domain.clone(),
+            x509_authorities: x509,
+            jwt_authorities: jwt,
+            sequence: current.sequence + 1,
+            refresh_hint_secs: Some(refresh_hint(&self.config).as_secs()),
+        };
+        self.ds.set_bundle(next.clone()).await?;
+        self.bundle_tx.send_replace(Arc::new(next));
+        self.notify(Change::Bundle);
+        Ok(true)
+    }
+
+    /// One CA rotation step: prepares/activates/retires slots, persists the journal, republishes the bundle.
+    pub async fn rotate_ca(&self) -> Result<(), StateError> {
+        let journal = {
+            let mut ca = self.ca.write().unwrap_or_else(|p| p.into_inner());
+            ca.rotate(now_unix())?
+        };
+        if let Some(journal) = journal {
+            self.ds.store_ca_journal(journal).await?;
+        }
+        self.publish_own_bundle().await?;
+        Ok(())
+    }
+
+    // ----- entries -----
+
+    pub async fn create_entries(
+        &self,
+        entries: Vec<RegistrationEntry>,
+    ) -> Vec<Result<RegistrationEntry, DatastoreError>> {
+        let _guard = self.write_lock.lock().await;
+        let results = self.ds.create_entries(entries).await;
+        let mut changed = vec![];
+        {
+            let mut idx = self.index.write().unwrap_or_else(|p| p.into_inner());
+            for e in results.iter().flatten() {
+                idx.upsert(e.clone());
+                changed.push(e.id.clone());
+            }
+            self.metrics.entries.set(idx.len() as i64);
+        }
+        if !changed.is_empty() {
+            self.metrics.entry_writes.inc_by(changed.len() as u64);
+            self.notify(Change::Entries(changed));
+        }
+        results
+    }
+
+    pub async fn update_entry(&self, entry: RegistrationEntry) -> Result<RegistrationEntry, DatastoreError> {
+        let _guard = self.write_lock.lock().await;
+        let updated = self.ds.update_entry(entry, None).await?;
+        self.index.write().unwrap_or_else(|p| p.into_inner()).upsert(updated.clone());
+        self.metrics.entry_writes.inc();
+        self.notify(Change::Entries(vec![updated.id.clone()]));
+        Ok(updated)
+    }
+
+    pub async fn delete_entries(&self, ids: &[String]) -> Vec<Result<RegistrationEntry, DatastoreError>> {
+        let _guard = self.write_lock.lock().await;
+        let results = self.ds.delete_entries(ids).await;
+        let mut changed = vec![];
+        {
+            let mut idx = self.index.write().unwrap_or_else(|p| p.into_inner());
+            for e in results.iter().flatten() {
+                idx.remove(&e.id);
+                changed.push(e.id.clone());
+            }
+            self.metrics.entries.set(idx.len() as i64);
+        }
+        if !changed.is_empty() {
+            self.metrics.entry_writes.inc_by(changed.len() as u64);
+            self.notify(Change::Entries(changed));
+        }
+        results
+    }
+
+    // ----- agents -----
+
+    pub fn agent(&self, id: &SpiffeId) -> Option<AttestedAgent> {
+        self.agents.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    pub fn agents(&self) -> Vec<AttestedAgent> {
+        let mut v: Vec<_> = self.agents.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        v.sort_by(|a, b| a.spiffe_id.cmp(&b.spiffe_id));
+        v
+    }
+
+    /// Records a (re-)attested agent or a renewed SVID.
+    pub async fn upsert_agent(&self, agent: AttestedAgent) -> Result<(), DatastoreError> {
+        let _guard = self.write_lock.lock().await;
+        let exists = self.agents.read().unwrap_or_else(|p| p.into_inner()).contains_key(&agent.spiffe_id);
+        let stored = if exists { self.ds.update_agent(agent).await? } else { self.ds.create_agent(agent).await? };
+        self.agents.write().unwrap_or_else(|p| p.into_inner()).insert(stored.spiffe_id.clone(), stored);
+        Ok(())
+    }
+
+    /// Evicts an agent: its record is deleted, so it must attest again.
+    pub async fn evict_agent(&self, id: &SpiffeId) -> Result<(), DatastoreError> {
+        let _guard = self.write_lock.lock().await;
+        self.ds.delete_agent(id).await?;
+        self.agents.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.notify(Change::AgentRevoked(id.clone()));
+        Ok(())
+    }
+
+    /// Bans an agent: the record stays, marked banned, so it can neither sync nor attest again.
+    pub async fn ban_agent(&self, id: &SpiffeId) -> Result<(), DatastoreError> {
+        let _guard = self.write_lock.lock().await;
+        self.ds.set_agent_banned(id, true).await?;
+        if let Some(a) = self.agents.write().unwrap_or_else(|p| p.into_inner()).get_mut(id) {
+            a.banned = true;
+        }
+        self.notify(Change::AgentRevoked(id.clone()));
+        Ok(())
+    }
+
+    /// The node selectors of an attested agent (empty for join-token agents).
+    pub fn agent_selectors(&self, id: &SpiffeId) -> BTreeSet<Selector> {
+        self.agent(id).map(|a| a.selectors.into_iter().collect()).unwrap_or_default()
+    }
+
+    /// The entries an agent may see and sign, keyed by entry ID.
+    pub fn authorized_entries(&self, agent_id: &SpiffeId) -> Vec<RegistrationEntry> {
+        let selectors = self.agent_selectors(agent_id);
+        self.index().authorized_for(agent_id, &selectors, now_unix()).into_iter().cloned().collect()
+    }
+
+    // ----- federated bundles -----
+
+    pub async fn set_federated_bundle(&self, bundle: Bundle) -> Result<Bundle, StateError> {
+        if bundle.trust_domain == self.trust_domain {
+            return Err(StateError::Other("the server's own bundle cannot be set; it is managed by its CA".into()));
+        }
+        let _guard = self.write_lock.lock().await;
+        self.ds.set_bundle(bundle.clone()).await?;
+        self.federated.write().unwrap_or_else(|p| p.into_inner()).insert(bundle.trust_domain.clone(), bundle.clone());
+        self.notify(Change::FederatedBundles);
+        Ok(bundle)
+    }
+
+    pub async fn delete_federated_bundle(&self, td: &TrustDomain) -> Result<(), StateError> {
+        if td == &self.trust_domain {
+            return Err(StateError::Other("the server's own bundle cannot be deleted".into()));
+        }
+        let _guard = self.write_lock.lock().await;
+        self.ds.delete_bundle(td).await?;
+        self.federated.write().unwrap_or_else(|p| p.into_inner()).remove(td);
+        self.notify(Change::FederatedBundles);
+        Ok(())
+    }
+}
+
+/// SPIRE publishes a refresh hint; a tenth of the CA lifetime, clamped to [1 min, 5 min], lets federated
+/// peers see a prepared CA well before it activates (G8 asks for 3-5x the hint ahead).
+pub fn refresh_hint(config: &ServerConfig) -> Duration {
+    (config.ca_ttl / 10).clamp(Duration::from_secs(60), Duration::from_secs(300))
+}
