@@ -276,7 +276,7 @@ fn openssl_verifies_svid_and_shows_one_uri_san() {
     let (dir, ca, leaf) = issued_leaf(now);
     let (x509, _) = ca.bundle_authorities(now);
     assert_eq!(x509.len(), 1);
-    let (ok, out) = openssl_verify(dir.path(), &x509, &[leaf.clone()], None);
+    let (ok, out) = openssl_verify(dir.path(), &x509, std::slice::from_ref(&leaf), None);
     assert!(ok, "{out}");
     assert!(out.contains(": OK"), "{out}");
     let text = openssl_text(dir.path(), &leaf);
@@ -446,10 +446,10 @@ fn rotation_publishes_before_use_and_svids_verify_across_steps() {
     let step = 5;
     let mut now = t0;
     while now < t0 + 6 * 120 {
-        if now > t0 {
-            if let Some(j) = ca.rotate(now).unwrap() {
-                journal = j;
-            }
+        if now > t0
+            && let Some(j) = ca.rotate(now).unwrap()
+        {
+            journal = j;
         }
         // A restart at any point resumes the same state.
         if (now - t0) % 100 == 0 {
@@ -522,6 +522,11 @@ fn rotation_publishes_before_use_and_svids_verify_across_steps() {
         .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".key.pem"))
         .count();
     assert!(key_files <= 4, "{key_files} key files");
+    let cert_files = std::fs::read_dir(dir.path().join("keys"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".crt.pem"))
+        .count();
+    assert!((1..=2).contains(&cert_files), "{cert_files} CA certificate files");
 }
 
 #[test]
@@ -636,8 +641,10 @@ fn ec_p384_and_rsa_2048_issue_svids_openssl_verifies() {
         cfg.jwt_key_type = kt;
         let (ca, journal) = CaManager::load_or_init(dir.path(), cfg.clone(), None, now).unwrap();
         let (x509, jwt) = ca.bundle_authorities(now);
-        let key = KeyPair::generate().unwrap();
+        // The workload key is P-384 too (the CSR's algorithm is independent of the CA's).
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
         let issued = ca.sign_x509_svid_csr(&csr_for(&key), &id("/w"), &[], None, now).unwrap();
+        assert_eq!(parse(&issued.chain_der[0]).public_key().subject_public_key.data.as_ref(), key.public_key_raw());
         let (ok, out) = openssl_verify(dir.path(), &x509, &issued.chain_der, None);
         assert!(ok && out.contains(": OK"), "{kt}: {out}");
         let text = openssl_text(dir.path(), &issued.chain_der[0]);

@@ -495,12 +495,19 @@ impl CaManager {
         changed || before != self.journal.retired_x509.len() + self.journal.retired_jwt.len()
     }
 
+    /// Deletes an expired key's file and, for an X.509 CA, the certificate file written next to it.
     fn remove_key_file(&self, file: &str) {
-        if let Ok(path) = self.key_path(file)
-            && let Err(e) = std::fs::remove_file(&path)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %path.display(), error = %e, "could not remove expired key file");
+        let mut files = vec![file.to_owned()];
+        if let Some(stem) = file.strip_suffix(".key.pem") {
+            files.push(format!("{stem}.crt.pem"));
+        }
+        for f in files {
+            if let Ok(path) = self.key_path(&f)
+                && let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove an expired key's file");
+            }
         }
     }
 
