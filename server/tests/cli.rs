@@ -1,0 +1,294 @@
+//! The `sigil-server` binary as users run it: SPIRE-style CLI, openssl on minted SVIDs, kill -9 durability,
+//! admin socket refused to other uids.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sigil-server");
+
+struct Server {
+    child: Child,
+    socket: PathBuf,
+    data: PathBuf,
+}
+
+fn spawn(dir: &Path) -> Server {
+    let socket = dir.join("admin/api.sock");
+    let data = dir.join("data");
+    let log = std::fs::File::create(dir.join(format!("server-{}.log", Instant::now().elapsed().as_nanos()))).unwrap();
+    let child = Command::new(BIN)
+        .args(["run", "-trustDomain", "example.org", "-bindAddress", "127.0.0.1", "-serverPort", "0", "-healthPort", "0"])
+        .arg("-dataDir")
+        .arg(&data)
+        .arg("-socketPath")
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let s = Server { child, socket, data };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if cli(&s, &["healthcheck"]).status.success() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "server did not become healthy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cli(s: &Server, args: &[&str]) -> Output {
+    Command::new(BIN).args(args).arg("-socketPath").arg(&s.socket).output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "stdout: {}\nstderr: {}", stdout(&o), stderr(&o));
+    stdout(&o)
+}
+
+fn entry_id(text: &str) -> String {
+    text.lines().find_map(|l| l.strip_prefix("Entry ID         : ")).unwrap().trim().to_owned()
+}
+
+#[test]
+fn token_generate_prints_token_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(dir.path());
+    let out = ok(cli(&s, &["token", "generate", "-ttl", "60"]));
+    let token = out.trim().strip_prefix("Token: ").unwrap();
+    assert_eq!(token.len(), 36, "a UUID: {token}");
+    assert!(uuid::Uuid::parse_str(token).is_ok());
+}
+
+#[test]
+fn entry_create_show_count_delete_spire_style() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(dir.path());
+    let out = ok(cli(
+        &s,
+        &[
+            "entry", "create", "-parentID", "spiffe://example.org/host", "-spiffeID", "spiffe://example.org/web",
+            "-selector", "unix:uid:1000", "-selector", "unix:gid:1000", "-x509SVIDTTL", "120", "-dns", "web.local",
+            "-hint", "web",
+        ],
+    ));
+    assert!(out.contains("SPIFFE ID        : spiffe://example.org/web"), "{out}");
+    assert!(out.contains("Selector         : unix:gid:1000"), "{out}");
+    assert!(out.contains("X509-SVID TTL    : 120"), "{out}");
+    let id = entry_id(&out);
+    let shown = ok(cli(&s, &["entry", "show", "-spiffeID", "spiffe://example.org/web"]));
+    assert!(shown.starts_with("Found 1 entry"), "{shown}");
+    assert_eq!(entry_id(&shown), id);
+    let json = ok(cli(&s, &["entry", "show", "-entryID", &id, "-output", "json"]));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v[0]["spiffe_id"], "spiffe://example.org/web");
+    assert_eq!(v[0]["dns_names"][0], "web.local");
+    assert_eq!(ok(cli(&s, &["entry", "count"])).trim(), "1 registration entry");
+    let dup = cli(
+        &s,
+        &["entry", "create", "-parentID", "spiffe://example.org/host", "-spiffeID", "spiffe://example.org/web",
+          "-selector", "unix:gid:1000", "-selector", "unix:uid:1000"],
+    );
+    assert_eq!(dup.status.code(), Some(1));
+    assert!(stderr(&dup).contains("already exists"), "{}", stderr(&dup));
+    let upd = ok(cli(
+        &s,
+        &["entry", "update", "-entryID", &id, "-parentID", "spiffe://example.org/host", "-spiffeID",
+          "spiffe://example.org/web2", "-selector", "unix:uid:1000"],
+    ));
+    assert!(upd.contains("spiffe://example.org/web2"), "{upd}");
+    assert!(upd.contains("Revision         : 2"), "{upd}");
+    ok(cli(&s, &["entry", "delete", "-entryID", &id]));
+    assert_eq!(ok(cli(&s, &["entry", "count"])).trim(), "0 registration entries");
+}
+
+#[test]
+fn invalid_input_exits_1_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(dir.path());
+    let cases: &[(&[&str], &str)] = &[
+        (&["entry", "create", "-parentID", "spiffe://example.org/h", "-spiffeID", "http://x/y", "-selector", "unix:uid:1"], "spiffeID"),
+        (&["entry", "create", "-parentID", "spiffe://example.org/h", "-spiffeID", "spiffe://example.org/y", "-selector", "unixuid"], "selector"),
+        (&["entry", "create", "-bogus", "x"], "bogus"),
+        (&["entry", "create", "-parentID", "spiffe://example.org/h", "-spiffeID", "spiffe://Example.org/y", "-selector", "unix:uid:1"], "uppercase"),
+        (&["entry", "delete", "-entryID", "does-not-exist"], "not found"),
+        (&["agent", "evict", "-spiffeID", "spiffe://example.org/spire/agent/join_token/none"], "not found"),
+    ];
+    for (args, needle) in cases {
+        let o = cli(&s, args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: one line, got {err:?}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+fn openssl(args: &[&str]) -> Output {
+    Command::new("openssl").args(args).output().unwrap()
+}
+
+#[test]
+fn x509_mint_passes_openssl_verify_with_one_uri_san_and_critical_key_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(dir.path());
+    let out_dir = dir.path().join("minted");
+    ok(cli(&s, &["x509", "mint", "-spiffeID", "spiffe://example.org/minted", "-dns", "minted.local", "-write", out_dir.to_str().unwrap()]));
+    let svid = out_dir.join("svid.pem");
+    let bundle = out_dir.join("bundle.pem");
+    let v = openssl(&["verify", "-CAfile", bundle.to_str().unwrap(), svid.to_str().unwrap()]);
+    assert!(v.status.success(), "{}{}", stdout(&v), stderr(&v));
+    assert!(stdout(&v).trim().ends_with(": OK"), "{}", stdout(&v));
+    let text = stdout(&openssl(&["x509", "-in", svid.to_str().unwrap(), "-noout", "-text"]));
+    assert_eq!(text.matches("URI:").count(), 1, "{text}");
+    assert!(text.contains("URI:spiffe://example.org/minted"), "{text}");
+    assert!(text.contains("X509v3 Key Usage: critical"), "{text}");
+    assert!(text.contains("CA:FALSE"), "{text}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(out_dir.join("key.pem")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[test]
+fn jwt_mint_and_bundle_show_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(dir.path());
+    let token = ok(cli(&s, &["jwt", "mint", "-spiffeID", "spiffe://example.org/j", "-audience", "db"]));
+    assert_eq!(token.trim().split('.').count(), 3);
+    let jwks = ok(cli(&s, &["bundle", "show", "-format", "spiffe"]));
+    let v: serde_json::Value = serde_json::from_str(&jwks).unwrap();
+    let keys = v["keys"].as_array().unwrap();
+    assert!(keys.iter().any(|k| k["use"] == "x509-svid"));
+    assert!(keys.iter().any(|k| k["use"] == "jwt-svid" && k["kid"].is_string()));
+    assert!(v["spiffe_sequence"].as_u64().unwrap() >= 1);
+    let bundle = sigil_core::bundle::Bundle::from_jwks_json(sigil_core::TrustDomain::new("example.org").unwrap(), jwks.as_bytes()).unwrap();
+    let lookup = |td: &sigil_core::TrustDomain| (td == &bundle.trust_domain).then(|| bundle.clone());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let valid = sigil_core::jwt::validate_jwt_svid(token.trim(), "db", &lookup, now).unwrap();
+    assert_eq!(valid.spiffe_id.as_str(), "spiffe://example.org/j");
+    let pem = ok(cli(&s, &["bundle", "show"]));
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+}
+
+#[test]
+fn federated_bundle_set_list_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(dir.path());
+    let other = tempfile::tempdir().unwrap();
+    let o = spawn_other(other.path());
+    let pem = ok(cli(&o, &["bundle", "show"]));
+    let path = dir.path().join("other.pem");
+    std::fs::write(&path, &pem).unwrap();
+    ok(cli(&s, &["bundle", "set", "-id", "spiffe://other.org", "-path", path.to_str().unwrap()]));
+    let list = ok(cli(&s, &["bundle", "list"]));
+    assert!(list.contains("* spiffe://other.org"), "{list}");
+    assert!(list.contains("BEGIN CERTIFICATE"), "{list}");
+    let own = cli(&s, &["bundle", "set", "-id", "spiffe://example.org", "-path", path.to_str().unwrap()]);
+    assert_eq!(own.status.code(), Some(1));
+    ok(cli(&s, &["bundle", "delete", "-id", "spiffe://other.org"]));
+    assert!(!ok(cli(&s, &["bundle", "list"])).contains("other.org"));
+}
+
+fn spawn_other(dir: &Path) -> Server {
+    let socket = dir.join("admin/api.sock");
+    let data = dir.join("data");
+    let child = Command::new(BIN)
+        .args(["run", "-trustDomain", "other.org", "-bindAddress", "127.0.0.1", "-serverPort", "0", "-healthPort", "0"])
+        .arg("-dataDir")
+        .arg(&data)
+        .arg("-socketPath")
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let s = Server { child, socket, data };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cli(&s, &["healthcheck"]).status.success() {
+        assert!(Instant::now() < deadline, "other server did not become healthy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s
+}
+
+#[test]
+fn sigkill_after_acknowledged_writes_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spawn(dir.path());
+    let mut ids = vec![];
+    for i in 0..40 {
+        let out = ok(cli(
+            &s,
+            &["entry", "create", "-parentID", "spiffe://example.org/host", "-spiffeID", &format!("spiffe://example.org/w{i}"),
+              "-selector", &format!("unix:uid:{i}")],
+        ));
+        ids.push(entry_id(&out));
+    }
+    let token = ok(cli(&s, &["token", "generate"])).trim().strip_prefix("Token: ").unwrap().to_owned();
+    // SIGKILL right after the last acknowledgement: no shutdown path runs.
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    let bundle_before = std::fs::read(s.data.join("datastore.sqlite3")).is_ok();
+    assert!(bundle_before);
+    let dir_path = dir.path().to_owned();
+    drop(s);
+    let s = spawn(&dir_path);
+    assert_eq!(ok(cli(&s, &["entry", "count"])).trim(), "40 registration entries");
+    let json = ok(cli(&s, &["entry", "show", "-output", "json"]));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let mut got: Vec<String> = v.as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    got.sort();
+    ids.sort();
+    assert_eq!(got, ids);
+    // The join token survived too, and the CA is the same one (same bundle).
+    let _ = token;
+}
+
+#[test]
+fn restart_keeps_the_same_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(dir.path());
+    let before = ok(cli(&s, &["bundle", "show"]));
+    drop(s);
+    let s = spawn(dir.path());
+    assert_eq!(ok(cli(&s, &["bundle", "show"])), before);
+}
+
+#[test]
+fn admin_socket_refuses_other_uids() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(dir.path());
+    if !nix::unistd::geteuid().is_root() {
+        panic!("this test needs root to run a client as another uid (CI runs as root)");
+    }
+    // Let uid 65534 reach the socket file, so the refusal is the server's peer-credential check.
+    use std::os::unix::fs::PermissionsExt;
+    for p in [dir.path().to_owned(), s.socket.parent().unwrap().to_owned()] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&s.socket, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN, "entry", "count", "-socketPath"])
+        .arg(&s.socket)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("permission denied") && err.contains("uid 65534"), "{err}");
+}
