@@ -1,0 +1,13 @@
+//! Sigil node agent: attests to the Sigil server with a join token, receives its authorized entries over
+//! the server's push stream, keeps workload X509-SVIDs signed and rotated, and serves the SPIFFE Workload
+//! API on a Unix socket.
+//!
+//! Entry points: [`run::start`] (returns a [`run::RunningAgent`] with the bound addresses and
+//! `shutdown()`), and the CLI in [`cli`].
+
+pub mod attest;
+pub mod convert;
+pub mod manager;
+pub mod metrics;
+pub mod state;
+pub mod workload;

@@ -1,0 +1,471 @@
+//! The SVID manager: holds the authorized entries pushed by the server, keeps one current X509-SVID per
+//! entry (key generated locally, P-256), gets missing and due SVIDs signed in batches of up to
+//! [`BATCH_SIZE`], rotates each at about half its lifetime (+-10% jitter) and publishes every change as a
+//! new [`Snapshot`] on a `watch` channel. When the server is unreachable the cached SVIDs keep being
+//! served until they expire; signing is retried with exponential backoff (at most [`MAX_BACKOFF`]).
+//!
+//! JWT-SVIDs are cached per (entry, audience set) until about half their lifetime.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use sigil_core::bundle::Bundle;
+use sigil_core::{RegistrationEntry, SpiffeId};
+use sigil_proto::agent as pb;
+use tokio::sync::{mpsc, watch};
+use tonic::Status;
+
+use crate::convert;
+use crate::metrics::Metrics;
+use crate::state::{CachedSvid, Snapshot};
+
+/// Most CSRs sent in one BatchNewX509Svid call.
+pub const BATCH_SIZE: usize = 100;
+/// Longest wait between retries after the server failed.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Wait before retrying an entry the server refused to sign.
+const ENTRY_RETRY: i64 = 10;
+
+/// Errors of the manager.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("generating a key or CSR: {0}")]
+    Key(String),
+    #[error("the server returned an unusable SVID for entry {entry_id}: {reason}")]
+    BadSvid { entry_id: String, reason: String },
+}
+
+/// One signing result: the entry id and the DER chain (leaf first) or the server's reason.
+pub type SignResult = (String, Result<Vec<Vec<u8>>, String>);
+
+/// The server-side operations the manager needs (the agent API client implements it; tests fake it).
+#[async_trait::async_trait]
+pub trait SvidSigner: Send + Sync {
+    /// Signs one CSR per entry id.
+    async fn batch_new_x509_svid(&self, params: Vec<(String, Vec<u8>)>) -> Result<Vec<SignResult>, Status>;
+    /// A JWT-SVID for an entry: the token and its expiry (unix seconds).
+    async fn new_jwt_svid(&self, entry_id: &str, audience: &[String]) -> Result<(String, i64), Status>;
+}
+
+/// What the sync client feeds the manager.
+#[derive(Debug)]
+pub enum Command {
+    Sync(Box<pb::SyncEntriesUpdate>),
+    /// Try signing now (the connection to the server was re-established).
+    Retry,
+}
+
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// When to replace an SVID valid from `not_before` to `not_after`: after half its lifetime, scaled by
+/// `1 + jitter` (`jitter` in -0.1..=0.1), never before `not_before` and never at or after `not_after`.
+pub fn rotation_time(not_before: i64, not_after: i64, jitter: f64) -> i64 {
+    let lifetime = (not_after - not_before).max(0);
+    let half = lifetime as f64 / 2.0 * (1.0 + jitter.clamp(-0.1, 0.1));
+    let at = not_before + half.round() as i64;
+    at.clamp(not_before, (not_after - 1).max(not_before))
+}
+
+fn random_jitter() -> f64 {
+    rand::rng().random_range(-0.1..=0.1)
+}
+
+/// A fresh P-256 key (PKCS#8 DER) and a CSR (DER) for it.
+pub fn new_key_and_csr() -> Result<(Vec<u8>, Vec<u8>), ManagerError> {
+    let key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| ManagerError::Key(e.to_string()))?;
+    let params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| ManagerError::Key(e.to_string()))?;
+    let csr = params.serialize_request(&key).map_err(|e| ManagerError::Key(e.to_string()))?;
+    Ok((key.serialize_der(), csr.der().to_vec()))
+}
+
+/// NotBefore and NotAfter of a DER certificate, unix seconds.
+pub fn validity(cert_der: &[u8]) -> Result<(i64, i64), String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| e.to_string())?;
+    let v = cert.validity();
+    Ok((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
+/// Checks a signed chain against the entry and bundle and turns it into a cache item.
+fn cached_svid(
+    entry: &RegistrationEntry,
+    chain: Vec<Vec<u8>>,
+    key_pkcs8: Vec<u8>,
+    bundle: Option<&Bundle>,
+    now: i64,
+) -> Result<CachedSvid, ManagerError> {
+    let bad = |reason: String| ManagerError::BadSvid { entry_id: entry.id.clone(), reason };
+    let leaf = chain.first().ok_or_else(|| bad("empty chain".into()))?;
+    let id = match bundle {
+        Some(b) => sigil_core::x509::verify_x509_svid(&chain, b, now).map_err(|e| bad(e.to_string()))?,
+        None => sigil_core::x509::leaf_spiffe_id(leaf).map_err(|e| bad(e.to_string()))?,
+    };
+    if id != entry.spiffe_id {
+        return Err(bad(format!("SVID is for {id}, entry is for {}", entry.spiffe_id)));
+    }
+    let (not_before, not_after) = validity(leaf).map_err(bad)?;
+    Ok(CachedSvid {
+        entry_id: entry.id.clone(),
+        spiffe_id: id,
+        chain_der: chain,
+        key_pkcs8,
+        not_before,
+        not_after,
+        rotate_at: rotation_time(not_before, not_after, random_jitter()),
+    })
+}
+
+/// What an SVID was signed for; a change of any of these needs a new SVID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SignedFor {
+    spiffe_id: SpiffeId,
+    dns_names: Vec<String>,
+    ttl: u32,
+}
+
+impl SignedFor {
+    fn of(e: &RegistrationEntry) -> Self {
+        Self { spiffe_id: e.spiffe_id.clone(), dns_names: e.dns_names.clone(), ttl: e.x509_svid_ttl }
+    }
+}
+
+/// Cached JWT-SVIDs: (entry id, sorted audience) -> (token, exp, refresh at).
+type JwtCache = HashMap<(String, Vec<String>), (String, i64, i64)>;
+
+/// Handle on the running manager.
+#[derive(Clone)]
+pub struct ManagerHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    state: watch::Receiver<Arc<Snapshot>>,
+    signer: Arc<dyn SvidSigner>,
+    jwt_cache: Arc<Mutex<JwtCache>>,
+}
+
+impl std::fmt::Debug for ManagerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagerHandle").finish_non_exhaustive()
+    }
+}
+
+impl ManagerHandle {
+    pub fn send(&self, cmd: Command) {
+        let _ = self.commands.send(cmd);
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.state.clone()
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.state.borrow().clone()
+    }
+
+    /// A JWT-SVID for `entry_id` and `audience`, from the cache while it is younger than half its life.
+    pub async fn jwt_svid(&self, entry_id: &str, audience: &[String]) -> Result<String, Status> {
+        let mut aud = audience.to_vec();
+        aud.sort();
+        aud.dedup();
+        let key = (entry_id.to_owned(), aud);
+        let now = now_unix();
+        if let Ok(cache) = self.jwt_cache.lock()
+            && let Some((token, _, refresh_at)) = cache.get(&key)
+            && now < *refresh_at
+        {
+            return Ok(token.clone());
+        }
+        let (token, exp) = self.signer.new_jwt_svid(entry_id, &key.1).await?;
+        if let Ok(mut cache) = self.jwt_cache.lock() {
+            cache.retain(|_, (_, e, _)| *e > now);
+            cache.insert(key, (token.clone(), exp, now + (exp - now) / 2));
+        }
+        Ok(token)
+    }
+}
+
+/// Starts the manager task. `bundle_tx` (when given) receives every new own-trust-domain bundle (the TLS
+/// verifier of the agent's server connection reads it).
+pub fn spawn(
+    signer: Arc<dyn SvidSigner>,
+    bundle_tx: Option<watch::Sender<Arc<Bundle>>>,
+    metrics: Arc<Metrics>,
+) -> (ManagerHandle, tokio::task::JoinHandle<()>) {
+    let (commands, rx) = mpsc::unbounded_channel();
+    let (state_tx, state) = watch::channel(Arc::new(Snapshot::default()));
+    let worker = Worker {
+        signer: signer.clone(),
+        state_tx,
+        bundle_tx,
+        metrics,
+        snap: Snapshot::default(),
+        signed_for: HashMap::new(),
+        entry_retry: HashMap::new(),
+        global_retry: 0,
+        backoff: Duration::from_secs(1),
+    };
+    let task = tokio::spawn(worker.run(rx));
+    (ManagerHandle { commands, state, signer, jwt_cache: Arc::default() }, task)
+}
+
+struct Worker {
+    signer: Arc<dyn SvidSigner>,
+    state_tx: watch::Sender<Arc<Snapshot>>,
+    bundle_tx: Option<watch::Sender<Arc<Bundle>>>,
+    metrics: Arc<Metrics>,
+    snap: Snapshot,
+    signed_for: HashMap<String, SignedFor>,
+    entry_retry: HashMap<String, i64>,
+    global_retry: i64,
+    backoff: Duration,
+}
+
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        loop {
+            let wake = self.next_wake(now_unix());
+            let sleep = async {
+                match wake {
+                    Some(at) => {
+                        let secs = u64::try_from(at - now_unix()).unwrap_or(0);
+                        tokio::time::sleep(Duration::from_secs(secs)).await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { return };
+                    self.apply(cmd);
+                    while let Ok(cmd) = rx.try_recv() {
+                        self.apply(cmd);
+                    }
+                }
+                () = sleep => {}
+            }
+            self.publish();
+            if self.snap.synced {
+                self.sign_due().await;
+            }
+        }
+    }
+
+    fn apply(&mut self, cmd: Command) {
+        match cmd {
+            Command::Retry => {
+                self.global_retry = 0;
+                self.backoff = Duration::from_secs(1);
+                self.entry_retry.clear();
+            }
+            Command::Sync(u) => self.apply_sync(*u),
+        }
+    }
+
+    fn apply_sync(&mut self, u: pb::SyncEntriesUpdate) {
+        if u.full_snapshot {
+            self.snap.entries.clear();
+        }
+        for id in &u.removed_entry_ids {
+            self.snap.entries.remove(id);
+        }
+        for e in &u.upserted {
+            match convert::entry_from_pb(e) {
+                Ok(entry) => {
+                    self.snap.entries.insert(entry.id.clone(), Arc::new(entry));
+                }
+                Err(err) => tracing::warn!(entry_id = %e.id, error = %err, "ignoring invalid entry from server"),
+            }
+        }
+        // Drop everything that belongs to entries no longer authorized.
+        let entries = &self.snap.entries;
+        self.snap.svids.retain(|id, _| entries.contains_key(id));
+        self.signed_for.retain(|id, _| entries.contains_key(id));
+        self.entry_retry.retain(|id, _| entries.contains_key(id));
+        if let Some(b) = &u.bundle {
+            match convert::bundle_from_pb(b) {
+                Ok(bundle) => {
+                    let bundle = Arc::new(bundle);
+                    if let Some(tx) = &self.bundle_tx {
+                        tx.send_replace(bundle.clone());
+                    }
+                    self.snap.bundle = Some(bundle);
+                }
+                Err(err) => tracing::warn!(error = %err, "ignoring invalid bundle from server"),
+            }
+        }
+        if u.federated_bundles_changed {
+            self.snap.federated_bundles = u
+                .federated_bundles
+                .iter()
+                .filter_map(|b| match convert::bundle_from_pb(b) {
+                    Ok(b) => Some((b.trust_domain.clone(), Arc::new(b))),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "ignoring invalid federated bundle from server");
+                        None
+                    }
+                })
+                .collect::<BTreeMap<_, _>>();
+        }
+        if u.full_snapshot && !self.snap.synced {
+            tracing::info!(entries = self.snap.entries.len(), "received the first entry snapshot");
+        }
+        self.snap.synced |= u.full_snapshot;
+        self.metrics.synced.set(i64::from(self.snap.synced));
+    }
+
+    /// Entries that need an SVID now.
+    fn due(&self, now: i64) -> Vec<Arc<RegistrationEntry>> {
+        if now < self.global_retry {
+            return vec![];
+        }
+        self.snap
+            .entries
+            .values()
+            .filter(|e| self.entry_retry.get(&e.id).is_none_or(|t| now >= *t))
+            .filter(|e| match self.snap.svids.get(&e.id) {
+                None => true,
+                Some(s) => now >= s.rotate_at || self.signed_for.get(&e.id).is_none_or(|f| f != &SignedFor::of(e)),
+            })
+            .cloned()
+            .collect()
+    }
+
+    fn next_wake(&self, now: i64) -> Option<i64> {
+        if !self.snap.synced {
+            return None;
+        }
+        let rotations = self.snap.svids.values().map(|s| s.rotate_at);
+        let retries = self.entry_retry.values().copied();
+        let next = rotations.chain(retries).chain((self.global_retry > now).then_some(self.global_retry)).min();
+        next.map(|t| t.max(self.global_retry).max(now))
+    }
+
+    fn publish(&mut self) {
+        let now = now_unix();
+        self.snap.svids.retain(|_, s| s.not_after > now);
+        self.metrics.cached_svids.set(i64::try_from(self.snap.svids.len()).unwrap_or(i64::MAX));
+        let snap = Arc::new(self.snap.clone());
+        self.state_tx.send_replace(snap);
+    }
+
+    async fn sign_due(&mut self) {
+        let now = now_unix();
+        let due = self.due(now);
+        if due.is_empty() {
+            return;
+        }
+        // Entries without any SVID first: they block workloads; rotations can wait a moment.
+        let (mut missing, rotating): (Vec<_>, Vec<_>) =
+            due.into_iter().partition(|e| !self.snap.svids.contains_key(&e.id));
+        missing.extend(rotating);
+        self.snap.pending =
+            missing.iter().filter(|e| !self.snap.svids.contains_key(&e.id)).map(|e| e.id.clone()).collect();
+        self.publish();
+        for batch in missing.chunks(BATCH_SIZE) {
+            let mut keys = HashMap::new();
+            let mut params = Vec::with_capacity(batch.len());
+            for e in batch {
+                match new_key_and_csr() {
+                    Ok((key, csr)) => {
+                        keys.insert(e.id.clone(), key);
+                        params.push((e.id.clone(), csr));
+                    }
+                    Err(err) => tracing::error!(entry_id = %e.id, error = %err, "cannot create a CSR"),
+                }
+            }
+            match self.signer.batch_new_x509_svid(params).await {
+                Ok(results) => {
+                    self.backoff = Duration::from_secs(1);
+                    self.global_retry = 0;
+                    let now = now_unix();
+                    for (entry_id, result) in results {
+                        self.snap.pending.remove(&entry_id);
+                        let (Some(entry), Some(key)) =
+                            (self.snap.entries.get(&entry_id).cloned(), keys.remove(&entry_id))
+                        else {
+                            continue;
+                        };
+                        let outcome = result
+                            .map_err(|reason| ManagerError::BadSvid { entry_id: entry_id.clone(), reason })
+                            .and_then(|chain| cached_svid(&entry, chain, key, self.snap.bundle.as_deref(), now));
+                        match outcome {
+                            Ok(svid) => {
+                                tracing::debug!(entry_id = %entry_id, spiffe_id = %svid.spiffe_id, not_after = svid.not_after, "SVID signed");
+                                self.metrics.svids_signed.inc();
+                                self.entry_retry.remove(&entry_id);
+                                self.signed_for.insert(entry_id.clone(), SignedFor::of(&entry));
+                                self.snap.svids.insert(entry_id, Arc::new(svid));
+                            }
+                            Err(err) => {
+                                tracing::warn!(error = %err, "signing failed; retrying later");
+                                self.metrics.sign_failures.inc();
+                                self.entry_retry.insert(entry_id, now + ENTRY_RETRY);
+                            }
+                        }
+                    }
+                    // Entries the server did not answer for are retried later too.
+                    for id in keys.into_keys() {
+                        self.snap.pending.remove(&id);
+                        self.entry_retry.insert(id, now + ENTRY_RETRY);
+                    }
+                    self.publish();
+                }
+                Err(status) => {
+                    self.metrics.sign_failures.inc();
+                    tracing::warn!(code = ?status.code(), message = status.message(), backoff_secs = self.backoff.as_secs(), "BatchNewX509Svid failed; serving cached SVIDs and retrying");
+                    self.global_retry = now_unix() + i64::try_from(self.backoff.as_secs()).unwrap_or(30);
+                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                    break;
+                }
+            }
+        }
+        self.snap.pending.clear();
+        self.publish();
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_time_table() {
+        let cases: &[(i64, i64, f64, i64)] = &[
+            (0, 100, 0.0, 50),
+            (0, 100, 0.1, 55),
+            (0, 100, -0.1, 45),
+            (0, 100, 5.0, 55),
+            (1000, 1040, 0.0, 1020),
+            (0, 1, 0.0, 0),
+            (10, 10, 0.0, 10),
+            (10, 5, 0.0, 10),
+        ];
+        for (nb, na, j, want) in cases {
+            assert_eq!(rotation_time(*nb, *na, *j), *want, "{nb} {na} {j}");
+        }
+    }
+
+    #[test]
+    fn jittered_rotation_stays_in_band() {
+        for _ in 0..200 {
+            let at = rotation_time(0, 3600, random_jitter());
+            assert!((1620..=1980).contains(&at), "{at}");
+        }
+    }
+
+    #[test]
+    fn key_and_csr_are_p256() {
+        let (key, csr) = new_key_and_csr().unwrap();
+        let kp = rcgen::KeyPair::try_from(key.as_slice()).unwrap();
+        assert!(kp.is_compatible(&rcgen::PKCS_ECDSA_P256_SHA256));
+        use x509_parser::prelude::FromDer;
+        let parsed = x509_parser::certification_request::X509CertificationRequest::from_der(&csr).unwrap().1;
+        use rcgen::PublicKeyData;
+        assert_eq!(parsed.certification_request_info.subject_pki.raw, kp.subject_public_key_info().as_slice());
+    }
+}
