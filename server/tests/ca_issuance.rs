@@ -696,3 +696,65 @@ fn jwt_svid_has_kid_sub_aud_and_capped_exp() {
     let err = ca.sign_jwt_svid(&td().to_spiffe_id(), &["a".into()], None, now).unwrap_err();
     assert!(matches!(err, CaError::InvalidSpiffeId(_)), "{err}");
 }
+
+#[test]
+fn upstream_intermediate_with_sec1_key_and_root_bundle() {
+    let now = real_now();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_params = |cn: &str| {
+        let mut p = CertificateParams::default();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.not_before = time::OffsetDateTime::from_unix_timestamp(now - 3600).unwrap();
+        p.not_after = time::OffsetDateTime::from_unix_timestamp(now + 30 * 86_400).unwrap();
+        p
+    };
+    // Enterprise root -> upstream intermediate (the key Sigil holds) -> Sigil's CA -> SVID.
+    let root_key = KeyPair::generate().unwrap();
+    let root_params = ca_params("Enterprise Root");
+    let root = root_params.self_signed(&root_key).unwrap();
+    let root_issuer = rcgen::Issuer::new(root_params, root_key);
+    let up_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+    let mut up_params = ca_params("Upstream Intermediate");
+    up_params.use_authority_key_identifier_extension = true;
+    let up = up_params.signed_by(&up_key, &root_issuer).unwrap();
+    std::fs::write(dir.path().join("up.crt"), up.pem()).unwrap();
+    std::fs::write(dir.path().join("root.crt"), root.pem()).unwrap();
+    std::fs::write(dir.path().join("up.pkcs8"), up_key.serialize_pem()).unwrap();
+    // SEC1 ("EC PRIVATE KEY") form of the upstream key, converted by openssl.
+    let out = Command::new("openssl")
+        .args(["ec", "-in"])
+        .arg(dir.path().join("up.pkcs8"))
+        .arg("-out")
+        .arg(dir.path().join("up.key"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read_to_string(dir.path().join("up.key")).unwrap().contains("BEGIN EC PRIVATE KEY"));
+
+    let mut cfg = CaConfig::new(td());
+    cfg.upstream = Some(UpstreamAuthority {
+        cert_file: dir.path().join("up.crt"),
+        key_file: dir.path().join("up.key"),
+        bundle_file: None,
+    });
+    // Without the root bundle there is no root to publish.
+    let err = CaManager::load_or_init(dir.path(), cfg.clone(), None, now).unwrap_err();
+    assert!(err.to_string().contains("bundle_file"), "{err}");
+
+    cfg.upstream.as_mut().unwrap().bundle_file = Some(dir.path().join("root.crt"));
+    let ca = new_ca(dir.path(), cfg, now);
+    let (x509, _) = ca.bundle_authorities(now);
+    assert_eq!(x509, vec![root.der().to_vec()]);
+    let (issued, _) = ca.mint_x509_svid(&id("/svc"), &[], None, now).unwrap();
+    assert_eq!(issued.chain_der.len(), 3, "leaf, Sigil CA, upstream intermediate");
+    assert_eq!(issued.chain_der[2], up.der().to_vec());
+    let sigil_ca = parse(&issued.chain_der[1]);
+    assert_eq!(sigil_ca.issuer().to_string(), "CN=Upstream Intermediate");
+    assert_eq!(sigil_ca.signature_algorithm.algorithm.to_id_string(), "1.2.840.10045.4.3.3", "ecdsa-with-SHA384");
+    let (ok, out) = openssl_verify(dir.path(), &x509, &issued.chain_der, None);
+    assert!(ok && out.contains(": OK"), "{out}");
+    webpki_verify(&x509, &issued.chain_der, now).unwrap();
+}

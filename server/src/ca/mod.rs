@@ -138,8 +138,9 @@ impl Default for CaSubject {
 }
 
 /// An upstream CA on disk: PEM certificate (optionally followed by its intermediates), PEM private key
-/// (PKCS#8, SEC1 or PKCS#1), and optionally a PEM file of root certificates. Without `bundle_file` the
-/// last certificate of `cert_file` must be self-signed and is the root.
+/// (PKCS#8, SEC1 or PKCS#1), and optionally a PEM file of extra root certificates. The bundle's X.509
+/// authorities are the self-signed last certificate of `cert_file` (if it is one) plus `bundle_file`'s
+/// certificates; at least one root is required.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamAuthority {
     pub cert_file: PathBuf,
@@ -835,21 +836,28 @@ fn load_upstream(cfg: &UpstreamAuthority) -> Result<LoadedUpstream, CaError> {
         )));
     }
     check_is_ca(&cert_der).map_err(|e| CaError::Upstream(format!("{}: {e}", cfg.cert_file.display())))?;
-    let roots_der = match &cfg.bundle_file {
-        Some(path) => read_pem_certs(path)?,
-        None => {
-            let last = certs_in_file.last().cloned().unwrap_or_default();
-            let last_facts =
-                certs::cert_facts(&last).map_err(|e| CaError::Upstream(format!("{}: {e}", cfg.cert_file.display())))?;
-            if !last_facts.self_signed {
-                return Err(CaError::Upstream(format!(
-                    "the last certificate in {} is not self-signed; set bundle_file to the upstream root(s)",
-                    cfg.cert_file.display()
-                )));
-            }
-            vec![last]
+    // Roots: a self-signed last certificate of cert_file, plus every certificate of bundle_file.
+    let mut roots_der = vec![];
+    if let Some(last) = certs_in_file.last() {
+        let last_facts =
+            certs::cert_facts(last).map_err(|e| CaError::Upstream(format!("{}: {e}", cfg.cert_file.display())))?;
+        if last_facts.self_signed {
+            roots_der.push(last.clone());
         }
-    };
+    }
+    if let Some(path) = &cfg.bundle_file {
+        for root in read_pem_certs(path)? {
+            if !roots_der.contains(&root) {
+                roots_der.push(root);
+            }
+        }
+    }
+    if roots_der.is_empty() {
+        return Err(CaError::Upstream(format!(
+            "the last certificate in {} is not self-signed; set bundle_file to the upstream root(s)",
+            cfg.cert_file.display()
+        )));
+    }
     let chain_der = certs_in_file.into_iter().filter(|c| !roots_der.contains(c)).collect();
     Ok(LoadedUpstream { cert_der, key, chain_der, roots_der, not_after: facts.not_after })
 }
