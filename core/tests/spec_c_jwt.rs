@@ -651,3 +651,30 @@ fn malformed_inputs_never_panic() {
         assert!(f.validate(&token[..cut]).is_err(), "prefix {cut}");
     }
 }
+
+// ----- interop with go-jose / go-spiffe (fixtures/go-spiffe/README.md) -----
+
+#[test]
+fn c_interop_validates_tokens_made_by_go_jose() {
+    let bundle =
+        Bundle::from_jwks_json(td("example.org"), include_bytes!("fixtures/go-spiffe/go_jwt_bundle.json")).unwrap();
+    let tokens = include_str!("fixtures/go-spiffe/go_tokens.txt");
+    let mut algs = Vec::new();
+    for token in tokens.lines() {
+        let iat = decode_part(token, 1)["iat"].as_i64().unwrap();
+        algs.push(decode_part(token, 0)["alg"].as_str().unwrap().to_owned());
+        let v = validate_jwt_svid(token, "reports", &lookup(vec![bundle.clone()]), iat + 10).unwrap();
+        assert_eq!(v.spiffe_id.as_str(), "spiffe://example.org/go");
+        assert_eq!(v.expires_at, iat + 300);
+        // And the usual refusals still apply to them.
+        assert!(matches!(
+            validate_jwt_svid(token, "other", &lookup(vec![bundle.clone()]), iat + 10),
+            Err(JwtError::AudienceMismatch(_))
+        ));
+        assert!(matches!(
+            validate_jwt_svid(token, "reports", &lookup(vec![bundle.clone()]), iat + 400),
+            Err(JwtError::Expired { .. })
+        ));
+    }
+    assert_eq!(algs, vec!["ES256", "ES384", "RS256", "PS256", "RS512"]);
+}

@@ -456,3 +456,28 @@ fn hostile_json_never_panics() {
     }
     assert!(Bundle::from_jwks_json(td(TD), &[0xff, 0xfe, 0x00]).is_err());
 }
+
+// ----- interop with go-spiffe (fixtures/go-spiffe/README.md) -----
+
+#[test]
+fn f_interop_go_spiffe_reads_and_remarshals_our_bundle_unchanged() {
+    let ours = include_str!("fixtures/go-spiffe/sigil_bundle.json");
+    let go = include_str!("fixtures/go-spiffe/sigil_bundle_remarshaled_by_go.json");
+    let ours_v: Value = serde_json::from_str(ours).unwrap();
+    let go_v: Value = serde_json::from_str(go).unwrap();
+    assert_eq!(ours_v, go_v, "go-spiffe re-marshals our bundle to the same JSON (up to member order)");
+    let a = Bundle::from_jwks_json(td(TD), ours.as_bytes()).unwrap();
+    let b = Bundle::from_jwks_json(td(TD), go.as_bytes()).unwrap();
+    assert_eq!(a, b);
+    assert_eq!((a.x509_authorities.len(), a.jwt_authorities.len()), (2, 3));
+    assert_eq!(serde_json::from_str::<Value>(&a.to_jwks_json()).unwrap(), ours_v, "we re-publish it unchanged");
+}
+
+#[test]
+fn f_interop_reads_a_go_spiffe_jwt_bundle() {
+    let b = Bundle::from_jwks_json(td(TD), include_bytes!("fixtures/go-spiffe/go_jwt_bundle.json")).unwrap();
+    let kids: Vec<&str> = b.jwt_authorities.iter().map(|a| a.key_id.as_str()).collect();
+    assert_eq!(kids, vec!["go-ec", "go-ec384", "go-rsa"]);
+    assert_eq!((b.sequence, b.refresh_hint_secs), (9, Some(60)));
+    assert!(b.x509_authorities.is_empty());
+}
