@@ -327,7 +327,7 @@ impl PublicKeyMaterial {
     pub fn to_spki_der(&self) -> Vec<u8> {
         match self {
             Self::Ec { curve, point } => spki_der(&[OID_EC_PUBLIC_KEY_DER, curve.oid_der()].concat(), point),
-            Self::Rsa { n, e } => rsa_spki_from_rsa_public_key(&der_tlv(0x30, &[der_uint(n), der_uint(e)].concat())),
+            Self::Rsa { n, e } => rsa_spki_from_rsa_public_key(&Self::rsa_public_key_der(n, e)),
         }
     }
 

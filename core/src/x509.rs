@@ -72,6 +72,8 @@ pub enum X509Error {
     EmptyChain,
     #[error("certificate chain has {0} certificates; at most {MAX_CHAIN_LEN} are accepted")]
     ChainTooLong(usize),
+    #[error("more than {0} concatenated certificates")]
+    TooManyCertificates(usize),
     #[error("chain certificate {index} (intermediate): {source}")]
     Intermediate {
         index: usize,
@@ -303,6 +305,30 @@ fn check_intermediate(der: &[u8]) -> Result<(), X509Error> {
         return Err(X509Error::CaMissingKeyCertSign);
     }
     ca_spiffe_id(&f).map(|_| ())
+}
+
+/// Splits concatenated DER certificates (the Workload API's `x509_svid` and `bundle` bytes) into one DER
+/// per certificate, checking that each parses. At most `max` certificates are accepted.
+pub fn split_der_certs(concat: &[u8], max: usize) -> Result<Vec<Vec<u8>>, X509Error> {
+    let mut out = Vec::new();
+    let mut rest = concat;
+    while !rest.is_empty() {
+        if out.len() == max {
+            return Err(X509Error::TooManyCertificates(max));
+        }
+        let (after, _) = X509Certificate::from_der(rest).map_err(|e| X509Error::Parse(e.to_string()))?;
+        let used = rest.len() - after.len();
+        out.push(rest[..used].to_vec());
+        rest = after;
+    }
+    Ok(out)
+}
+
+/// A certificate's validity period as unix seconds `(notBefore, notAfter)`.
+pub fn validity_unix(der: &[u8]) -> Result<(i64, i64), X509Error> {
+    let cert = parse_cert(der)?;
+    let v = cert.validity();
+    Ok((v.not_before.timestamp(), v.not_after.timestamp()))
 }
 
 /// The DER SubjectPublicKeyInfo of a certificate.

@@ -10,7 +10,9 @@ use rcgen::{
     BasicConstraints, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, NameConstraints, date_time_ymd,
 };
 use sigil_core::SpiffeId;
-use sigil_core::x509::{X509Error, check_ca_cert, leaf_spiffe_id, spki_der_of_cert, verify_x509_svid};
+use sigil_core::x509::{
+    X509Error, check_ca_cert, leaf_spiffe_id, spki_der_of_cert, split_der_certs, validity_unix, verify_x509_svid,
+};
 
 const TD: &str = "example.org";
 const ID: &str = "spiffe://example.org/ns/default/sa/web";
@@ -531,4 +533,19 @@ fn spki_der_of_cert_returns_the_subject_key() {
     let ca = Ca::root(TD);
     let der = ca.issue(&leaf_params(&[ID]), &key);
     assert_eq!(spki_der_of_cert(&der).unwrap(), rcgen::PublicKeyData::subject_public_key_info(&key));
+}
+
+#[test]
+fn split_der_certs_and_validity() {
+    let root = Ca::root(TD);
+    let inter = root.intermediate(ca_params("i", None), ec_key());
+    let leaf = inter.leaf(&[ID]);
+    let concat = [leaf.clone(), inter.der.clone()].concat();
+    assert_eq!(split_der_certs(&concat, 16).unwrap(), vec![leaf.clone(), inter.der.clone()]);
+    assert_eq!(split_der_certs(&[], 16).unwrap(), Vec::<Vec<u8>>::new());
+    assert_eq!(split_der_certs(&concat, 1), Err(X509Error::TooManyCertificates(1)));
+    assert!(matches!(split_der_certs(&concat[..concat.len() - 1], 16), Err(X509Error::Parse(_))));
+    assert!(matches!(split_der_certs(&[concat.as_slice(), b"xx"].concat(), 16), Err(X509Error::Parse(_))));
+    // 2020-01-01 and 2040-01-01 (pki.rs defaults).
+    assert_eq!(validity_unix(&leaf), Ok((1_577_836_800, 2_208_988_800)));
 }
