@@ -6,8 +6,10 @@
 //! `shutdown()`), and the CLI in [`cli`].
 
 pub mod attest;
+pub mod client;
 pub mod convert;
 pub mod manager;
 pub mod metrics;
 pub mod state;
+pub mod testing;
 pub mod workload;

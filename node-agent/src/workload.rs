@@ -119,11 +119,9 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, EndpointError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         && !dir.exists()
     {
-        {
-            std::fs::create_dir_all(dir).map_err(|source| EndpointError::Dir { path: dir.to_owned(), source })?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-                .map_err(|source| EndpointError::Permissions { path: dir.to_owned(), source })?;
-        }
+        std::fs::create_dir_all(dir).map_err(|source| EndpointError::Dir { path: dir.to_owned(), source })?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(|source| EndpointError::Permissions { path: dir.to_owned(), source })?;
     }
     match std::fs::remove_file(path) {
         Ok(()) => {}
