@@ -549,3 +549,25 @@ fn split_der_certs_and_validity() {
     // 2020-01-01 and 2040-01-01 (pki.rs defaults).
     assert_eq!(validity_unix(&leaf), Ok((1_577_836_800, 2_208_988_800)));
 }
+
+/// Every single-byte change of a valid chain is refused (and nothing panics).
+#[test]
+fn every_single_byte_mutation_is_refused() {
+    let root = Ca::root(TD);
+    let inter = root.intermediate(ca_params("i", Some("spiffe://example.org")), ec_key());
+    let leaf = inter.leaf(&[ID]);
+    let bundle = bundle_of(TD, &[&root]);
+    assert_eq!(verify_x509_svid(&[leaf.clone(), inter.der.clone()], &bundle, NOW), Ok(id(ID)));
+    for which in 0..2 {
+        let original = if which == 0 { &leaf } else { &inter.der };
+        for i in 0..original.len() {
+            for delta in [0x01u8, 0x80, 0xff] {
+                let mut m = original.clone();
+                m[i] ^= delta;
+                let chain = if which == 0 { vec![m, inter.der.clone()] } else { vec![leaf.clone(), m] };
+                let r = verify_x509_svid(&chain, &bundle, NOW);
+                assert!(r.is_err(), "cert {which} byte {i} ^ {delta:#x} accepted");
+            }
+        }
+    }
+}

@@ -678,3 +678,27 @@ fn c_interop_validates_tokens_made_by_go_jose() {
     }
     assert_eq!(algs, vec!["ES256", "ES384", "RS256", "PS256", "RS512"]);
 }
+
+/// Every single-character change of a valid token is refused (and nothing panics).
+#[test]
+fn every_single_character_mutation_is_refused() {
+    let f = Fixture::new();
+    let token = sign_jwt_svid(&f.key.key, KID, &claims()).unwrap();
+    assert!(f.validate(&token).is_ok());
+    let alphabet = b"AZaz09-_.=+/ \x00";
+    let bytes = token.as_bytes();
+    let mut refused = 0;
+    for i in 0..bytes.len() {
+        for &c in alphabet {
+            if bytes[i] == c {
+                continue;
+            }
+            let mut m = bytes.to_vec();
+            m[i] = c;
+            let m = String::from_utf8(m).unwrap();
+            assert!(f.validate(&m).is_err(), "mutation at {i} to {:?} accepted", c as char);
+            refused += 1;
+        }
+    }
+    assert!(refused > 1000);
+}
