@@ -118,7 +118,9 @@ fn cached_svid(
         key_pkcs8,
         not_before,
         not_after,
-        rotate_at: rotation_time(not_before, not_after, random_jitter()),
+        // Half of the lifetime left at receipt: the server backdates NotBefore, which must not make short
+        // SVIDs due at once.
+        rotate_at: rotation_time(not_before.max(now), not_after, random_jitter()),
     })
 }
 
@@ -335,14 +337,24 @@ impl Worker {
             .collect()
     }
 
+    /// When the next entry becomes due (same rules as [`Worker::due`]).
     fn next_wake(&self, now: i64) -> Option<i64> {
         if !self.snap.synced {
             return None;
         }
-        let rotations = self.snap.svids.values().map(|s| s.rotate_at);
-        let retries = self.entry_retry.values().copied();
-        let next = rotations.chain(retries).chain((self.global_retry > now).then_some(self.global_retry)).min();
-        next.map(|t| t.max(self.global_retry).max(now))
+        let next = self
+            .snap
+            .entries
+            .values()
+            .map(|e| {
+                let wanted = match self.snap.svids.get(&e.id) {
+                    Some(s) if self.signed_for.get(&e.id).is_some_and(|f| f == &SignedFor::of(e)) => s.rotate_at,
+                    _ => now,
+                };
+                wanted.max(self.entry_retry.get(&e.id).copied().unwrap_or(i64::MIN))
+            })
+            .min()?;
+        Some(next.max(self.global_retry).max(now))
     }
 
     fn publish(&mut self) {
@@ -375,7 +387,10 @@ impl Worker {
                         keys.insert(e.id.clone(), key);
                         params.push((e.id.clone(), csr));
                     }
-                    Err(err) => tracing::error!(entry_id = %e.id, error = %err, "cannot create a CSR"),
+                    Err(err) => {
+                        tracing::error!(entry_id = %e.id, error = %err, "cannot create a CSR");
+                        self.entry_retry.insert(e.id.clone(), now + ENTRY_RETRY);
+                    }
                 }
             }
             match self.signer.batch_new_x509_svid(params).await {
