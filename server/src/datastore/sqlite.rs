@@ -1,0 +1,986 @@
+//! The embedded SQLite datastore.
+//!
+//! One connection guarded by a mutex; every call runs on tokio's blocking pool. The database runs with
+//! `journal_mode=WAL` and `synchronous=FULL`, so a write is on disk (WAL fsynced) before it is acknowledged,
+//! and with `foreign_keys=ON`. The schema is versioned by `PRAGMA user_version`: the numbered migrations in
+//! `migrations/` that the file lacks are applied in one transaction at open. The file is created mode 0600.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::fs::{DirBuilder, OpenOptions, Permissions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::types::Value;
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params, params_from_iter};
+use sha2::{Digest, Sha256};
+use sigil_core::bundle::{Bundle, JwtAuthority};
+use sigil_core::{RegistrationEntry, Selector, SpiffeId, TrustDomain};
+
+use super::{AttestedAgent, Datastore, DatastoreError, EntryFilter, JoinTokenOutcome, Page, Result, SelectorMatch};
+
+/// Schema migrations; migration `i` (0-based) brings the schema to version `i + 1`. Append only.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+
+/// The schema version this build writes (`PRAGMA user_version` after open).
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// How long a statement waits for a lock held by another connection (e.g. an operator's `sqlite3` shell).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest entry ID a client may choose.
+const MAX_ENTRY_ID_LEN: usize = 255;
+
+const ENTRY_COLUMNS: &str = "e.id, e.spiffe_id, e.parent_id, e.selectors, e.x509_svid_ttl, e.jwt_svid_ttl, \
+     e.dns_names, e.federates_with, e.admin, e.downstream, e.hint, e.entry_expiry, e.revision, e.created_at";
+
+const AGENT_COLUMNS: &str =
+    "spiffe_id, attestation_type, cert_serial, cert_expires_at, selectors, banned, created_at, updated_at";
+
+/// The SQLite datastore. Cheap to share behind an `Arc`.
+pub struct SqliteDatastore {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl fmt::Debug for SqliteDatastore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteDatastore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl From<rusqlite::Error> for DatastoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        DatastoreError::Backend(format!("sqlite: {e}"))
+    }
+}
+
+impl SqliteDatastore {
+    /// Opens the database file at `path`, creating it (mode 0600, parent directories 0700) when missing,
+    /// and applies pending migrations.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let owned = path.to_path_buf();
+        let conn = tokio::task::spawn_blocking(move || open_connection(&owned))
+            .await
+            .map_err(|e| DatastoreError::Backend(format!("datastore open task failed: {e}")))??;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), path: path.to_path_buf() })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version recorded in the file (`PRAGMA user_version`).
+    pub async fn schema_version(&self) -> Result<i64> {
+        self.run(|conn| Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?)).await
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock dropped any open transaction, which rolled it back: the
+            // connection is still consistent.
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| DatastoreError::Backend(format!("datastore task failed: {e}")))?
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection> {
+    let io = |what: &str, e: std::io::Error| DatastoreError::Backend(format!("{what} {}: {e}", path.display()));
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(|e| io("cannot create the directory of", e))?;
+    }
+    // Create the file ourselves so it is never readable by others, not even for a moment. SQLite gives the
+    // -wal and -shm files the mode of the database file.
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io("cannot open", e))?;
+    let mode = file.metadata().map_err(|e| io("cannot stat", e))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        file.set_permissions(Permissions::from_mode(0o600)).map_err(|e| io("cannot chmod 0600", e))?;
+    }
+    drop(file);
+
+    let mut conn =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let journal: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !journal.eq_ignore_ascii_case("wal") {
+        return Err(DatastoreError::Backend(format!(
+            "{}: could not enable WAL journal mode (got {journal})",
+            path.display()
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    let synchronous: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get(0))?;
+    let foreign_keys: i64 = conn.pragma_query_value(None, "foreign_keys", |r| r.get(0))?;
+    if synchronous != 2 || foreign_keys != 1 {
+        return Err(DatastoreError::Backend(format!(
+            "{}: pragmas not applied (synchronous={synchronous}, foreign_keys={foreign_keys})",
+            path.display()
+        )));
+    }
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+/// Applies every migration the file lacks, all in one transaction with the new `user_version`.
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+    let current: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let Ok(applied) = usize::try_from(current) else {
+        return Err(DatastoreError::Backend(format!("database has a negative schema version {current}")));
+    };
+    if applied > MIGRATIONS.len() {
+        return Err(DatastoreError::Backend(format!(
+            "database schema version {current} is newer than this server supports ({SCHEMA_VERSION}); \
+             refusing to open it"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn corrupt(what: impl fmt::Display, detail: impl fmt::Display) -> DatastoreError {
+    DatastoreError::Backend(format!("stored {what} is unreadable: {detail}"))
+}
+
+/// The SQLite extended result code of a constraint violation, if `e` is one.
+fn constraint_code(e: &rusqlite::Error) -> Option<i32> {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation => Some(f.extended_code),
+        _ => None,
+    }
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        constraint_code(e),
+        Some(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+    )
+}
+
+fn to_json<T: serde::Serialize + ?Sized>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| DatastoreError::Backend(format!("cannot encode JSON: {e}")))
+}
+
+fn selector_strings(selectors: &[Selector]) -> Vec<String> {
+    selectors.iter().map(Selector::to_string).collect()
+}
+
+fn parse_selectors(what: &str, json: &str) -> Result<Vec<Selector>> {
+    let raw: Vec<String> = serde_json::from_str(json).map_err(|e| corrupt(what, e))?;
+    raw.iter().map(|s| Selector::parse(s).map_err(|e| corrupt(what, e))).collect()
+}
+
+/// The sorted, deduplicated selector set, as JSON (unambiguous whatever the selector values contain).
+fn selector_set_json(selectors: &[Selector]) -> Result<String> {
+    let set: BTreeSet<String> = selectors.iter().map(Selector::to_string).collect();
+    to_json(&set)
+}
+
+/// A digest of the selector set: equal sets give equal keys, whatever the order or repetition.
+fn selector_key(selectors: &[Selector]) -> Result<String> {
+    Ok(hex::encode(Sha256::digest(selector_set_json(selectors)?.as_bytes())))
+}
+
+fn check_entry_id(id: &str) -> Result<()> {
+    if id.len() > MAX_ENTRY_ID_LEN {
+        return Err(DatastoreError::Invalid(format!("entry id is longer than {MAX_ENTRY_ID_LEN} bytes")));
+    }
+    if !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(DatastoreError::Invalid(format!(
+            "entry id {id:?} may contain only printable ASCII characters without spaces"
+        )));
+    }
+    Ok(())
+}
+
+// ----- entries -----
+
+/// An entries row before its text columns are parsed.
+struct EntryRow {
+    id: String,
+    spiffe_id: String,
+    parent_id: String,
+    selectors: String,
+    x509_svid_ttl: i64,
+    jwt_svid_ttl: i64,
+    dns_names: String,
+    federates_with: String,
+    admin: bool,
+    downstream: bool,
+    hint: String,
+    entry_expiry: i64,
+    revision: i64,
+    created_at: i64,
+}
+
+impl EntryRow {
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: r.get(0)?,
+            spiffe_id: r.get(1)?,
+            parent_id: r.get(2)?,
+            selectors: r.get(3)?,
+            x509_svid_ttl: r.get(4)?,
+            jwt_svid_ttl: r.get(5)?,
+            dns_names: r.get(6)?,
+            federates_with: r.get(7)?,
+            admin: r.get(8)?,
+            downstream: r.get(9)?,
+            hint: r.get(10)?,
+            entry_expiry: r.get(11)?,
+            revision: r.get(12)?,
+            created_at: r.get(13)?,
+        })
+    }
+
+    fn decode(self) -> Result<RegistrationEntry> {
+        let what = format!("entry {}", self.id);
+        let id = |s: &str| SpiffeId::new(s).map_err(|e| corrupt(&what, e));
+        let ttl = |v: i64| u32::try_from(v).map_err(|e| corrupt(&what, e));
+        let dns_names: Vec<String> = serde_json::from_str(&self.dns_names).map_err(|e| corrupt(&what, e))?;
+        let federates: Vec<String> = serde_json::from_str(&self.federates_with).map_err(|e| corrupt(&what, e))?;
+        let federates_with = federates
+            .iter()
+            .map(|td| TrustDomain::new(td).map_err(|e| corrupt(&what, e)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RegistrationEntry {
+            spiffe_id: id(&self.spiffe_id)?,
+            parent_id: id(&self.parent_id)?,
+            selectors: parse_selectors(&what, &self.selectors)?,
+            x509_svid_ttl: ttl(self.x509_svid_ttl)?,
+            jwt_svid_ttl: ttl(self.jwt_svid_ttl)?,
+            dns_names,
+            federates_with,
+            admin: self.admin,
+            downstream: self.downstream,
+            hint: self.hint,
+            entry_expiry: self.entry_expiry,
+            revision: self.revision,
+            created_at: self.created_at,
+            id: self.id,
+        })
+    }
+}
+
+fn query_entries(conn: &Connection, sql: &str, params: &[Value]) -> Result<Vec<RegistrationEntry>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params_from_iter(params.iter()), EntryRow::from_row)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row?.decode()?);
+    }
+    Ok(out)
+}
+
+fn load_entry(conn: &Connection, id: &str) -> Result<Option<RegistrationEntry>> {
+    let sql = format!("SELECT {ENTRY_COLUMNS} FROM entries e WHERE e.id = ?1");
+    Ok(query_entries(conn, &sql, &[Value::Text(id.to_owned())])?.into_iter().next())
+}
+
+/// Checks a new entry and fills in the server-assigned fields.
+fn prepare_new_entry(mut entry: RegistrationEntry, now: i64) -> Result<RegistrationEntry> {
+    if entry.selectors.is_empty() {
+        return Err(DatastoreError::Invalid("entry needs at least one selector".into()));
+    }
+    if entry.id.is_empty() {
+        entry.id = uuid::Uuid::new_v4().to_string();
+    } else {
+        check_entry_id(&entry.id)?;
+    }
+    entry.revision = 1;
+    entry.created_at = now;
+    Ok(entry)
+}
+
+/// The message for an entry that would duplicate another (same SPIFFE ID, parent ID and selector set).
+fn duplicate_entry(conn: &Connection, e: &RegistrationEntry, key: &str) -> DatastoreError {
+    let other: Option<String> = conn
+        .query_row(
+            "SELECT id FROM entries WHERE spiffe_id = ?1 AND parent_id = ?2 AND selector_key = ?3 AND id <> ?4",
+            params![e.spiffe_id.as_str(), e.parent_id.as_str(), key, e.id],
+            |r| r.get(0),
+        )
+        .optional()
+        .ok()
+        .flatten();
+    match other {
+        Some(other) => DatastoreError::AlreadyExists(format!(
+            "entry {other} already has spiffe_id {}, parent_id {} and the same selectors",
+            e.spiffe_id, e.parent_id
+        )),
+        None => DatastoreError::AlreadyExists(format!("entry with id {:?}", e.id)),
+    }
+}
+
+fn write_entry_selectors(conn: &Connection, e: &RegistrationEntry) -> Result<()> {
+    conn.execute("DELETE FROM entry_selectors WHERE entry_id = ?1", params![e.id])?;
+    let mut stmt = conn.prepare_cached("INSERT INTO entry_selectors (entry_id, pos, selector) VALUES (?1, ?2, ?3)")?;
+    for (pos, sel) in e.selectors.iter().enumerate() {
+        stmt.execute(params![e.id, pos as i64, sel.to_string()])?;
+    }
+    Ok(())
+}
+
+/// The columns shared by insert and update, in `ENTRY_WRITE_COLUMNS` order (after `id`).
+fn entry_values(e: &RegistrationEntry, key: &str) -> Result<Vec<Value>> {
+    let federates: Vec<&str> = e.federates_with.iter().map(TrustDomain::name).collect();
+    Ok(vec![
+        Value::Text(e.spiffe_id.as_str().to_owned()),
+        Value::Text(e.parent_id.as_str().to_owned()),
+        Value::Text(key.to_owned()),
+        Value::Text(to_json(&selector_strings(&e.selectors))?),
+        Value::Integer(i64::from(e.x509_svid_ttl)),
+        Value::Integer(i64::from(e.jwt_svid_ttl)),
+        Value::Text(to_json(&e.dns_names)?),
+        Value::Text(to_json(&federates)?),
+        Value::Integer(i64::from(e.admin)),
+        Value::Integer(i64::from(e.downstream)),
+        Value::Text(e.hint.clone()),
+        Value::Integer(e.entry_expiry),
+        Value::Integer(e.revision),
+        Value::Integer(e.created_at),
+    ])
+}
+
+fn insert_entry(conn: &Connection, e: &RegistrationEntry) -> Result<()> {
+    let key = selector_key(&e.selectors)?;
+    let mut values = vec![Value::Text(e.id.clone())];
+    values.extend(entry_values(e, &key)?);
+    let inserted = conn.execute(
+        "INSERT INTO entries (id, spiffe_id, parent_id, selector_key, selectors, x509_svid_ttl, jwt_svid_ttl, \
+         dns_names, federates_with, admin, downstream, hint, entry_expiry, revision, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        params_from_iter(values.iter()),
+    );
+    match inserted {
+        Ok(_) => write_entry_selectors(conn, e),
+        Err(err) if is_unique_violation(&err) => Err(duplicate_entry(conn, e, &key)),
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn update_entry_row(conn: &Connection, e: &RegistrationEntry) -> Result<()> {
+    let key = selector_key(&e.selectors)?;
+    let mut values = entry_values(e, &key)?;
+    values.push(Value::Text(e.id.clone()));
+    let updated = conn.execute(
+        "UPDATE entries SET spiffe_id = ?1, parent_id = ?2, selector_key = ?3, selectors = ?4, \
+         x509_svid_ttl = ?5, jwt_svid_ttl = ?6, dns_names = ?7, federates_with = ?8, admin = ?9, \
+         downstream = ?10, hint = ?11, entry_expiry = ?12, revision = ?13, created_at = ?14 WHERE id = ?15",
+        params_from_iter(values.iter()),
+    );
+    match updated {
+        Ok(1) => write_entry_selectors(conn, e),
+        Ok(_) => Err(DatastoreError::NotFound(format!("entry {}", e.id))),
+        Err(err) if is_unique_violation(&err) => Err(duplicate_entry(conn, e, &key)),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// The WHERE clause (without the keyword) and its parameters for a filter.
+fn filter_sql(filter: &EntryFilter) -> Result<(Vec<String>, Vec<Value>)> {
+    let mut conds = Vec::new();
+    let mut params = Vec::new();
+    let mut bind = |conds: &mut Vec<String>, cond: &str, v: Value| {
+        params.push(v);
+        conds.push(cond.replace('?', &format!("?{}", params.len())));
+    };
+    if let Some(id) = &filter.by_spiffe_id {
+        bind(&mut conds, "e.spiffe_id = ?", Value::Text(id.as_str().to_owned()));
+    }
+    if let Some(id) = &filter.by_parent_id {
+        bind(&mut conds, "e.parent_id = ?", Value::Text(id.as_str().to_owned()));
+    }
+    if let Some(hint) = &filter.by_hint {
+        bind(&mut conds, "e.hint = ?", Value::Text(hint.clone()));
+    }
+    if let Some(downstream) = filter.by_downstream {
+        bind(&mut conds, "e.downstream = ?", Value::Integer(i64::from(downstream)));
+    }
+    if let Some((selectors, mode)) = &filter.by_selectors {
+        if selectors.is_empty() {
+            return Err(DatastoreError::Invalid("selector filter needs at least one selector".into()));
+        }
+        let set = selector_set_json(selectors)?;
+        match mode {
+            SelectorMatch::Exact => {
+                bind(&mut conds, "e.selector_key = ?", Value::Text(selector_key(selectors)?));
+            }
+            SelectorMatch::Subset => bind(
+                &mut conds,
+                "NOT EXISTS (SELECT 1 FROM entry_selectors s WHERE s.entry_id = e.id \
+                 AND s.selector NOT IN (SELECT value FROM json_each(?)))",
+                Value::Text(set),
+            ),
+            SelectorMatch::Superset => {
+                let wanted = selectors.iter().collect::<BTreeSet<_>>().len() as i64;
+                let cond = format!(
+                    "(SELECT COUNT(DISTINCT s.selector) FROM entry_selectors s WHERE s.entry_id = e.id \
+                     AND s.selector IN (SELECT value FROM json_each(?))) = {wanted}"
+                );
+                bind(&mut conds, &cond, Value::Text(set));
+            }
+            SelectorMatch::Any => bind(
+                &mut conds,
+                "EXISTS (SELECT 1 FROM entry_selectors s WHERE s.entry_id = e.id \
+                 AND s.selector IN (SELECT value FROM json_each(?)))",
+                Value::Text(set),
+            ),
+        }
+    }
+    Ok((conds, params))
+}
+
+fn where_clause(conds: &[String]) -> String {
+    if conds.is_empty() { String::new() } else { format!(" WHERE {}", conds.join(" AND ")) }
+}
+
+fn list_entries_sync(
+    conn: &Connection,
+    filter: &EntryFilter,
+    page: &Page,
+) -> Result<(Vec<RegistrationEntry>, Option<String>)> {
+    let (mut conds, mut params) = filter_sql(filter)?;
+    if let Some(token) = page.token.as_deref().filter(|t| !t.is_empty()) {
+        params.push(Value::Text(token.to_owned()));
+        conds.push(format!("e.id > ?{}", params.len()));
+    }
+    let mut sql = format!("SELECT {ENTRY_COLUMNS} FROM entries e{} ORDER BY e.id", where_clause(&conds));
+    if page.size > 0 {
+        // One more than asked, to know whether another page follows.
+        sql.push_str(&format!(" LIMIT {}", u64::from(page.size) + 1));
+    }
+    let mut entries = query_entries(conn, &sql, &params)?;
+    let size = page.size as usize;
+    let next = if page.size > 0 && entries.len() > size {
+        entries.truncate(size);
+        entries.last().map(|e| e.id.clone())
+    } else {
+        None
+    };
+    Ok((entries, next))
+}
+
+// ----- agents -----
+
+/// An agents row before its text columns are parsed.
+struct AgentRow {
+    spiffe_id: String,
+    attestation_type: String,
+    cert_serial: String,
+    cert_expires_at: i64,
+    selectors: String,
+    banned: bool,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl AgentRow {
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            spiffe_id: r.get(0)?,
+            attestation_type: r.get(1)?,
+            cert_serial: r.get(2)?,
+            cert_expires_at: r.get(3)?,
+            selectors: r.get(4)?,
+            banned: r.get(5)?,
+            created_at: r.get(6)?,
+            updated_at: r.get(7)?,
+        })
+    }
+
+    fn decode(self) -> Result<AttestedAgent> {
+        let what = format!("agent {}", self.spiffe_id);
+        Ok(AttestedAgent {
+            spiffe_id: SpiffeId::new(&self.spiffe_id).map_err(|e| corrupt(&what, e))?,
+            attestation_type: self.attestation_type,
+            cert_serial: self.cert_serial,
+            cert_expires_at: self.cert_expires_at,
+            selectors: parse_selectors(&what, &self.selectors)?,
+            banned: self.banned,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+fn load_agent(conn: &Connection, id: &str) -> Result<Option<AttestedAgent>> {
+    let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE spiffe_id = ?1");
+    conn.query_row(&sql, params![id], AgentRow::from_row).optional()?.map(AgentRow::decode).transpose()
+}
+
+// ----- bundles -----
+
+fn load_bundle(conn: &Connection, td: &str) -> Result<Option<Bundle>> {
+    let head: Option<(i64, Option<i64>)> = conn
+        .query_row("SELECT sequence, refresh_hint_secs FROM bundles WHERE trust_domain = ?1", params![td], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let Some((sequence, refresh_hint)) = head else {
+        return Ok(None);
+    };
+    let what = format!("bundle of {td}");
+    let trust_domain = TrustDomain::new(td).map_err(|e| corrupt(&what, e))?;
+    let mut stmt =
+        conn.prepare_cached("SELECT cert_der FROM bundle_x509_authorities WHERE trust_domain = ?1 ORDER BY pos")?;
+    let x509_authorities = stmt.query_map(params![td], |r| r.get(0))?.collect::<rusqlite::Result<Vec<Vec<u8>>>>()?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT key_id, public_key_spki_der, expires_at FROM bundle_jwt_authorities \
+         WHERE trust_domain = ?1 ORDER BY pos",
+    )?;
+    let jwt_authorities = stmt
+        .query_map(params![td], |r| {
+            Ok(JwtAuthority { key_id: r.get(0)?, public_key_spki_der: r.get(1)?, expires_at: r.get(2)? })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Some(Bundle {
+        trust_domain,
+        x509_authorities,
+        jwt_authorities,
+        // u64 values are stored as their i64 bit pattern, so every value round-trips.
+        sequence: sequence.cast_unsigned(),
+        refresh_hint_secs: refresh_hint.map(i64::cast_unsigned),
+    }))
+}
+
+fn store_bundle(conn: &Connection, b: &Bundle) -> Result<()> {
+    let td = b.trust_domain.name();
+    conn.execute(
+        "INSERT INTO bundles (trust_domain, sequence, refresh_hint_secs) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (trust_domain) DO UPDATE SET sequence = excluded.sequence, \
+         refresh_hint_secs = excluded.refresh_hint_secs",
+        params![td, b.sequence.cast_signed(), b.refresh_hint_secs.map(u64::cast_signed)],
+    )?;
+    conn.execute("DELETE FROM bundle_x509_authorities WHERE trust_domain = ?1", params![td])?;
+    conn.execute("DELETE FROM bundle_jwt_authorities WHERE trust_domain = ?1", params![td])?;
+    let mut stmt =
+        conn.prepare_cached("INSERT INTO bundle_x509_authorities (trust_domain, pos, cert_der) VALUES (?1, ?2, ?3)")?;
+    for (pos, der) in b.x509_authorities.iter().enumerate() {
+        stmt.execute(params![td, pos as i64, der])?;
+    }
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO bundle_jwt_authorities (trust_domain, pos, key_id, public_key_spki_der, expires_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for (pos, k) in b.jwt_authorities.iter().enumerate() {
+        stmt.execute(params![td, pos as i64, k.key_id, k.public_key_spki_der, k.expires_at])?;
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Datastore for SqliteDatastore {
+    async fn create_entry(&self, entry: RegistrationEntry) -> Result<RegistrationEntry> {
+        self.run(move |conn| {
+            let entry = prepare_new_entry(entry, now_unix())?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            insert_entry(&tx, &entry)?;
+            tx.commit()?;
+            Ok(entry)
+        })
+        .await
+    }
+
+    async fn create_entries(&self, entries: Vec<RegistrationEntry>) -> Vec<Result<RegistrationEntry>> {
+        let n = entries.len();
+        let outcome = self
+            .run(move |conn| {
+                let now = now_unix();
+                let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let mut results = Vec::with_capacity(entries.len());
+                for entry in entries {
+                    let result = prepare_new_entry(entry, now).and_then(|entry| {
+                        // A savepoint per item: a failed item leaves no partial rows behind.
+                        let sp = tx.savepoint()?;
+                        insert_entry(&sp, &entry)?;
+                        sp.commit()?;
+                        Ok(entry)
+                    });
+                    results.push(result);
+                }
+                tx.commit()?;
+                Ok(results)
+            })
+            .await;
+        match outcome {
+            Ok(results) => results,
+            Err(e) => vec![Err(e); n],
+        }
+    }
+
+    async fn update_entry(
+        &self,
+        entry: RegistrationEntry,
+        expected_revision: Option<i64>,
+    ) -> Result<RegistrationEntry> {
+        self.run(move |conn| {
+            if entry.selectors.is_empty() {
+                return Err(DatastoreError::Invalid("entry needs at least one selector".into()));
+            }
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let current: Option<(i64, i64)> = tx
+                .query_row("SELECT revision, created_at FROM entries WHERE id = ?1", params![entry.id], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            let Some((revision, created_at)) = current else {
+                return Err(DatastoreError::NotFound(format!("entry {}", entry.id)));
+            };
+            if let Some(expected) = expected_revision
+                && expected != revision
+            {
+                return Err(DatastoreError::Conflict(format!(
+                    "entry {} is at revision {revision}, not {expected}",
+                    entry.id
+                )));
+            }
+            let updated = RegistrationEntry { revision: revision + 1, created_at, ..entry };
+            update_entry_row(&tx, &updated)?;
+            tx.commit()?;
+            Ok(updated)
+        })
+        .await
+    }
+
+    async fn delete_entries(&self, ids: &[String]) -> Vec<Result<RegistrationEntry>> {
+        let ids = ids.to_vec();
+        let n = ids.len();
+        let outcome = self
+            .run(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let mut results = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let result = load_entry(&tx, &id).and_then(|found| match found {
+                        None => Err(DatastoreError::NotFound(format!("entry {id}"))),
+                        Some(entry) => {
+                            tx.execute("DELETE FROM entries WHERE id = ?1", params![id])?;
+                            Ok(entry)
+                        }
+                    });
+                    results.push(result);
+                }
+                tx.commit()?;
+                Ok(results)
+            })
+            .await;
+        match outcome {
+            Ok(results) => results,
+            Err(e) => vec![Err(e); n],
+        }
+    }
+
+    async fn get_entry(&self, id: &str) -> Result<Option<RegistrationEntry>> {
+        let id = id.to_owned();
+        self.run(move |conn| load_entry(conn, &id)).await
+    }
+
+    async fn list_entries(
+        &self,
+        filter: &EntryFilter,
+        page: &Page,
+    ) -> Result<(Vec<RegistrationEntry>, Option<String>)> {
+        let (filter, page) = (filter.clone(), page.clone());
+        self.run(move |conn| list_entries_sync(conn, &filter, &page)).await
+    }
+
+    async fn count_entries(&self, filter: &EntryFilter) -> Result<u64> {
+        let filter = filter.clone();
+        self.run(move |conn| {
+            let (conds, params) = filter_sql(&filter)?;
+            let sql = format!("SELECT COUNT(*) FROM entries e{}", where_clause(&conds));
+            let count: i64 = conn.query_row(&sql, params_from_iter(params.iter()), |r| r.get(0))?;
+            u64::try_from(count).map_err(|e| DatastoreError::Backend(format!("negative count: {e}")))
+        })
+        .await
+    }
+
+    async fn all_entries(&self) -> Result<Vec<RegistrationEntry>> {
+        self.run(|conn| {
+            let sql = format!("SELECT {ENTRY_COLUMNS} FROM entries e ORDER BY e.id");
+            query_entries(conn, &sql, &[])
+        })
+        .await
+    }
+
+    async fn create_agent(&self, agent: AttestedAgent) -> Result<AttestedAgent> {
+        self.run(move |conn| {
+            let now = now_unix();
+            let created_at = if agent.created_at == 0 { now } else { agent.created_at };
+            let updated_at = if agent.updated_at == 0 { now } else { agent.updated_at };
+            let agent = AttestedAgent { created_at, updated_at, ..agent };
+            let inserted = conn.execute(
+                "INSERT INTO agents (spiffe_id, attestation_type, cert_serial, cert_expires_at, selectors, banned, \
+                 created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    agent.spiffe_id.as_str(),
+                    agent.attestation_type,
+                    agent.cert_serial,
+                    agent.cert_expires_at,
+                    to_json(&selector_strings(&agent.selectors))?,
+                    agent.banned,
+                    agent.created_at,
+                    agent.updated_at,
+                ],
+            );
+            match inserted {
+                Ok(_) => Ok(agent),
+                Err(e) if is_unique_violation(&e) => {
+                    Err(DatastoreError::AlreadyExists(format!("agent {}", agent.spiffe_id)))
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+    }
+
+    async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AttestedAgent>> {
+        let id = id.as_str().to_owned();
+        self.run(move |conn| load_agent(conn, &id)).await
+    }
+
+    async fn list_agents(&self) -> Result<Vec<AttestedAgent>> {
+        self.run(|conn| {
+            let sql = format!("SELECT {AGENT_COLUMNS} FROM agents ORDER BY spiffe_id");
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map([], AgentRow::from_row)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row?.decode()?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn update_agent(&self, agent: AttestedAgent) -> Result<AttestedAgent> {
+        self.run(move |conn| {
+            let updated_at = if agent.updated_at == 0 { now_unix() } else { agent.updated_at };
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let changed = tx.execute(
+                "UPDATE agents SET attestation_type = ?1, cert_serial = ?2, cert_expires_at = ?3, selectors = ?4, \
+                 updated_at = ?5 WHERE spiffe_id = ?6",
+                params![
+                    agent.attestation_type,
+                    agent.cert_serial,
+                    agent.cert_expires_at,
+                    to_json(&selector_strings(&agent.selectors))?,
+                    updated_at,
+                    agent.spiffe_id.as_str(),
+                ],
+            )?;
+            if changed == 0 {
+                return Err(DatastoreError::NotFound(format!("agent {}", agent.spiffe_id)));
+            }
+            let stored = load_agent(&tx, agent.spiffe_id.as_str())?
+                .ok_or_else(|| DatastoreError::NotFound(format!("agent {}", agent.spiffe_id)))?;
+            tx.commit()?;
+            Ok(stored)
+        })
+        .await
+    }
+
+    async fn delete_agent(&self, id: &SpiffeId) -> Result<()> {
+        let id = id.clone();
+        self.run(move |conn| match conn.execute("DELETE FROM agents WHERE spiffe_id = ?1", params![id.as_str()])? {
+            0 => Err(DatastoreError::NotFound(format!("agent {id}"))),
+            _ => Ok(()),
+        })
+        .await
+    }
+
+    async fn set_agent_banned(&self, id: &SpiffeId, banned: bool) -> Result<()> {
+        let id = id.clone();
+        self.run(move |conn| {
+            match conn.execute("UPDATE agents SET banned = ?1 WHERE spiffe_id = ?2", params![banned, id.as_str()])? {
+                0 => Err(DatastoreError::NotFound(format!("agent {id}"))),
+                _ => Ok(()),
+            }
+        })
+        .await
+    }
+
+    async fn create_join_token(&self, token: &str, expires_at: i64) -> Result<()> {
+        if token.is_empty() {
+            return Err(DatastoreError::Invalid("join token is empty".into()));
+        }
+        let token = token.to_owned();
+        self.run(move |conn| {
+            match conn
+                .execute("INSERT INTO join_tokens (token, expires_at) VALUES (?1, ?2)", params![token, expires_at])
+            {
+                Ok(_) => Ok(()),
+                // The token is a secret: it is not repeated in the message.
+                Err(e) if is_unique_violation(&e) => Err(DatastoreError::AlreadyExists("join token".into())),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+    }
+
+    async fn consume_join_token(&self, token: &str, now: i64) -> Result<JoinTokenOutcome> {
+        let token = token.to_owned();
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let expires_at: Option<i64> = tx
+                .query_row("DELETE FROM join_tokens WHERE token = ?1 RETURNING expires_at", params![token], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            tx.commit()?;
+            Ok(match expires_at {
+                None => JoinTokenOutcome::NotFound,
+                Some(exp) if exp <= now => JoinTokenOutcome::Expired,
+                Some(_) => JoinTokenOutcome::Valid,
+            })
+        })
+        .await
+    }
+
+    async fn prune_join_tokens(&self, now: i64) -> Result<u64> {
+        self.run(move |conn| {
+            let n = conn.execute("DELETE FROM join_tokens WHERE expires_at <= ?1", params![now])?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn set_bundle(&self, bundle: Bundle) -> Result<()> {
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            store_bundle(&tx, &bundle)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_bundle(&self, trust_domain: &TrustDomain) -> Result<Option<Bundle>> {
+        let td = trust_domain.name().to_owned();
+        self.run(move |conn| load_bundle(conn, &td)).await
+    }
+
+    async fn list_bundles(&self) -> Result<Vec<Bundle>> {
+        self.run(|conn| {
+            // One read transaction, so the list is a consistent snapshot.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+            let tds = {
+                let mut stmt = tx.prepare_cached("SELECT trust_domain FROM bundles ORDER BY trust_domain")?;
+                stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            let mut out = Vec::with_capacity(tds.len());
+            for td in tds {
+                if let Some(b) = load_bundle(&tx, &td)? {
+                    out.push(b);
+                }
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_bundle(&self, trust_domain: &TrustDomain) -> Result<()> {
+        let td = trust_domain.clone();
+        self.run(move |conn| match conn.execute("DELETE FROM bundles WHERE trust_domain = ?1", params![td.name()])? {
+            0 => Err(DatastoreError::NotFound(format!("bundle of trust domain {td}"))),
+            _ => Ok(()),
+        })
+        .await
+    }
+
+    async fn load_ca_journal(&self) -> Result<Option<Vec<u8>>> {
+        self.run(|conn| Ok(conn.query_row("SELECT data FROM ca_journal WHERE id = 1", [], |r| r.get(0)).optional()?))
+            .await
+    }
+
+    async fn store_ca_journal(&self, journal: Vec<u8>) -> Result<()> {
+        self.run(move |conn| {
+            conn.execute(
+                "INSERT INTO ca_journal (id, data) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET data = excluded.data",
+                params![journal],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sels(items: &[&str]) -> Vec<Selector> {
+        items.iter().map(|s| Selector::parse(s).unwrap()).collect()
+    }
+
+    #[test]
+    fn selector_key_ignores_order_and_repetition() {
+        let cases: &[(&[&str], &[&str], bool)] = &[
+            (&["a:1", "b:2"], &["b:2", "a:1"], true),
+            (&["a:1", "a:1"], &["a:1"], true),
+            (&["a:1"], &["a:2"], false),
+            // A value containing the separator of a naive join must not collide with two selectors.
+            (&["a:1\nb:2"], &["a:1", "b:2"], false),
+            (&["a:1,b:2"], &["a:1", "b:2"], false),
+        ];
+        for (x, y, same) in cases {
+            let (kx, ky) = (selector_key(&sels(x)).unwrap(), selector_key(&sels(y)).unwrap());
+            assert_eq!(kx == ky, *same, "{x:?} vs {y:?}");
+        }
+    }
+
+    #[test]
+    fn entry_id_rules() {
+        let cases: &[(&str, bool)] = &[
+            ("b3f0c1de-0000-4000-8000-000000000001", true),
+            ("my/custom_id.1", true),
+            ("has space", false),
+            ("tab\t", false),
+            ("ünicode", false),
+        ];
+        for (id, ok) in cases {
+            assert_eq!(check_entry_id(id).is_ok(), *ok, "{id:?}");
+        }
+        assert!(check_entry_id(&"x".repeat(MAX_ENTRY_ID_LEN)).is_ok());
+        assert!(check_entry_id(&"x".repeat(MAX_ENTRY_ID_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn filter_without_selectors_is_refused() {
+        let filter = EntryFilter { by_selectors: Some((vec![], SelectorMatch::Any)), ..Default::default() };
+        assert!(matches!(filter_sql(&filter), Err(DatastoreError::Invalid(_))));
+    }
+}
