@@ -978,6 +978,53 @@ mod tests {
         assert!(check_entry_id(&"x".repeat(MAX_ENTRY_ID_LEN + 1)).is_err());
     }
 
+    async fn rows(ds: &SqliteDatastore, table: &'static str) -> i64 {
+        ds.run(move |c| Ok(c.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?)).await.unwrap()
+    }
+
+    /// Deletes and replacements leave no orphan child rows (foreign keys with ON DELETE CASCADE are on).
+    #[tokio::test]
+    async fn no_orphan_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = SqliteDatastore::open(&dir.path().join("ds.sqlite3")).await.unwrap();
+        let e = RegistrationEntry {
+            id: String::new(),
+            spiffe_id: SpiffeId::new("spiffe://td/web").unwrap(),
+            parent_id: SpiffeId::new("spiffe://td/agent").unwrap(),
+            selectors: sels(&["a:1", "b:2", "c:3"]),
+            x509_svid_ttl: 0,
+            jwt_svid_ttl: 0,
+            dns_names: vec![],
+            federates_with: vec![],
+            admin: false,
+            downstream: false,
+            hint: String::new(),
+            entry_expiry: 0,
+            revision: 0,
+            created_at: 0,
+        };
+        let created = ds.create_entry(e).await.unwrap();
+        assert_eq!(rows(&ds, "entry_selectors").await, 3);
+        let fewer = RegistrationEntry { selectors: sels(&["a:1"]), ..created.clone() };
+        ds.update_entry(fewer, None).await.unwrap();
+        assert_eq!(rows(&ds, "entry_selectors").await, 1);
+        assert!(ds.delete_entries(&[created.id]).await[0].is_ok());
+        assert_eq!(rows(&ds, "entry_selectors").await, 0);
+
+        let td = TrustDomain::new("td").unwrap();
+        let bundle = Bundle {
+            trust_domain: td.clone(),
+            x509_authorities: vec![vec![1], vec![2]],
+            jwt_authorities: vec![JwtAuthority { key_id: "k".into(), public_key_spki_der: vec![3], expires_at: 0 }],
+            sequence: 1,
+            refresh_hint_secs: None,
+        };
+        ds.set_bundle(bundle).await.unwrap();
+        assert_eq!((rows(&ds, "bundle_x509_authorities").await, rows(&ds, "bundle_jwt_authorities").await), (2, 1));
+        ds.delete_bundle(&td).await.unwrap();
+        assert_eq!((rows(&ds, "bundle_x509_authorities").await, rows(&ds, "bundle_jwt_authorities").await), (0, 0));
+    }
+
     #[test]
     fn filter_without_selectors_is_refused() {
         let filter = EntryFilter { by_selectors: Some((vec![], SelectorMatch::Any)), ..Default::default() };
