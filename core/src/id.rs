@@ -101,7 +101,12 @@ impl TrustDomain {
 
     /// Builds `spiffe://<td><path>`; `path` must start with `/` and follow the path rules.
     pub fn join(&self, path: &str) -> Result<SpiffeId, IdError> {
-        SpiffeId::new(&format!("spiffe://{}{}", self.name(), path))
+        let uri = format!("spiffe://{}{}", self.name(), path);
+        if !path.starts_with('/') {
+            // Without the slash the path would extend the trust domain name: spiffe://example.orga.
+            return Err(id_err(&uri, "path must start with '/'"));
+        }
+        SpiffeId::new(&uri)
     }
 
     /// The `spiffe` crate's type, for APIs of that crate.

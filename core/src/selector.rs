@@ -99,7 +99,8 @@ mod tests {
 
     #[test]
     fn parse_table() {
-        let cases: &[(&str, Result<(&str, &str), ()>)] = &[
+        type Case<'a> = (&'a str, Result<(&'a str, &'a str), ()>);
+        let cases: &[Case] = &[
             ("unix:uid:1000", Ok(("unix", "uid:1000"))),
             ("k8s:pod-label:app:web", Ok(("k8s", "pod-label:app:web"))),
             ("k8s_psat:cluster:demo", Ok(("k8s_psat", "cluster:demo"))),

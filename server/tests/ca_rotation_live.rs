@@ -39,8 +39,17 @@ async fn ca_rotation_2m_prepared_ca_published_before_use_and_old_svids_keep_vali
         let id = sigil_core::x509::verify_x509_svid(&svid.cert_chain, &published_before, now)
             .unwrap_or_else(|e| panic!("SVID signed by a CA not yet in the bundle published before it: {e}"));
         assert_eq!(id.as_str(), "spiffe://example.org/rot");
+        // Every CA has the same subject, so find the signer by its key, not its name.
         let leaf = x509_parser::parse_x509_certificate(&svid.cert_chain[0]).unwrap().1;
-        signing_cas.insert(leaf.tbs_certificate.issuer.as_raw().to_vec());
+        let signer = published_before
+            .x509_authorities
+            .iter()
+            .find(|ca| {
+                let ca = x509_parser::parse_x509_certificate(ca).unwrap().1;
+                leaf.verify_signature(Some(ca.public_key())).is_ok()
+            })
+            .expect("the signing CA is one of the published authorities");
+        signing_cas.insert(signer.clone());
         minted.push((svid.cert_chain, svid.expires_at));
 
         let jwt = svids
