@@ -7,9 +7,13 @@
 
 pub mod attest;
 pub mod client;
+pub mod config;
 pub mod convert;
+pub mod health;
 pub mod manager;
 pub mod metrics;
+pub mod node;
+pub mod run;
 pub mod state;
 pub mod testing;
 pub mod workload;

@@ -1,0 +1,306 @@
+//! Agent configuration: a TOML file plus command-line overrides (flags win).
+//!
+//! ```toml
+//! [agent]
+//! trust_domain = "example.org"
+//! server_address = "127.0.0.1"
+//! server_port = 8081
+//! join_token = "..."                 # only needed for the first start (or after eviction)
+//! data_dir = "./.data"
+//! socket_path = "/tmp/sigil-agent/public/api.sock"
+//! trust_bundle_path = "bundle.pem"   # or: insecure_bootstrap = true
+//! log_level = "info"
+//! log_format = "text"                # or "json"
+//!
+//! [workload_attestor.unix]
+//! discover_workload_path = false     # adds unix:path and unix:sha256
+//! workload_size_limit = 0
+//!
+//! [health_checks]
+//! bind_address = "127.0.0.1"
+//! bind_port = 8088                   # 0 = any free port
+//! ```
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sigil_core::TrustDomain;
+
+use crate::attest::UnixAttestorConfig;
+
+pub const DEFAULT_SOCKET_PATH: &str = "/tmp/sigil-agent/public/api.sock";
+pub const DEFAULT_SERVER_PORT: u16 = 8081;
+pub const DEFAULT_DATA_DIR: &str = "./.data";
+pub const DEFAULT_HEALTH_PORT: u16 = 8088;
+
+/// A configuration problem, naming the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config field `{field}`: {message}")]
+    Field { field: &'static str, message: String },
+}
+
+fn field(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Field { field, message: message.into() }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub agent: AgentSection,
+    #[serde(default)]
+    pub workload_attestor: AttestorSection,
+    #[serde(default)]
+    pub health_checks: HealthSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    pub trust_domain: Option<String>,
+    pub server_address: Option<String>,
+    pub server_port: Option<u16>,
+    pub join_token: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub socket_path: Option<PathBuf>,
+    pub trust_bundle_path: Option<PathBuf>,
+    pub insecure_bootstrap: Option<bool>,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestorSection {
+    #[serde(default)]
+    pub unix: UnixAttestorConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    /// Set to false to disable the /live, /ready, /metrics listener.
+    pub listener_enabled: Option<bool>,
+    pub bind_address: Option<String>,
+    pub bind_port: Option<u16>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+/// Command-line values (each overrides the file).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub trust_domain: Option<String>,
+    pub server_address: Option<String>,
+    pub server_port: Option<u16>,
+    pub join_token: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub socket_path: Option<PathBuf>,
+    pub trust_bundle: Option<PathBuf>,
+    pub insecure_bootstrap: bool,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+    pub health_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// How the agent authenticates the server before it has a stored bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// A PEM file with the server's trust domain CA certificates.
+    TrustBundle(PathBuf),
+    /// Trust whatever the server presents for the first attestation (SPIRE's `insecure_bootstrap`).
+    Insecure,
+    /// Neither given: only a stored bundle from a previous run can be used.
+    StoredOnly,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub trust_domain: TrustDomain,
+    pub server_address: String,
+    pub server_port: u16,
+    pub join_token: Option<String>,
+    pub data_dir: PathBuf,
+    pub socket_path: PathBuf,
+    pub bootstrap: Bootstrap,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub unix: UnixAttestorConfig,
+    /// Where /live, /ready and /metrics listen; `None` = disabled.
+    pub health: Option<(IpAddr, u16)>,
+}
+
+impl AgentConfig {
+    /// A configuration with defaults for everything but the trust domain and server address.
+    pub fn new(trust_domain: TrustDomain, server_address: impl Into<String>, server_port: u16) -> Self {
+        Self {
+            trust_domain,
+            server_address: server_address.into(),
+            server_port,
+            join_token: None,
+            data_dir: DEFAULT_DATA_DIR.into(),
+            socket_path: DEFAULT_SOCKET_PATH.into(),
+            bootstrap: Bootstrap::StoredOnly,
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+            unix: UnixAttestorConfig::default(),
+            health: Some((IpAddr::from([127, 0, 0, 1]), DEFAULT_HEALTH_PORT)),
+        }
+    }
+
+    pub fn resolve(file: FileConfig, o: Overrides) -> Result<Self, ConfigError> {
+        let a = file.agent;
+        let td =
+            o.trust_domain.or(a.trust_domain).ok_or_else(|| field("trust_domain", "required (flag -trustDomain)"))?;
+        let trust_domain = TrustDomain::new(&td).map_err(|e| field("trust_domain", e.to_string()))?;
+        let server_address = o
+            .server_address
+            .or(a.server_address)
+            .ok_or_else(|| field("server_address", "required (flag -serverAddress)"))?;
+        if server_address.is_empty() {
+            return Err(field("server_address", "must not be empty"));
+        }
+        let trust_bundle = o.trust_bundle.or(a.trust_bundle_path);
+        let insecure = o.insecure_bootstrap || a.insecure_bootstrap.unwrap_or(false);
+        let bootstrap = match (trust_bundle, insecure) {
+            (Some(_), true) => {
+                return Err(field("insecure_bootstrap", "cannot be combined with trust_bundle_path (-trustBundle)"));
+            }
+            (Some(p), false) => Bootstrap::TrustBundle(p),
+            (None, true) => Bootstrap::Insecure,
+            (None, false) => Bootstrap::StoredOnly,
+        };
+        let log_format = match o.log_format.or(a.log_format).as_deref().unwrap_or("text") {
+            "text" | "TEXT" => LogFormat::Text,
+            "json" | "JSON" => LogFormat::Json,
+            other => return Err(field("log_format", format!("{other:?}: expected text or json"))),
+        };
+        let log_level = o.log_level.or(a.log_level).unwrap_or_else(|| "info".into()).to_lowercase();
+        if !["trace", "debug", "info", "warn", "error"].contains(&log_level.as_str()) {
+            return Err(field("log_level", format!("{log_level:?}: expected debug, info, warn or error")));
+        }
+        let join_token = o.join_token.or(a.join_token).filter(|t| !t.is_empty());
+        let h = file.health_checks;
+        let health = if h.listener_enabled.unwrap_or(true) {
+            let addr: IpAddr = h
+                .bind_address
+                .as_deref()
+                .unwrap_or("127.0.0.1")
+                .parse()
+                .map_err(|e| field("health_checks.bind_address", format!("{e}")))?;
+            Some((addr, o.health_port.or(h.bind_port).unwrap_or(DEFAULT_HEALTH_PORT)))
+        } else {
+            None
+        };
+        Ok(Self {
+            trust_domain,
+            server_address,
+            server_port: o.server_port.or(a.server_port).unwrap_or(DEFAULT_SERVER_PORT),
+            join_token,
+            data_dir: o.data_dir.or(a.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            socket_path: o.socket_path.or(a.socket_path).unwrap_or_else(|| DEFAULT_SOCKET_PATH.into()),
+            bootstrap,
+            log_level,
+            log_format,
+            unix: file.workload_attestor.unix,
+            health,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+[agent]
+trust_domain = "example.org"
+server_address = "10.0.0.1"
+server_port = 9000
+data_dir = "/var/lib/sigil"
+trust_bundle_path = "/etc/sigil/bundle.pem"
+
+[workload_attestor.unix]
+discover_workload_path = true
+
+[health_checks]
+bind_port = 9999
+"#;
+
+    #[test]
+    fn file_then_flags() {
+        let c = AgentConfig::resolve(FileConfig::parse(FILE).unwrap(), Overrides::default()).unwrap();
+        assert_eq!(c.trust_domain.name(), "example.org");
+        assert_eq!((c.server_address.as_str(), c.server_port), ("10.0.0.1", 9000));
+        assert_eq!(c.bootstrap, Bootstrap::TrustBundle("/etc/sigil/bundle.pem".into()));
+        assert!(c.unix.discover_workload_path);
+        assert_eq!(c.health, Some((IpAddr::from([127, 0, 0, 1]), 9999)));
+        assert_eq!(c.socket_path, PathBuf::from(DEFAULT_SOCKET_PATH));
+        let o = Overrides {
+            server_port: Some(1),
+            socket_path: Some("/x.sock".into()),
+            join_token: Some("tok".into()),
+            health_port: Some(0),
+            ..Default::default()
+        };
+        let c = AgentConfig::resolve(FileConfig::parse(FILE).unwrap(), o).unwrap();
+        assert_eq!(c.server_port, 1);
+        assert_eq!(c.socket_path, PathBuf::from("/x.sock"));
+        assert_eq!(c.join_token.as_deref(), Some("tok"));
+        assert_eq!(c.health.map(|h| h.1), Some(0));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let base = || Overrides {
+            trust_domain: Some("example.org".into()),
+            server_address: Some("127.0.0.1".into()),
+            ..Default::default()
+        };
+        let cases: Vec<(Overrides, &str)> = vec![
+            (Overrides { trust_domain: None, ..base() }, "trust_domain"),
+            (Overrides { trust_domain: Some("Bad TD".into()), ..base() }, "trust_domain"),
+            (Overrides { server_address: None, ..base() }, "server_address"),
+            (
+                Overrides { insecure_bootstrap: true, trust_bundle: Some("b.pem".into()), ..base() },
+                "insecure_bootstrap",
+            ),
+            (Overrides { log_format: Some("xml".into()), ..base() }, "log_format"),
+            (Overrides { log_level: Some("loud".into()), ..base() }, "log_level"),
+        ];
+        for (o, want) in cases {
+            let err = AgentConfig::resolve(FileConfig::default(), o).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{want}`")), "{want}: {err}");
+        }
+        let ok = AgentConfig::resolve(FileConfig::default(), Overrides { insecure_bootstrap: true, ..base() }).unwrap();
+        assert_eq!(ok.bootstrap, Bootstrap::Insecure);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(FileConfig::parse("[agent]\ntrust_domian = \"x\"\n").unwrap_err().contains("trust_domian"));
+    }
+}
