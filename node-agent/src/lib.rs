@@ -6,6 +6,7 @@
 //! `shutdown()`), and the CLI in [`cli`].
 
 pub mod attest;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod convert;
