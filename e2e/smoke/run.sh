@@ -262,7 +262,7 @@ check_clean() {
   ! ip link show sigil-cni0 >/dev/null 2>&1 || fail "bridge sigil-cni0 remains"
   left=$(ip -o link show type veth 2>/dev/null || true)
   [ -z "$left" ] || fail "veth links remain: $left"
-  left=$(iptables-save 2>/dev/null | grep -E '^:(KUBE-|CNI-)' || true)
+  left=$({ iptables-save; ip6tables-save; } 2>/dev/null | grep -E "^:(KUBE-|CNI-)" || true)
   [ -z "$left" ] || fail "iptables chains remain: $left"
   left=$(find /sys/fs/cgroup -maxdepth 2 -name 'kubepods*' 2>/dev/null || true)
   [ -z "$left" ] || fail "cgroups remain: $left"
