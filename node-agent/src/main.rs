@@ -43,6 +43,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = agent.wait() => {
+            // The agent loop ended on its own (evicted, token refused): clean up, then report.
+            let _ = agent.shutdown().await;
             r?;
             Ok(())
         }

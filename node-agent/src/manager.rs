@@ -277,6 +277,10 @@ impl Worker {
         }
         for e in &u.upserted {
             match convert::entry_from_pb(e) {
+                // Node aliases (parent = the server) group agents; they are not workload identities.
+                Ok(entry) if entry.is_node_alias() => {
+                    self.snap.entries.remove(&entry.id);
+                }
                 Ok(entry) => {
                     self.snap.entries.insert(entry.id.clone(), Arc::new(entry));
                 }

@@ -134,6 +134,18 @@ async fn rotates_before_expiry_and_keeps_serving_while_server_is_down() {
 }
 
 #[tokio::test]
+async fn node_alias_entries_get_no_svid() {
+    let (_signer, handle, mut first) = setup(3600, 1);
+    let mut alias = pb_entry("alias", "spiffe://example.org/node-group");
+    alias.parent_id = "spiffe://example.org/spire/server".into();
+    first.upserted.push(alias);
+    let mut rx = handle.subscribe();
+    handle.send(Command::Sync(Box::new(first)));
+    let snap = wait_for(&mut rx, "SVID", |s| s.svids.contains_key("e0")).await;
+    assert_eq!(snap.entries.keys().collect::<Vec<_>>(), vec!["e0"]);
+}
+
+#[tokio::test]
 async fn changed_spiffe_id_is_resigned() {
     let (signer, handle, first) = setup(3600, 1);
     let mut rx = handle.subscribe();
