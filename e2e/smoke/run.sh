@@ -11,7 +11,9 @@
 #            (imported without a registry) becomes Ready; a Job in another pod
 #            reaches it through its Service name (CoreDNS + kube-proxy);
 #            `kubectl logs` works; a privileged DaemonSet pod with a hostPath
-#            runs and sees a host file (read via `kubectl exec`); the projected
+#            runs and sees a host file (read via `kubectl exec`); a tmpfs mounted
+#            in a pod with Bidirectional propagation shows on the host (CSI); a
+#            StatefulSet answers through its headless Service; the projected
 #            service-account token in that pod passes a TokenReview.
 # Then `cluster down`, and no processes, mounts, netns, links or iptables
 # chains of the cluster may remain. --keep leaves the cluster up instead.
@@ -156,7 +158,39 @@ EOF
   kubectl -n "$NS" rollout status deployment/web --timeout=120s >&2 || fail "Deployment web not Ready"
   ok
 
-  step "a Service resolves through CoreDNS and answers from another pod"
+  step "StatefulSet with a headless Service becomes Ready"
+  kubectl apply -f - >/dev/null <<EOF || fail "apply failed"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db, namespace: $NS}
+spec:
+  serviceName: db
+  replicas: 1
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers:
+      - name: db
+        image: $TESTAPP_IMAGE
+        imagePullPolicy: Never
+        args: [serve, ":8080"]
+        readinessProbe:
+          httpGet: {path: /, port: 8080}
+          periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: $NS}
+spec:
+  clusterIP: None
+  selector: {app: db}
+  ports: [{port: 8080}]
+EOF
+  kubectl -n "$NS" rollout status statefulset/db --timeout=120s >&2 || fail "StatefulSet db not Ready"
+  ok
+
+  step "Services resolve through CoreDNS and answer from another pod (ClusterIP and headless)"
   kubectl apply -f - >/dev/null <<EOF || fail "apply failed"
 apiVersion: batch/v1
 kind: Job
@@ -170,7 +204,7 @@ spec:
       - name: client
         image: $TESTAPP_IMAGE
         imagePullPolicy: Never
-        args: [get, "http://web.$NS.svc.cluster.local/"]
+        args: [get, "http://web.$NS.svc.cluster.local/", "http://db-0.db.$NS.svc.cluster.local:8080/"]
 EOF
   kubectl -n "$NS" wait --for=condition=complete --timeout=120s job/client >&2 \
     || { kubectl -n "$NS" logs job/client >&2 || true; fail "client Job did not complete"; }
@@ -179,13 +213,14 @@ EOF
   step "kubectl logs"
   local out
   out=$(kubectl -n "$NS" logs job/client) || fail "kubectl logs job/client failed"
-  echo "$out" | grep -q "hello from web-" || fail "client log lacks the server's answer: $out"
+  echo "$out" | grep -q "hello from web-" || fail "client log lacks the Deployment's answer: $out"
+  echo "$out" | grep -q "hello from db-0" || fail "client log lacks the StatefulSet's answer: $out"
   out=$(kubectl -n "$NS" logs deployment/web) || fail "kubectl logs deployment/web failed"
   echo "$out" | grep -q "testapp serving on :8080" || fail "server log unexpected: $out"
   ok
 
   step "privileged DaemonSet pod with a hostPath runs (kubectl exec reads a host file)"
-  $external || mkdir -p "$HOSTDIR"
+  $external || mkdir -p "$HOSTDIR/prop"
   local marker
   marker="marker-$RANDOM-$(date +%s)"
   $external || echo "$marker" > "$HOSTDIR/marker"
@@ -207,6 +242,13 @@ spec:
         volumeMounts:
         - {name: host, mountPath: /host}
         - {name: token, mountPath: /var/run/secrets/sigil, readOnly: true}
+      - name: mounter
+        image: $TESTAPP_IMAGE
+        imagePullPolicy: Never
+        args: [mount-tmpfs, /host/prop]
+        securityContext: {privileged: true}
+        volumeMounts:
+        - {name: host, mountPath: /host, mountPropagation: Bidirectional}
       volumes:
       - name: host
         hostPath: {path: $HOSTDIR, type: DirectoryOrCreate}
@@ -224,6 +266,14 @@ EOF
   else
     out=$(kubectl -n "$NS" exec "$pod" -- /testapp cat /host/marker) || fail "kubectl exec failed"
     [ "$out" = "$marker" ] || fail "hostPath content '$out', want '$marker'"
+  fi
+  ok
+
+  step "Bidirectional mount propagation (what CSI drivers need): a pod's mount shows on the host"
+  if ! $external; then
+    out=$(cat "$HOSTDIR/prop/mounted" 2>/dev/null || true)
+    [ "$out" = propagated ] || fail "tmpfs mounted in the pod at /host/prop is not visible at $HOSTDIR/prop"
+    grep -q " $HOSTDIR/prop " /proc/self/mountinfo || fail "no host mount at $HOSTDIR/prop"
   fi
   ok
 

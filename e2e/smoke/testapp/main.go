@@ -3,10 +3,11 @@
 // few tools the smoke test needs are subcommands here:
 //
 //	testapp serve [addr]      HTTP server answering "hello from <hostname>"
-//	testapp get <url>         fetch a URL (resolving its host through the pod's DNS) and print the body
+//	testapp get <url>...      fetch URLs (resolving hosts through the pod's DNS) and print the bodies
 //	testapp lookup <name>     print the addresses a name resolves to
 //	testapp cat <file>        print a file (e.g. a projected service-account token)
 //	testapp ls <dir>          list a directory
+//	testapp mount-tmpfs <dir> mount a tmpfs on dir, write dir/mounted, then sleep (checks mount propagation)
 //	testapp sleep             sleep forever
 package main
 
@@ -23,7 +24,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: testapp serve|get|lookup|cat|ls|sleep [arg]")
+		fail("usage: testapp serve|get|lookup|cat|ls|mount-tmpfs|sleep [arg]")
 	}
 	arg := ""
 	if len(os.Args) > 2 {
@@ -33,7 +34,9 @@ func main() {
 	case "serve":
 		serve(arg)
 	case "get":
-		get(arg)
+		for _, url := range os.Args[2:] {
+			get(url)
+		}
 	case "lookup":
 		addrs, err := net.LookupHost(arg)
 		if err != nil {
@@ -54,6 +57,15 @@ func main() {
 		for _, e := range entries {
 			fmt.Println(e.Name())
 		}
+	case "mount-tmpfs":
+		if err := syscall.Mount("tmpfs", arg, "tmpfs", 0, "size=1m"); err != nil {
+			fail("mount tmpfs on %s: %v", arg, err)
+		}
+		if err := os.WriteFile(arg+"/mounted", []byte("propagated\n"), 0o644); err != nil {
+			fail("%v", err)
+		}
+		fmt.Printf("mounted tmpfs on %s\n", arg)
+		waitSignal()
 	case "sleep":
 		waitSignal()
 	default:
