@@ -66,16 +66,19 @@ pub struct RunningAgent {
     pub metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
     agent_loop: Option<JoinHandle<Result<(), RunError>>>,
+    manager_task: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl RunningAgent {
-    /// Waits until the agent loop ends on its own (eviction, refused token, ...).
+    /// Waits until the agent loop ends on its own (eviction, refused token, ...). Cancel-safe.
     pub async fn wait(&mut self) -> Result<(), RunError> {
-        match self.agent_loop.take() {
-            Some(h) => h.await.map_err(|e| RunError::Task(e.to_string()))?,
-            None => std::future::pending().await,
-        }
+        let Some(h) = self.agent_loop.as_mut() else {
+            return std::future::pending().await;
+        };
+        let r = h.await;
+        self.agent_loop = None;
+        r.map_err(|e| RunError::Task(e.to_string()))?
     }
 
     /// Stops everything and removes the socket.
@@ -88,6 +91,8 @@ impl RunningAgent {
         for t in self.tasks.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
+        // The manager holds no external resources; it ends with the agent.
+        self.manager_task.abort();
         let _ = std::fs::remove_file(&self.socket_path);
         result
     }
@@ -105,7 +110,8 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, RunError> {
     let (manager, manager_task) = manager::spawn(conn.clone(), Some(bundle_tx.clone()), metrics.clone());
 
     let attestors: Vec<Arc<dyn WorkloadAttestor>> = vec![Arc::new(UnixAttestor::new(config.unix.clone()))];
-    let api = WorkloadApi::new(manager.subscribe(), attestors, Arc::new(manager.clone()), metrics.clone());
+    let api = WorkloadApi::new(manager.subscribe(), attestors, Arc::new(manager.clone()), metrics.clone())
+        .with_shutdown(shutdown_rx.clone());
     let mut tasks = vec![];
     let mut sd = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
@@ -133,9 +139,6 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, RunError> {
     let socket_path = config.socket_path.clone();
     let ctx = LoopCtx { config, conn, manager: manager.clone(), bundle_tx, bundle_rx, metrics: metrics.clone() };
     let agent_loop = tokio::spawn(agent_loop(ctx, shutdown_rx));
-    tasks.push(tokio::spawn(async move {
-        let _ = manager_task.await;
-    }));
     Ok(RunningAgent {
         socket_path,
         health_addr,
@@ -143,6 +146,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, RunError> {
         metrics,
         shutdown: shutdown_tx,
         agent_loop: Some(agent_loop),
+        manager_task,
         tasks,
     })
 }

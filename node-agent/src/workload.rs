@@ -162,6 +162,7 @@ pub struct WorkloadApi {
     attestors: Arc<[Arc<dyn WorkloadAttestor>]>,
     jwt: Arc<dyn JwtSource>,
     metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for WorkloadApi {
@@ -266,7 +267,13 @@ impl WorkloadApi {
         jwt: Arc<dyn JwtSource>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { state, attestors: attestors.into(), jwt, metrics }
+        Self { state, attestors: attestors.into(), jwt, metrics, shutdown: watch::channel(false).1 }
+    }
+
+    /// Ends open streams (with `Unavailable`) once `shutdown` turns true, so a graceful stop is quick.
+    pub fn with_shutdown(mut self, shutdown: watch::Receiver<bool>) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 
     /// The tonic service, to be served on [`incoming`].
@@ -308,6 +315,7 @@ impl WorkloadApi {
         F: Fn(&Snapshot) -> Option<Result<T, Status>> + Send + 'static,
     {
         let mut rx = self.state.clone();
+        let mut stop = self.shutdown.clone();
         let (tx, out) = mpsc::channel(4);
         tokio::spawn(async move {
             if tx.send(Ok(first.clone())).await.is_err() {
@@ -335,10 +343,15 @@ impl WorkloadApi {
                 // Wake on a new snapshot, when the client leaves, or when a cached SVID expires (so an
                 // expired SVID leaves the view even if nothing else happens).
                 let wait = expiry.map(|t| u64::try_from(t - now_unix() + 1).unwrap_or(1)).unwrap_or(3600);
-                tokio::select! {
-                    r = rx.changed() => if r.is_err() { return },
+                let stopping = tokio::select! {
+                    r = rx.changed() => if r.is_err() { return } else { false },
                     () = tx.closed() => return,
-                    () = tokio::time::sleep(std::time::Duration::from_secs(wait)) => {}
+                    r = stop.wait_for(|s| *s) => r.is_ok(),
+                    () = tokio::time::sleep(std::time::Duration::from_secs(wait)) => false,
+                };
+                if stopping {
+                    let _ = tx.send(Err(Status::unavailable("the agent is shutting down"))).await;
+                    return;
                 }
             }
         });
