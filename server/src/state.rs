@@ -61,6 +61,8 @@ pub enum StateError {
     Ca(#[from] crate::ca::CaError),
     #[error("{0}")]
     Other(String),
+    #[error("{0}")]
+    InUse(String),
 }
 
 impl ServerState {
@@ -305,6 +307,14 @@ impl ServerState {
             return Err(StateError::Other("the server's own bundle cannot be deleted".into()));
         }
         let _guard = self.write_lock.lock().await;
+        // As SPIRE's default ("restrict"): a bundle that entries federate with stays until they no longer do.
+        let users = self.index().iter().filter(|e| e.federates_with.contains(td)).count();
+        if users > 0 {
+            return Err(StateError::InUse(format!(
+                "{users} registration entr{} federate with {td}; update them first",
+                if users == 1 { "y" } else { "ies" }
+            )));
+        }
         self.ds.delete_bundle(td).await?;
         self.federated.write().unwrap_or_else(|p| p.into_inner()).remove(td);
         self.notify(Change::FederatedBundles);

@@ -201,6 +201,15 @@ fn federated_bundle_set_list_delete() {
     assert!(list.contains("BEGIN CERTIFICATE"), "{list}");
     let own = cli(&s, &["bundle", "set", "-id", "spiffe://example.org", "-path", path.to_str().unwrap()]);
     assert_eq!(own.status.code(), Some(1));
+    let fed = ok(cli(
+        &s,
+        &["entry", "create", "-parentID", "spiffe://example.org/host", "-spiffeID", "spiffe://example.org/fed",
+          "-selector", "unix:uid:5", "-federatesWith", "other.org"],
+    ));
+    let refused = cli(&s, &["bundle", "delete", "-id", "spiffe://other.org"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(stderr(&refused).contains("federate with other.org"), "{}", stderr(&refused));
+    ok(cli(&s, &["entry", "delete", "-entryID", &entry_id(&fed)]));
     ok(cli(&s, &["bundle", "delete", "-id", "spiffe://other.org"]));
     assert!(!ok(cli(&s, &["bundle", "list"])).contains("other.org"));
 }

@@ -57,6 +57,7 @@ fn state_status(e: StateError) -> Status {
         StateError::Datastore(d) => datastore_status(d),
         StateError::Ca(c) => Status::internal(c.to_string()),
         StateError::Other(m) => Status::invalid_argument(m),
+        StateError::InUse(m) => Status::failed_precondition(m),
     }
 }
 
