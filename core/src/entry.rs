@@ -189,11 +189,7 @@ impl EntryIndex {
     }
 
     /// The IDs an agent acts as (see [`agent_identities`]), using only alias entries.
-    pub fn agent_identities(
-        &self,
-        agent_id: &SpiffeId,
-        node_selectors: &BTreeSet<Selector>,
-    ) -> BTreeSet<SpiffeId> {
+    pub fn agent_identities(&self, agent_id: &SpiffeId, node_selectors: &BTreeSet<Selector>) -> BTreeSet<SpiffeId> {
         agent_identities(agent_id, node_selectors, self.aliases.iter().filter_map(|id| self.by_id.get(id)))
     }
 

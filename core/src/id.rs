@@ -49,9 +49,7 @@ fn truncate_for_message(input: &str) -> String {
 
 fn check_lowercase_td(input: &str, td: &str) -> Result<(), String> {
     if td.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Err(format!(
-            "trust domain {td:?} contains uppercase letters; SPIFFE trust domains must be lowercase"
-        ));
+        return Err(format!("trust domain {td:?} contains uppercase letters; SPIFFE trust domains must be lowercase"));
     }
     let _ = input;
     Ok(())

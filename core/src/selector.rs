@@ -48,8 +48,7 @@ impl Selector {
 
     /// Parses `type:value`; the value may itself contain ':' (`unix:uid:1000`, `k8s:pod-label:app:web`).
     pub fn parse(input: &str) -> Result<Self, SelectorError> {
-        let (kind, value) =
-            input.split_once(':').ok_or_else(|| SelectorError::MissingColon(input.to_owned()))?;
+        let (kind, value) = input.split_once(':').ok_or_else(|| SelectorError::MissingColon(input.to_owned()))?;
         Self::new(kind, value)
     }
 

@@ -64,7 +64,9 @@ async fn main() {
     let mut from_ack = vec![];
     for i in 0..200 {
         let t0 = Instant::now();
-        let e = s.create_entry(&format!("spiffe://example.org/bench/{i}"), agent.id.as_str(), &[&format!("unix:uid:{i}")]).await;
+        let e = s
+            .create_entry(&format!("spiffe://example.org/bench/{i}"), agent.id.as_str(), &[&format!("unix:uid:{i}")])
+            .await;
         let acked = Instant::now();
         loop {
             let upd = next_update(&mut stream).await;
@@ -109,7 +111,12 @@ async fn main() {
     let start = Instant::now();
     let mut signed = 0;
     for _ in 0..batches {
-        let resp = agent.client.batch_new_x509_svid(pb::BatchNewX509SvidRequest { params: params.clone() }).await.unwrap().into_inner();
+        let resp = agent
+            .client
+            .batch_new_x509_svid(pb::BatchNewX509SvidRequest { params: params.clone() })
+            .await
+            .unwrap()
+            .into_inner();
         signed += resp.results.iter().filter(|r| r.code == 0).count();
     }
     let rate = signed as f64 / start.elapsed().as_secs_f64();

@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use ring::signature::{ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair, UnparsedPublicKey};
+use ring::signature::{
+    ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair, UnparsedPublicKey,
+};
 use sigil_core::{SpiffeId, TrustDomain};
 use sigil_server::ca::{CaConfig, CaManager};
 

@@ -14,24 +14,15 @@ use sigil_core::TrustDomain;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config field `{field}`: {message}")]
-    Field {
-        field: &'static str,
-        message: String,
-    },
+    Field { field: &'static str, message: String },
 }
 
 fn field(field: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Field {
-        field,
-        message: message.into(),
-    }
+    ConfigError::Field { field, message: message.into() }
 }
 
 /// The file layout. Everything is optional here; [`ServerConfig::resolve`] applies defaults and checks.
@@ -133,14 +124,9 @@ pub const DEFAULT_HEALTH_PORT: u16 = 8080;
 
 impl FileConfig {
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|message| ConfigError::Parse {
-            path: path.to_owned(),
-            message,
-        })
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
@@ -152,10 +138,7 @@ fn span_note(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     let Some(span) = span else {
         return String::new();
     };
-    let line = text
-        .get(..span.start)
-        .map(|s| s.lines().count().max(1))
-        .unwrap_or(1);
+    let line = text.get(..span.start).map(|s| s.lines().count().max(1)).unwrap_or(1);
     format!(" (line {line})")
 }
 
@@ -167,55 +150,29 @@ impl ServerConfig {
             .trust_domain
             .or(s.trust_domain)
             .ok_or_else(|| field("trust_domain", "is required (or pass -trustDomain)"))?;
-        let trust_domain =
-            TrustDomain::new(&td_raw).map_err(|e| field("trust_domain", e.to_string()))?;
-        let bind_address = parse_ip(
-            "bind_address",
-            o.bind_address
-                .or(s.bind_address)
-                .as_deref()
-                .unwrap_or("0.0.0.0"),
-        )?;
+        let trust_domain = TrustDomain::new(&td_raw).map_err(|e| field("trust_domain", e.to_string()))?;
+        let bind_address = parse_ip("bind_address", o.bind_address.or(s.bind_address).as_deref().unwrap_or("0.0.0.0"))?;
         let log_format = match o.log_format.or(s.log_format).as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
             other => {
-                return Err(field(
-                    "log_format",
-                    format!("{other:?} is not one of text, json"),
-                ));
+                return Err(field("log_format", format!("{other:?} is not one of text, json")));
             }
         };
-        let log_level = o
-            .log_level
-            .or(s.log_level)
-            .unwrap_or_else(|| "info".into())
-            .to_lowercase();
+        let log_level = o.log_level.or(s.log_level).unwrap_or_else(|| "info".into()).to_lowercase();
         if !["trace", "debug", "info", "warn", "error"].contains(&log_level.as_str()) {
-            return Err(field(
-                "log_level",
-                format!("{log_level:?} is not one of trace, debug, info, warn, error"),
-            ));
+            return Err(field("log_level", format!("{log_level:?} is not one of trace, debug, info, warn, error")));
         }
         let key_types = ["ec-p256", "ec-p384", "rsa-2048"];
         let ca_key_type = s.ca_key_type.unwrap_or_else(|| "ec-p256".into());
         if !key_types.contains(&ca_key_type.as_str()) {
-            return Err(field(
-                "ca_key_type",
-                format!("{ca_key_type:?} is not one of {}", key_types.join(", ")),
-            ));
+            return Err(field("ca_key_type", format!("{ca_key_type:?} is not one of {}", key_types.join(", "))));
         }
         let jwt_key_type = s.jwt_key_type.unwrap_or_else(|| "ec-p256".into());
         if !key_types.contains(&jwt_key_type.as_str()) {
-            return Err(field(
-                "jwt_key_type",
-                format!("{jwt_key_type:?} is not one of {}", key_types.join(", ")),
-            ));
+            return Err(field("jwt_key_type", format!("{jwt_key_type:?} is not one of {}", key_types.join(", "))));
         }
-        let dur = |name: &'static str,
-                   v: Option<String>,
-                   default: Duration|
-         -> Result<Duration, ConfigError> {
+        let dur = |name: &'static str, v: Option<String>, default: Duration| -> Result<Duration, ConfigError> {
             match v {
                 None => Ok(default),
                 Some(text) => {
@@ -228,16 +185,8 @@ impl ServerConfig {
             }
         };
         let ca_ttl = dur("ca_ttl", s.ca_ttl, Duration::from_secs(24 * 3600))?;
-        let default_x509_svid_ttl = dur(
-            "default_x509_svid_ttl",
-            s.default_x509_svid_ttl,
-            Duration::from_secs(3600),
-        )?;
-        let default_jwt_svid_ttl = dur(
-            "default_jwt_svid_ttl",
-            s.default_jwt_svid_ttl,
-            Duration::from_secs(300),
-        )?;
+        let default_x509_svid_ttl = dur("default_x509_svid_ttl", s.default_x509_svid_ttl, Duration::from_secs(3600))?;
+        let default_jwt_svid_ttl = dur("default_jwt_svid_ttl", s.default_jwt_svid_ttl, Duration::from_secs(300))?;
         let agent_ttl = dur("agent_ttl", s.agent_ttl, default_x509_svid_ttl)?;
         let join_token_ttl = dur("join_token_ttl", s.join_token_ttl, Duration::from_secs(600))?;
         if ca_ttl < Duration::from_secs(60) {
@@ -247,22 +196,13 @@ impl ServerConfig {
             None => None,
             Some(UpstreamSection { disk: Some(d) }) => Some(d),
             Some(UpstreamSection { disk: None }) => {
-                return Err(field(
-                    "upstream_authority",
-                    "only the `disk` upstream authority is supported",
-                ));
+                return Err(field("upstream_authority", "only the `disk` upstream authority is supported"));
             }
         };
         let h = file.health_checks;
         let health = if h.listener_enabled.unwrap_or(true) {
-            let addr = parse_ip(
-                "health_checks.bind_address",
-                h.bind_address.as_deref().unwrap_or("127.0.0.1"),
-            )?;
-            Some((
-                addr,
-                o.health_port.or(h.bind_port).unwrap_or(DEFAULT_HEALTH_PORT),
-            ))
+            let addr = parse_ip("health_checks.bind_address", h.bind_address.as_deref().unwrap_or("127.0.0.1"))?;
+            Some((addr, o.health_port.or(h.bind_port).unwrap_or(DEFAULT_HEALTH_PORT)))
         } else {
             None
         };
@@ -270,14 +210,8 @@ impl ServerConfig {
             trust_domain,
             bind_address,
             bind_port: o.server_port.or(s.bind_port).unwrap_or(DEFAULT_SERVER_PORT),
-            socket_path: o
-                .socket_path
-                .or(s.socket_path)
-                .unwrap_or_else(|| DEFAULT_SOCKET_PATH.into()),
-            data_dir: o
-                .data_dir
-                .or(s.data_dir)
-                .unwrap_or_else(|| "./.data".into()),
+            socket_path: o.socket_path.or(s.socket_path).unwrap_or_else(|| DEFAULT_SOCKET_PATH.into()),
+            data_dir: o.data_dir.or(s.data_dir).unwrap_or_else(|| "./.data".into()),
             log_level,
             log_format,
             ca_key_type,
@@ -294,8 +228,7 @@ impl ServerConfig {
 }
 
 fn parse_ip(name: &'static str, v: &str) -> Result<IpAddr, ConfigError> {
-    v.parse()
-        .map_err(|_| field(name, format!("{v:?} is not an IP address")))
+    v.parse().map_err(|_| field(name, format!("{v:?} is not an IP address")))
 }
 
 /// Parses Go-style durations as SPIRE configs write them: `24h`, `5m`, `90s`, `1h30m`, `500ms`.
@@ -311,21 +244,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     let mut rest = t;
     while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!(
-                "{text:?} is not a duration like 90s, 5m, 24h or 1h30m"
-            ));
+            return Err(format!("{text:?} is not a duration like 90s, 5m, 24h or 1h30m"));
         }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("{text:?}: number too large"))?;
+        let n: u64 = rest[..digits].parse().map_err(|_| format!("{text:?}: number too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let part = match unit {
@@ -335,9 +260,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "h" => Duration::from_secs(n.saturating_mul(3600)),
             "d" => Duration::from_secs(n.saturating_mul(86400)),
             _ => {
-                return Err(format!(
-                    "{text:?}: unknown unit {unit:?} (use ms, s, m, h, d)"
-                ));
+                return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m, h, d)"));
             }
         };
         total = total.saturating_add(part);
@@ -364,11 +287,7 @@ mod tests {
             ("-5s", None),
         ];
         for (text, want) in table {
-            assert_eq!(
-                parse_duration(text).ok().map(|d| d.as_secs()),
-                *want,
-                "{text}"
-            );
+            assert_eq!(parse_duration(text).ok().map(|d| d.as_secs()), *want, "{text}");
         }
     }
 
@@ -376,17 +295,11 @@ mod tests {
     fn defaults_match_spire() {
         let c = ServerConfig::resolve(
             FileConfig::default(),
-            Overrides {
-                trust_domain: Some("example.org".into()),
-                ..Default::default()
-            },
+            Overrides { trust_domain: Some("example.org".into()), ..Default::default() },
         )
         .unwrap();
         assert_eq!(c.bind_port, 8081);
-        assert_eq!(
-            c.socket_path,
-            PathBuf::from("/tmp/sigil-server/private/api.sock")
-        );
+        assert_eq!(c.socket_path, PathBuf::from("/tmp/sigil-server/private/api.sock"));
         assert_eq!(c.ca_ttl, Duration::from_secs(86400));
         assert_eq!(c.default_x509_svid_ttl, Duration::from_secs(3600));
         assert_eq!(c.default_jwt_svid_ttl, Duration::from_secs(300));
@@ -398,29 +311,15 @@ mod tests {
     fn errors_name_the_field() {
         let cases: &[(&str, &str)] = &[
             ("[server]\ntrust_domain = \"Bad Domain\"\n", "trust_domain"),
-            (
-                "[server]\ntrust_domain = \"td\"\nca_ttl = \"forever\"\n",
-                "ca_ttl",
-            ),
-            (
-                "[server]\ntrust_domain = \"td\"\nca_key_type = \"dsa\"\n",
-                "ca_key_type",
-            ),
-            (
-                "[server]\ntrust_domain = \"td\"\nlog_format = \"xml\"\n",
-                "log_format",
-            ),
-            (
-                "[server]\ntrust_domain = \"td\"\nbind_address = \"nowhere\"\n",
-                "bind_address",
-            ),
+            ("[server]\ntrust_domain = \"td\"\nca_ttl = \"forever\"\n", "ca_ttl"),
+            ("[server]\ntrust_domain = \"td\"\nca_key_type = \"dsa\"\n", "ca_key_type"),
+            ("[server]\ntrust_domain = \"td\"\nlog_format = \"xml\"\n", "log_format"),
+            ("[server]\ntrust_domain = \"td\"\nbind_address = \"nowhere\"\n", "bind_address"),
             ("[server]\n", "trust_domain"),
         ];
         for (text, name) in cases {
             let file = FileConfig::parse(text).unwrap();
-            let err = ServerConfig::resolve(file, Overrides::default())
-                .unwrap_err()
-                .to_string();
+            let err = ServerConfig::resolve(file, Overrides::default()).unwrap_err().to_string();
             assert!(err.contains(name), "{text:?} -> {err}");
         }
     }
@@ -433,15 +332,10 @@ mod tests {
 
     #[test]
     fn flags_override_file() {
-        let file =
-            FileConfig::parse("[server]\ntrust_domain = \"a.org\"\nbind_port = 9000\n").unwrap();
+        let file = FileConfig::parse("[server]\ntrust_domain = \"a.org\"\nbind_port = 9000\n").unwrap();
         let c = ServerConfig::resolve(
             file,
-            Overrides {
-                trust_domain: Some("b.org".into()),
-                server_port: Some(9100),
-                ..Default::default()
-            },
+            Overrides { trust_domain: Some("b.org".into()), server_port: Some(9100), ..Default::default() },
         )
         .unwrap();
         assert_eq!(c.trust_domain.name(), "b.org");

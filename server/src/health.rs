@@ -23,11 +23,7 @@ async fn live() -> impl IntoResponse {
 }
 
 async fn ready(State(s): State<HealthState>) -> impl IntoResponse {
-    if s.server.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-    }
+    if s.server.is_ready() { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
 }
 
 async fn metrics(State(s): State<HealthState>) -> impl IntoResponse {

@@ -20,40 +20,12 @@ pub struct Metrics {
 impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("sigil_server");
-        r.register(
-            "entries",
-            "Registration entries in the server's index",
-            self.entries.clone(),
-        );
-        r.register(
-            "entry_writes",
-            "Entries created, updated or deleted",
-            self.entry_writes.clone(),
-        );
-        r.register(
-            "agents_connected",
-            "Agents with an open entry sync stream",
-            self.agents_connected.clone(),
-        );
-        r.register(
-            "x509_svids_signed",
-            "X509-SVIDs signed",
-            self.x509_svids_signed.clone(),
-        );
-        r.register(
-            "jwt_svids_signed",
-            "JWT-SVIDs signed",
-            self.jwt_svids_signed.clone(),
-        );
-        r.register(
-            "attestations",
-            "Node attestations by type and result",
-            self.attestations.clone(),
-        );
-        r.register(
-            "admin_requests",
-            "Admin API requests by method and code",
-            self.admin_requests.clone(),
-        );
+        r.register("entries", "Registration entries in the server's index", self.entries.clone());
+        r.register("entry_writes", "Entries created, updated or deleted", self.entry_writes.clone());
+        r.register("agents_connected", "Agents with an open entry sync stream", self.agents_connected.clone());
+        r.register("x509_svids_signed", "X509-SVIDs signed", self.x509_svids_signed.clone());
+        r.register("jwt_svids_signed", "JWT-SVIDs signed", self.jwt_svids_signed.clone());
+        r.register("attestations", "Node attestations by type and result", self.attestations.clone());
+        r.register("admin_requests", "Admin API requests by method and code", self.admin_requests.clone());
     }
 }

@@ -89,7 +89,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, RunError> {
     ensure_private_dir(&config.data_dir)?;
     let ds = crate::datastore::open_sqlite(&config.data_dir.join("datastore.sqlite3")).await?;
     let journal = ds.load_ca_journal().await?;
-    let (ca, journal) = CaManager::load_or_init(&config.data_dir, crate::ca::config_from(&config), journal, now_unix())?;
+    let (ca, journal) =
+        CaManager::load_or_init(&config.data_dir, crate::ca::config_from(&config), journal, now_unix())?;
     ds.store_ca_journal(journal).await?;
 
     let metrics = Metrics::default();
@@ -175,7 +176,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, RunError> {
                 tracing::error!(error = %e, "CA rotation step failed");
             }
             let new_seq = rot_state.bundle().sequence;
-            let half_life_passed = now_unix() >= svid_expiry - (rot_state.config.default_x509_svid_ttl.as_secs() as i64) / 2;
+            let half_life_passed =
+                now_unix() >= svid_expiry - (rot_state.config.default_x509_svid_ttl.as_secs() as i64) / 2;
             if new_seq != seq || half_life_passed {
                 match refresh_server_svid(&rot_state, &slot) {
                     Ok(exp) => svid_expiry = exp,

@@ -74,9 +74,8 @@ impl ServerState {
         metrics: Metrics,
     ) -> Result<Arc<Self>, StateError> {
         let trust_domain = config.trust_domain.clone();
-        let server_id = trust_domain
-            .join(sigil_core::entry::SERVER_ID_PATH)
-            .map_err(|e| StateError::Other(e.to_string()))?;
+        let server_id =
+            trust_domain.join(sigil_core::entry::SERVER_ID_PATH).map_err(|e| StateError::Other(e.to_string()))?;
         let entries = ds.all_entries().await?;
         let agents = ds.list_agents().await?;
         let federated = ds.list_bundles().await?;
@@ -93,7 +92,11 @@ impl ServerState {
             index: RwLock::new(EntryIndex::new(entries)),
             agents: RwLock::new(agents.into_iter().map(|a| (a.spiffe_id.clone(), a)).collect()),
             federated: RwLock::new(
-                federated.into_iter().filter(|b| b.trust_domain != trust_domain).map(|b| (b.trust_domain.clone(), b)).collect(),
+                federated
+                    .into_iter()
+                    .filter(|b| b.trust_domain != trust_domain)
+                    .map(|b| (b.trust_domain.clone(), b))
+                    .collect(),
             ),
             bundle_tx,
             changes,

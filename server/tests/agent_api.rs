@@ -17,7 +17,8 @@ async fn attest_with_join_token_gives_spire_format_agent_id() {
     let token = s.join_token().await;
     let agent = attest(s.server.agent_addr, &token).await.unwrap();
     assert_eq!(agent.id.as_str(), format!("spiffe://{TD}/spire/agent/join_token/{token}"));
-    let leaf_id = sigil_core::x509::verify_x509_svid(&agent.chain, &s.bundle(), sigil_server::state::now_unix()).unwrap();
+    let leaf_id =
+        sigil_core::x509::verify_x509_svid(&agent.chain, &s.bundle(), sigil_server::state::now_unix()).unwrap();
     assert_eq!(leaf_id, agent.id);
     let listed = AgentsClient::new(s.admin().await).list_agents(apb::ListAgentsRequest {}).await.unwrap().into_inner();
     assert_eq!(listed.agents.len(), 1);
@@ -69,7 +70,8 @@ async fn sync_pushes_snapshot_then_new_and_deleted_entries() {
     let s = TestServer::start("").await;
     let mut agent = attest(s.server.agent_addr, &s.join_token().await).await.unwrap();
     let before = s.create_entry("spiffe://example.org/before", agent.id.as_str(), &["unix:uid:1"]).await;
-    s.create_entry("spiffe://example.org/other", "spiffe://example.org/spire/agent/join_token/x", &["unix:uid:2"]).await;
+    s.create_entry("spiffe://example.org/other", "spiffe://example.org/spire/agent/join_token/x", &["unix:uid:2"])
+        .await;
     let mut stream = agent.sync().await;
     let first = next_update(&mut stream).await;
     assert!(first.full_snapshot);
@@ -96,7 +98,10 @@ async fn sync_pushes_snapshot_then_new_and_deleted_entries() {
 async fn token_alias_entry_authorizes_entries_under_the_alias() {
     let s = TestServer::start("").await;
     let token = AgentsClient::new(s.admin().await)
-        .create_join_token(apb::CreateJoinTokenRequest { ttl: 0, agent_alias_spiffe_id: "spiffe://example.org/host/a".into() })
+        .create_join_token(apb::CreateJoinTokenRequest {
+            ttl: 0,
+            agent_alias_spiffe_id: "spiffe://example.org/host/a".into(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -106,7 +111,10 @@ async fn token_alias_entry_authorizes_entries_under_the_alias() {
     let mut stream = agent.sync().await;
     let first = next_update(&mut stream).await;
     let ids: BTreeSet<String> = first.upserted.iter().map(|e| e.spiffe_id.clone()).collect();
-    assert_eq!(ids, BTreeSet::from(["spiffe://example.org/host/a".to_string(), "spiffe://example.org/svc".to_string()]));
+    assert_eq!(
+        ids,
+        BTreeSet::from(["spiffe://example.org/host/a".to_string(), "spiffe://example.org/svc".to_string()])
+    );
     assert!(first.upserted.iter().any(|e| e.id == child.id));
 }
 
@@ -115,7 +123,9 @@ async fn batch_signing_signs_only_authorized_entries() {
     let s = TestServer::start("").await;
     let mut agent = attest(s.server.agent_addr, &s.join_token().await).await.unwrap();
     let mine = s.create_entry("spiffe://example.org/mine", agent.id.as_str(), &["unix:uid:1"]).await;
-    let theirs = s.create_entry("spiffe://example.org/theirs", "spiffe://example.org/spire/agent/join_token/zz", &["unix:uid:1"]).await;
+    let theirs = s
+        .create_entry("spiffe://example.org/theirs", "spiffe://example.org/spire/agent/join_token/zz", &["unix:uid:1"])
+        .await;
     let (csr1, _) = csr();
     let (csr2, _) = csr();
     let resp = agent
@@ -132,7 +142,8 @@ async fn batch_signing_signs_only_authorized_entries() {
     assert_eq!(resp.results.len(), 2);
     assert_eq!(resp.results[0].code, 0, "{}", resp.results[0].message);
     let svid = resp.results[0].svid.as_ref().unwrap();
-    let id = sigil_core::x509::verify_x509_svid(&svid.cert_chain, &s.bundle(), sigil_server::state::now_unix()).unwrap();
+    let id =
+        sigil_core::x509::verify_x509_svid(&svid.cert_chain, &s.bundle(), sigil_server::state::now_unix()).unwrap();
     assert_eq!(id.as_str(), "spiffe://example.org/mine");
     assert_eq!(resp.results[1].code, Code::PermissionDenied as i32);
     assert!(resp.results[1].svid.is_none());
@@ -169,7 +180,8 @@ async fn jwt_svid_for_authorized_entry_validates_against_bundle() {
     let lookup = |td: &sigil_core::TrustDomain| (td == &bundle.trust_domain).then(|| (*bundle).clone());
     let v = sigil_core::jwt::validate_jwt_svid(&resp.token, "db", &lookup, sigil_server::state::now_unix()).unwrap();
     assert_eq!(v.spiffe_id.as_str(), "spiffe://example.org/mine");
-    let err = agent.client.new_jwt_svid(pb::NewJwtSvidRequest { entry_id: "nope".into(), audience: vec!["db".into()] }).await;
+    let err =
+        agent.client.new_jwt_svid(pb::NewJwtSvidRequest { entry_id: "nope".into(), audience: vec!["db".into()] }).await;
     assert_eq!(err.err().unwrap().code(), Code::PermissionDenied);
 }
 
@@ -178,7 +190,8 @@ async fn renewed_svid_keeps_the_agent_id_and_works() {
     let s = TestServer::start("").await;
     let mut agent = attest(s.server.agent_addr, &s.join_token().await).await.unwrap();
     let (csr, key) = csr();
-    let svid = agent.client.renew_agent_svid(pb::RenewAgentSvidRequest { csr }).await.unwrap().into_inner().svid.unwrap();
+    let svid =
+        agent.client.renew_agent_svid(pb::RenewAgentSvidRequest { csr }).await.unwrap().into_inner().svid.unwrap();
     assert_eq!(svid.spiffe_id, agent.id.as_str());
     assert_ne!(svid.cert_chain, agent.chain);
     agent.chain = svid.cert_chain;

@@ -28,7 +28,12 @@ async fn ca_rotation_2m_prepared_ca_published_before_use_and_old_svids_keep_vali
         sequences.push(published_before.sequence);
         let (csr, _) = csr();
         let svid = svids
-            .mint_x509_svid(apb::MintX509SvidRequest { csr, spiffe_id: "spiffe://example.org/rot".into(), dns_names: vec![], ttl: 0 })
+            .mint_x509_svid(apb::MintX509SvidRequest {
+                csr,
+                spiffe_id: "spiffe://example.org/rot".into(),
+                dns_names: vec![],
+                ttl: 0,
+            })
             .await
             .unwrap()
             .into_inner()
@@ -53,15 +58,23 @@ async fn ca_rotation_2m_prepared_ca_published_before_use_and_old_svids_keep_vali
         minted.push((svid.cert_chain, svid.expires_at));
 
         let jwt = svids
-            .mint_jwt_svid(apb::MintJwtSvidRequest { spiffe_id: "spiffe://example.org/rot".into(), audience: vec!["a".into()], ttl: 0 })
+            .mint_jwt_svid(apb::MintJwtSvidRequest {
+                spiffe_id: "spiffe://example.org/rot".into(),
+                audience: vec!["a".into()],
+                ttl: 0,
+            })
             .await
             .unwrap()
             .into_inner();
-        let lookup = |td: &sigil_core::TrustDomain| (td == &published_before.trust_domain).then(|| (*published_before).clone());
+        let lookup =
+            |td: &sigil_core::TrustDomain| (td == &published_before.trust_domain).then(|| (*published_before).clone());
         sigil_core::jwt::validate_jwt_svid(&jwt.token, "a", &lookup, now)
             .unwrap_or_else(|e| panic!("JWT signed by a key not yet in the bundle published before it: {e}"));
         let header = jwt.token.split('.').next().unwrap();
-        let header: serde_json::Value = serde_json::from_slice(&base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header).unwrap()).unwrap();
+        let header: serde_json::Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header).unwrap(),
+        )
+        .unwrap();
         jwt_kids.insert(header["kid"].as_str().unwrap().to_owned());
 
         // Everything signed so far and not yet expired validates against what is published now.

@@ -19,7 +19,17 @@ fn spawn(dir: &Path) -> Server {
     let data = dir.join("data");
     let log = std::fs::File::create(dir.join(format!("server-{}.log", Instant::now().elapsed().as_nanos()))).unwrap();
     let child = Command::new(BIN)
-        .args(["run", "-trustDomain", "example.org", "-bindAddress", "127.0.0.1", "-serverPort", "0", "-healthPort", "0"])
+        .args([
+            "run",
+            "-trustDomain",
+            "example.org",
+            "-bindAddress",
+            "127.0.0.1",
+            "-serverPort",
+            "0",
+            "-healthPort",
+            "0",
+        ])
         .arg("-dataDir")
         .arg(&data)
         .arg("-socketPath")
@@ -84,9 +94,22 @@ fn entry_create_show_count_delete_spire_style() {
     let out = ok(cli(
         &s,
         &[
-            "entry", "create", "-parentID", "spiffe://example.org/host", "-spiffeID", "spiffe://example.org/web",
-            "-selector", "unix:uid:1000", "-selector", "unix:gid:1000", "-x509SVIDTTL", "120", "-dns", "web.local",
-            "-hint", "web",
+            "entry",
+            "create",
+            "-parentID",
+            "spiffe://example.org/host",
+            "-spiffeID",
+            "spiffe://example.org/web",
+            "-selector",
+            "unix:uid:1000",
+            "-selector",
+            "unix:gid:1000",
+            "-x509SVIDTTL",
+            "120",
+            "-dns",
+            "web.local",
+            "-hint",
+            "web",
         ],
     ));
     assert!(out.contains("SPIFFE ID        : spiffe://example.org/web"), "{out}");
@@ -103,15 +126,35 @@ fn entry_create_show_count_delete_spire_style() {
     assert_eq!(ok(cli(&s, &["entry", "count"])).trim(), "1 registration entry");
     let dup = cli(
         &s,
-        &["entry", "create", "-parentID", "spiffe://example.org/host", "-spiffeID", "spiffe://example.org/web",
-          "-selector", "unix:gid:1000", "-selector", "unix:uid:1000"],
+        &[
+            "entry",
+            "create",
+            "-parentID",
+            "spiffe://example.org/host",
+            "-spiffeID",
+            "spiffe://example.org/web",
+            "-selector",
+            "unix:gid:1000",
+            "-selector",
+            "unix:uid:1000",
+        ],
     );
     assert_eq!(dup.status.code(), Some(1));
     assert!(stderr(&dup).contains("already exists"), "{}", stderr(&dup));
     let upd = ok(cli(
         &s,
-        &["entry", "update", "-entryID", &id, "-parentID", "spiffe://example.org/host", "-spiffeID",
-          "spiffe://example.org/web2", "-selector", "unix:uid:1000"],
+        &[
+            "entry",
+            "update",
+            "-entryID",
+            &id,
+            "-parentID",
+            "spiffe://example.org/host",
+            "-spiffeID",
+            "spiffe://example.org/web2",
+            "-selector",
+            "unix:uid:1000",
+        ],
     ));
     assert!(upd.contains("spiffe://example.org/web2"), "{upd}");
     assert!(upd.contains("Revision         : 2"), "{upd}");
@@ -124,10 +167,46 @@ fn invalid_input_exits_1_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let s = spawn(dir.path());
     let cases: &[(&[&str], &str)] = &[
-        (&["entry", "create", "-parentID", "spiffe://example.org/h", "-spiffeID", "http://x/y", "-selector", "unix:uid:1"], "spiffeID"),
-        (&["entry", "create", "-parentID", "spiffe://example.org/h", "-spiffeID", "spiffe://example.org/y", "-selector", "unixuid"], "selector"),
+        (
+            &[
+                "entry",
+                "create",
+                "-parentID",
+                "spiffe://example.org/h",
+                "-spiffeID",
+                "http://x/y",
+                "-selector",
+                "unix:uid:1",
+            ],
+            "spiffeID",
+        ),
+        (
+            &[
+                "entry",
+                "create",
+                "-parentID",
+                "spiffe://example.org/h",
+                "-spiffeID",
+                "spiffe://example.org/y",
+                "-selector",
+                "unixuid",
+            ],
+            "selector",
+        ),
         (&["entry", "create", "-bogus", "x"], "bogus"),
-        (&["entry", "create", "-parentID", "spiffe://example.org/h", "-spiffeID", "spiffe://Example.org/y", "-selector", "unix:uid:1"], "uppercase"),
+        (
+            &[
+                "entry",
+                "create",
+                "-parentID",
+                "spiffe://example.org/h",
+                "-spiffeID",
+                "spiffe://Example.org/y",
+                "-selector",
+                "unix:uid:1",
+            ],
+            "uppercase",
+        ),
         (&["entry", "delete", "-entryID", "does-not-exist"], "not found"),
         (&["agent", "evict", "-spiffeID", "spiffe://example.org/spire/agent/join_token/none"], "not found"),
     ];
@@ -149,7 +228,19 @@ fn x509_mint_passes_openssl_verify_with_one_uri_san_and_critical_key_usage() {
     let dir = tempfile::tempdir().unwrap();
     let s = spawn(dir.path());
     let out_dir = dir.path().join("minted");
-    ok(cli(&s, &["x509", "mint", "-spiffeID", "spiffe://example.org/minted", "-dns", "minted.local", "-write", out_dir.to_str().unwrap()]));
+    ok(cli(
+        &s,
+        &[
+            "x509",
+            "mint",
+            "-spiffeID",
+            "spiffe://example.org/minted",
+            "-dns",
+            "minted.local",
+            "-write",
+            out_dir.to_str().unwrap(),
+        ],
+    ));
     let svid = out_dir.join("svid.pem");
     let bundle = out_dir.join("bundle.pem");
     let v = openssl(&["verify", "-CAfile", bundle.to_str().unwrap(), svid.to_str().unwrap()]);
@@ -177,7 +268,11 @@ fn jwt_mint_and_bundle_show_formats() {
     assert!(keys.iter().any(|k| k["use"] == "x509-svid"));
     assert!(keys.iter().any(|k| k["use"] == "jwt-svid" && k["kid"].is_string()));
     assert!(v["spiffe_sequence"].as_u64().unwrap() >= 1);
-    let bundle = sigil_core::bundle::Bundle::from_jwks_json(sigil_core::TrustDomain::new("example.org").unwrap(), jwks.as_bytes()).unwrap();
+    let bundle = sigil_core::bundle::Bundle::from_jwks_json(
+        sigil_core::TrustDomain::new("example.org").unwrap(),
+        jwks.as_bytes(),
+    )
+    .unwrap();
     let lookup = |td: &sigil_core::TrustDomain| (td == &bundle.trust_domain).then(|| bundle.clone());
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let valid = sigil_core::jwt::validate_jwt_svid(token.trim(), "db", &lookup, now).unwrap();
@@ -203,8 +298,18 @@ fn federated_bundle_set_list_delete() {
     assert_eq!(own.status.code(), Some(1));
     let fed = ok(cli(
         &s,
-        &["entry", "create", "-parentID", "spiffe://example.org/host", "-spiffeID", "spiffe://example.org/fed",
-          "-selector", "unix:uid:5", "-federatesWith", "other.org"],
+        &[
+            "entry",
+            "create",
+            "-parentID",
+            "spiffe://example.org/host",
+            "-spiffeID",
+            "spiffe://example.org/fed",
+            "-selector",
+            "unix:uid:5",
+            "-federatesWith",
+            "other.org",
+        ],
     ));
     let refused = cli(&s, &["bundle", "delete", "-id", "spiffe://other.org"]);
     assert_eq!(refused.status.code(), Some(1));
@@ -244,8 +349,16 @@ fn sigkill_after_acknowledged_writes_loses_nothing() {
     for i in 0..40 {
         let out = ok(cli(
             &s,
-            &["entry", "create", "-parentID", "spiffe://example.org/host", "-spiffeID", &format!("spiffe://example.org/w{i}"),
-              "-selector", &format!("unix:uid:{i}")],
+            &[
+                "entry",
+                "create",
+                "-parentID",
+                "spiffe://example.org/host",
+                "-spiffeID",
+                &format!("spiffe://example.org/w{i}"),
+                "-selector",
+                &format!("unix:uid:{i}"),
+            ],
         ));
         ids.push(entry_id(&out));
     }

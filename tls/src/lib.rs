@@ -53,10 +53,7 @@ fn now_unix(now: UnixTime) -> i64 {
 }
 
 fn chain_of(end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>]) -> Vec<Vec<u8>> {
-    std::iter::once(end_entity)
-        .chain(intermediates)
-        .map(|c| c.as_ref().to_vec())
-        .collect()
+    std::iter::once(end_entity).chain(intermediates).map(|c| c.as_ref().to_vec()).collect()
 }
 
 fn bad_cert(e: impl std::fmt::Display) -> rustls::Error {
@@ -64,19 +61,10 @@ fn bad_cert(e: impl std::fmt::Display) -> rustls::Error {
 }
 
 /// A certificate chain and its private key, ready for rustls.
-pub fn certified_key(
-    chain_der: &[Vec<u8>],
-    pkcs8_key_der: &[u8],
-) -> Result<Arc<CertifiedKey>, TlsError> {
+pub fn certified_key(chain_der: &[Vec<u8>], pkcs8_key_der: &[u8]) -> Result<Arc<CertifiedKey>, TlsError> {
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8_key_der.to_vec()));
-    let signing_key = provider()
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| TlsError::Key(e.to_string()))?;
-    let certs = chain_der
-        .iter()
-        .map(|c| CertificateDer::from(c.clone()))
-        .collect();
+    let signing_key = provider().key_provider.load_private_key(key).map_err(|e| TlsError::Key(e.to_string()))?;
+    let certs = chain_der.iter().map(|c| CertificateDer::from(c.clone())).collect();
     Ok(Arc::new(CertifiedKey::new(certs, signing_key)))
 }
 
@@ -121,12 +109,8 @@ impl ClientCertVerifier for OptionalSvidClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let bundle = self.bundle.borrow().clone();
-        sigil_core::x509::verify_x509_svid(
-            &chain_of(end_entity, intermediates),
-            &bundle,
-            now_unix(now),
-        )
-        .map_err(bad_cert)?;
+        sigil_core::x509::verify_x509_svid(&chain_of(end_entity, intermediates), &bundle, now_unix(now))
+            .map_err(bad_cert)?;
         Ok(ClientCertVerified::assertion())
     }
     fn verify_tls12_signature(
@@ -154,10 +138,7 @@ impl ClientCertVerifier for OptionalSvidClientVerifier {
 #[derive(Debug, Clone)]
 pub enum ServerCheck {
     /// The server must present an SVID for exactly this ID, valid for the current bundle.
-    SpiffeId {
-        expected: SpiffeId,
-        bundle: BundleWatch,
-    },
+    SpiffeId { expected: SpiffeId, bundle: BundleWatch },
     /// Bootstrap without a trust bundle (SPIRE's `insecure_bootstrap`): anything is accepted. Only for the
     /// first attestation; the agent then pins the bundle it received.
     InsecureBootstrap,
@@ -181,16 +162,11 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             ServerCheck::InsecureBootstrap => Ok(ServerCertVerified::assertion()),
             ServerCheck::SpiffeId { expected, bundle } => {
                 let bundle = bundle.borrow().clone();
-                let got = sigil_core::x509::verify_x509_svid(
-                    &chain_of(end_entity, intermediates),
-                    &bundle,
-                    now_unix(now),
-                )
-                .map_err(bad_cert)?;
+                let got =
+                    sigil_core::x509::verify_x509_svid(&chain_of(end_entity, intermediates), &bundle, now_unix(now))
+                        .map_err(bad_cert)?;
                 if &got != expected {
-                    return Err(bad_cert(format!(
-                        "server presented {got}, expected {expected}"
-                    )));
+                    return Err(bad_cert(format!("server presented {got}, expected {expected}")));
                 }
                 Ok(ServerCertVerified::assertion())
             }
@@ -218,10 +194,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 }
 
 /// rustls server config for the agent API.
-pub fn server_config(
-    cert: Arc<ServerCertSlot>,
-    bundle: BundleWatch,
-) -> Result<rustls::ServerConfig, TlsError> {
+pub fn server_config(cert: Arc<ServerCertSlot>, bundle: BundleWatch) -> Result<rustls::ServerConfig, TlsError> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(OptionalSvidClientVerifier { bundle }))
@@ -240,9 +213,7 @@ pub fn client_config(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier { check }));
     let mut cfg = match client_cert {
-        Some(ck) => {
-            builder.with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(ck)))
-        }
+        Some(ck) => builder.with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(ck))),
         None => builder.with_no_client_auth(),
     };
     cfg.alpn_protocols = vec![b"h2".to_vec()];
@@ -273,21 +244,13 @@ impl tonic::transport::server::Connected for TlsConn {
 }
 
 impl AsyncRead for TlsConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TlsConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -333,8 +296,7 @@ pub fn incoming(
             let acceptor = acceptor.clone();
             let conn_tx = tx.clone();
             tokio::spawn(async move {
-                let handshake =
-                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+                let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
                 let tls = match handshake {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
@@ -346,27 +308,12 @@ pub fn incoming(
                         return;
                     }
                 };
-                let leaf = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .map(|c| c.as_ref().to_vec());
+                let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec());
                 let (spiffe_id, serial_hex) = match leaf {
-                    Some(der) => (
-                        sigil_core::x509::leaf_spiffe_id(&der).ok(),
-                        serial_hex(&der),
-                    ),
+                    Some(der) => (sigil_core::x509::leaf_spiffe_id(&der).ok(), serial_hex(&der)),
                     None => (None, None),
                 };
-                let conn = TlsConn {
-                    inner: tls,
-                    peer: PeerIdentity {
-                        addr: Some(addr),
-                        spiffe_id,
-                        serial_hex,
-                    },
-                };
+                let conn = TlsConn { inner: tls, peer: PeerIdentity { addr: Some(addr), spiffe_id, serial_hex } };
                 let _ = conn_tx.send(Ok(conn)).await;
             });
         }
@@ -381,10 +328,7 @@ pub fn serial_hex(cert_der: &[u8]) -> Option<String> {
 }
 
 /// A tonic channel to `addr` over SPIFFE TLS. The URI is only a label; the connector dials `addr`.
-pub fn channel(
-    addr: SocketAddr,
-    config: Arc<rustls::ClientConfig>,
-) -> Result<tonic::transport::Channel, TlsError> {
+pub fn channel(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Result<tonic::transport::Channel, TlsError> {
     let connector = tokio_rustls::TlsConnector::from(config);
     let endpoint = tonic::transport::Endpoint::from_static("http://sigil-server")
         .connect_timeout(Duration::from_secs(5))
@@ -395,8 +339,7 @@ pub fn channel(
         async move {
             let tcp = TcpStream::connect(addr).await?;
             tcp.set_nodelay(true)?;
-            let name = ServerName::try_from("sigil-server")
-                .map_err(|e| io::Error::other(e.to_string()))?;
+            let name = ServerName::try_from("sigil-server").map_err(|e| io::Error::other(e.to_string()))?;
             let tls = connector.connect(name, tcp).await?;
             Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(tls))
         }

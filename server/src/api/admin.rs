@@ -107,7 +107,13 @@ impl entries_server::Entries for AdminApi {
             req.entries.iter().map(|e| self.validate(e)).collect();
         let valid: Vec<_> = slots
             .iter_mut()
-            .filter_map(|s| s.as_mut().ok().map(|e| { let mut e = e.clone(); e.id.clear(); e }))
+            .filter_map(|s| {
+                s.as_mut().ok().map(|e| {
+                    let mut e = e.clone();
+                    e.id.clear();
+                    e
+                })
+            })
             .collect();
         let mut stored = self.state.create_entries(valid).await.into_iter();
         let results = slots
@@ -119,9 +125,10 @@ impl entries_server::Entries for AdminApi {
                         status: ok_status(),
                         entry: Some(convert::entry_to_pb(&e)),
                     },
-                    Some(Err(err)) => {
-                        pb::batch_create_entry_response::Result { status: status_of(&datastore_status(err)), entry: None }
-                    }
+                    Some(Err(err)) => pb::batch_create_entry_response::Result {
+                        status: status_of(&datastore_status(err)),
+                        entry: None,
+                    },
                     None => pb::batch_create_entry_response::Result {
                         status: status_of(&Status::internal("datastore returned fewer results than entries")),
                         entry: None,
@@ -147,7 +154,10 @@ impl entries_server::Entries for AdminApi {
             }
             .await;
             results.push(match r {
-                Ok(e) => pb::batch_update_entry_response::Result { status: ok_status(), entry: Some(convert::entry_to_pb(&e)) },
+                Ok(e) => pb::batch_update_entry_response::Result {
+                    status: ok_status(),
+                    entry: Some(convert::entry_to_pb(&e)),
+                },
                 Err(s) => pb::batch_update_entry_response::Result { status: status_of(&s), entry: None },
             });
         }
@@ -208,7 +218,10 @@ impl entries_server::Entries for AdminApi {
 
 #[tonic::async_trait]
 impl agents_server::Agents for AdminApi {
-    async fn list_agents(&self, _req: Request<pb::ListAgentsRequest>) -> Result<Response<pb::ListAgentsResponse>, Status> {
+    async fn list_agents(
+        &self,
+        _req: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let agents = self.state.agents().iter().map(convert::agent_to_pb).collect();
         Ok(Response::new(pb::ListAgentsResponse { agents }))
     }
@@ -221,7 +234,10 @@ impl agents_server::Agents for AdminApi {
             .ok_or_else(|| Status::not_found(format!("no attested agent {id}")))
     }
 
-    async fn delete_agent(&self, req: Request<pb::DeleteAgentRequest>) -> Result<Response<pb::DeleteAgentResponse>, Status> {
+    async fn delete_agent(
+        &self,
+        req: Request<pb::DeleteAgentRequest>,
+    ) -> Result<Response<pb::DeleteAgentResponse>, Status> {
         let id = convert::spiffe_id("id", &req.into_inner().id)?;
         self.state.evict_agent(&id).await.map_err(datastore_status)?;
         tracing::info!(agent = %id, "agent evicted");
@@ -341,7 +357,10 @@ impl svids_server::Svids for AdminApi {
         let req = req.into_inner();
         let id = convert::spiffe_id("spiffe_id", &req.spiffe_id)?;
         if !id.is_member_of(&self.state.trust_domain) {
-            return Err(Status::invalid_argument(format!("spiffe_id: {id} is not in trust domain {}", self.state.trust_domain)));
+            return Err(Status::invalid_argument(format!(
+                "spiffe_id: {id} is not in trust domain {}",
+                self.state.trust_domain
+            )));
         }
         for d in &req.dns_names {
             if !sigil_core::entry::is_valid_dns_name(d) {
@@ -356,15 +375,25 @@ impl svids_server::Svids for AdminApi {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.state.metrics.x509_svids_signed.inc();
         Ok(Response::new(pb::MintX509SvidResponse {
-            svid: Some(tpb::X509Svid { spiffe_id: id.to_string(), cert_chain: issued.chain_der, expires_at: issued.expires_at }),
+            svid: Some(tpb::X509Svid {
+                spiffe_id: id.to_string(),
+                cert_chain: issued.chain_der,
+                expires_at: issued.expires_at,
+            }),
         }))
     }
 
-    async fn mint_jwt_svid(&self, req: Request<pb::MintJwtSvidRequest>) -> Result<Response<pb::MintJwtSvidResponse>, Status> {
+    async fn mint_jwt_svid(
+        &self,
+        req: Request<pb::MintJwtSvidRequest>,
+    ) -> Result<Response<pb::MintJwtSvidResponse>, Status> {
         let req = req.into_inner();
         let id = convert::spiffe_id("spiffe_id", &req.spiffe_id)?;
         if !id.is_member_of(&self.state.trust_domain) {
-            return Err(Status::invalid_argument(format!("spiffe_id: {id} is not in trust domain {}", self.state.trust_domain)));
+            return Err(Status::invalid_argument(format!(
+                "spiffe_id: {id} is not in trust domain {}",
+                self.state.trust_domain
+            )));
         }
         if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
             return Err(Status::invalid_argument("audience: at least one non-empty audience is required"));

@@ -35,11 +35,14 @@ impl AgentApi {
     /// The calling agent's ID, if its connection carries a verified SVID of a live, unbanned agent.
     fn authenticate<T>(&self, req: &Request<T>) -> Result<AttestedAgent, Status> {
         let peer = req.extensions().get::<PeerIdentity>();
-        let id = peer
-            .and_then(|p| p.spiffe_id.clone())
-            .ok_or_else(|| Status::unauthenticated("this call needs the agent's X509-SVID as TLS client certificate"))?;
+        let id = peer.and_then(|p| p.spiffe_id.clone()).ok_or_else(|| {
+            Status::unauthenticated("this call needs the agent's X509-SVID as TLS client certificate")
+        })?;
         if !id.path().starts_with("/spire/agent/") || !id.is_member_of(&self.state.trust_domain) {
-            return Err(Status::permission_denied(format!("{id} is not an agent of trust domain {}", self.state.trust_domain)));
+            return Err(Status::permission_denied(format!(
+                "{id} is not an agent of trust domain {}",
+                self.state.trust_domain
+            )));
         }
         let agent = self
             .state
@@ -67,7 +70,11 @@ fn svid_pb(id: &SpiffeId, issued: crate::ca::IssuedX509) -> tpb::X509Svid {
 }
 
 fn count_attestation(state: &ServerState, kind: &str, result: &str) {
-    state.metrics.attestations.get_or_create(&vec![("type".into(), kind.into()), ("result".into(), result.into())]).inc();
+    state
+        .metrics
+        .attestations
+        .get_or_create(&vec![("type".into(), kind.into()), ("result".into(), result.into())])
+        .inc();
 }
 
 #[tonic::async_trait]
@@ -162,9 +169,8 @@ impl node_server::Node for AgentApi {
         if params.len() > 1000 {
             return Err(Status::invalid_argument("params: at most 1000 CSRs per batch"));
         }
-        let authorized: Arc<HashMap<String, RegistrationEntry>> = Arc::new(
-            self.state.authorized_entries(&agent.spiffe_id).into_iter().map(|e| (e.id.clone(), e)).collect(),
-        );
+        let authorized: Arc<HashMap<String, RegistrationEntry>> =
+            Arc::new(self.state.authorized_entries(&agent.spiffe_id).into_iter().map(|e| (e.id.clone(), e)).collect());
         // Signing is CPU-bound: spread the batch over the cores, off the async runtime.
         let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(params.len().max(1));
         let chunk = params.len().div_ceil(workers).max(1);
@@ -214,18 +220,19 @@ impl node_server::Node for AgentApi {
         Ok(Response::new(pb::BatchNewX509SvidResponse { results }))
     }
 
-    async fn new_jwt_svid(&self, req: Request<pb::NewJwtSvidRequest>) -> Result<Response<pb::NewJwtSvidResponse>, Status> {
+    async fn new_jwt_svid(
+        &self,
+        req: Request<pb::NewJwtSvidRequest>,
+    ) -> Result<Response<pb::NewJwtSvidResponse>, Status> {
         let agent = self.authenticate(&req)?;
         let req = req.into_inner();
         if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
             return Err(Status::invalid_argument("audience: at least one non-empty audience is required"));
         }
-        let entry = self
-            .state
-            .authorized_entries(&agent.spiffe_id)
-            .into_iter()
-            .find(|e| e.id == req.entry_id)
-            .ok_or_else(|| Status::permission_denied(format!("entry {:?} is not authorized for this agent", req.entry_id)))?;
+        let entry =
+            self.state.authorized_entries(&agent.spiffe_id).into_iter().find(|e| e.id == req.entry_id).ok_or_else(
+                || Status::permission_denied(format!("entry {:?} is not authorized for this agent", req.entry_id)),
+            )?;
         let ttl = (entry.jwt_svid_ttl > 0).then(|| Duration::from_secs(entry.jwt_svid_ttl.into()));
         let (token, expires_at) = self
             .state
@@ -278,7 +285,8 @@ async fn run_sync(
             Ok(Change::Bundle) => (false, true, false),
             Ok(Change::FederatedBundles) => (false, false, true),
             Ok(Change::AgentRevoked(id)) if id == agent_id => {
-                let _ = tx.send(Err(Status::permission_denied(format!("agent {agent_id} was evicted or banned")))).await;
+                let _ =
+                    tx.send(Err(Status::permission_denied(format!("agent {agent_id} was evicted or banned")))).await;
                 break;
             }
             Ok(Change::AgentRevoked(_)) => continue,

@@ -33,11 +33,8 @@ pub fn entry_from_pb(e: &pb::Entry) -> Result<RegistrationEntry, Status> {
     let mut selectors = e.selectors.iter().map(selector_from_pb).collect::<Result<Vec<_>, _>>()?;
     selectors.sort();
     selectors.dedup();
-    let federates_with = e
-        .federates_with
-        .iter()
-        .map(|td| trust_domain("federates_with", td))
-        .collect::<Result<Vec<_>, _>>()?;
+    let federates_with =
+        e.federates_with.iter().map(|td| trust_domain("federates_with", td)).collect::<Result<Vec<_>, _>>()?;
     Ok(RegistrationEntry {
         id: e.id.clone(),
         spiffe_id: spiffe_id("spiffe_id", &e.spiffe_id)?,

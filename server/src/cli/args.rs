@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Flags that take no value (so the next argument is not theirs).
-const BOOL_FLAGS: &[&str] = &["admin", "downstream", "node", "help", "version", "shallow", "verbose", "once", "insecureBootstrap"];
+const BOOL_FLAGS: &[&str] =
+    &["admin", "downstream", "node", "help", "version", "shallow", "verbose", "once", "insecureBootstrap"];
 
 /// Rewrites `-name` / `-name=value` into `--name` / `--name=value`, leaving values alone.
 pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
@@ -358,8 +359,20 @@ mod tests {
     #[test]
     fn spire_style_entry_create_parses() {
         let cli = Cli::try_parse_from(norm(&[
-            "sigil-server", "entry", "create", "-parentID", "spiffe://td/agent", "-spiffeID", "spiffe://td/web",
-            "-selector", "unix:uid:1000", "-selector", "unix:gid:1000", "-x509SVIDTTL", "60", "-admin",
+            "sigil-server",
+            "entry",
+            "create",
+            "-parentID",
+            "spiffe://td/agent",
+            "-spiffeID",
+            "spiffe://td/web",
+            "-selector",
+            "unix:uid:1000",
+            "-selector",
+            "unix:gid:1000",
+            "-x509SVIDTTL",
+            "60",
+            "-admin",
         ]))
         .unwrap();
         let Command::Entry(EntryCmd::Create { fields, .. }) = cli.command else { panic!("wrong command") };

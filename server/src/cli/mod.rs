@@ -8,11 +8,17 @@ use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use args::{AgentCmd, BundleCmd, BundleFormat, Command, EntryCmd, EntryFields, EntryFilterArgs, JwtCmd, Output, TokenCmd, X509Cmd};
+use args::{
+    AgentCmd, BundleCmd, BundleFormat, Command, EntryCmd, EntryFields, EntryFilterArgs, JwtCmd, Output, TokenCmd,
+    X509Cmd,
+};
 use hyper_util::rt::TokioIo;
 use sigil_core::bundle::Bundle;
 use sigil_core::{Selector, SpiffeId, TrustDomain};
-use sigil_proto::admin::{self as pb, agents_client::AgentsClient, bundles_client::BundlesClient, entries_client::EntriesClient, svids_client::SvidsClient};
+use sigil_proto::admin::{
+    self as pb, agents_client::AgentsClient, bundles_client::BundlesClient, entries_client::EntriesClient,
+    svids_client::SvidsClient,
+};
 use sigil_proto::types as tpb;
 use tonic::transport::{Channel, Endpoint};
 
@@ -126,12 +132,24 @@ fn filter_from_args(f: &EntryFilterArgs) -> Result<pb::EntryFilter, CliError> {
         "superset" => pb::SelectorMatch::Superset,
         "any" => pb::SelectorMatch::Any,
         other => {
-            return Err(CliError::Invalid(format!("-matchSelectorsOn: {other:?} is not one of exact, subset, superset, any")));
+            return Err(CliError::Invalid(format!(
+                "-matchSelectorsOn: {other:?} is not one of exact, subset, superset, any"
+            )));
         }
     };
     Ok(pb::EntryFilter {
-        by_spiffe_id: f.spiffe_id.as_deref().map(|v| parse_id("spiffeID", v).map(|i| i.to_string())).transpose()?.unwrap_or_default(),
-        by_parent_id: f.parent_id.as_deref().map(|v| parse_id("parentID", v).map(|i| i.to_string())).transpose()?.unwrap_or_default(),
+        by_spiffe_id: f
+            .spiffe_id
+            .as_deref()
+            .map(|v| parse_id("spiffeID", v).map(|i| i.to_string()))
+            .transpose()?
+            .unwrap_or_default(),
+        by_parent_id: f
+            .parent_id
+            .as_deref()
+            .map(|v| parse_id("parentID", v).map(|i| i.to_string()))
+            .transpose()?
+            .unwrap_or_default(),
         by_selectors: f.selectors.iter().map(|s| parse_selector(s)).collect::<Result<Vec<_>, _>>()?,
         selector_match: selector_match as i32,
         by_hint: f.hint.clone().unwrap_or_default(),
@@ -251,7 +269,9 @@ pub async fn run_admin(cmd: Command, out: &mut impl Write) -> Result<(), CliErro
     match cmd {
         Command::Run(_) => Err(CliError::Invalid("run is handled by main".into())),
         Command::Healthcheck { socket, verbose, .. } => {
-            let ch = admin_channel(&socket.socket_path).await.map_err(|e| CliError::Rpc(format!("Server is unhealthy: {e}")))?;
+            let ch = admin_channel(&socket.socket_path)
+                .await
+                .map_err(|e| CliError::Rpc(format!("Server is unhealthy: {e}")))?;
             BundlesClient::new(ch)
                 .get_bundle(pb::GetBundleRequest {})
                 .await
@@ -293,7 +313,12 @@ pub async fn run_admin(cmd: Command, out: &mut impl Write) -> Result<(), CliErro
                 .map_err(|e| CliError::Invalid(format!("CSR: {e}")))?;
             let ch = admin_channel(&socket.socket_path).await?;
             let svid = SvidsClient::new(ch.clone())
-                .mint_x509_svid(pb::MintX509SvidRequest { csr: csr.der().to_vec(), spiffe_id: id.to_string(), dns_names: dns, ttl })
+                .mint_x509_svid(pb::MintX509SvidRequest {
+                    csr: csr.der().to_vec(),
+                    spiffe_id: id.to_string(),
+                    dns_names: dns,
+                    ttl,
+                })
                 .await
                 .map_err(rpc)?
                 .into_inner()
@@ -394,7 +419,11 @@ async fn run_entry(cmd: EntryCmd, out: &mut impl Write) -> Result<(), CliError> 
                 let mut token = String::new();
                 loop {
                     let page = client
-                        .list_entries(pb::ListEntriesRequest { filter: Some(f.clone()), page_size: 500, page_token: token })
+                        .list_entries(pb::ListEntriesRequest {
+                            filter: Some(f.clone()),
+                            page_size: 500,
+                            page_token: token,
+                        })
                         .await
                         .map_err(rpc)?
                         .into_inner();
@@ -407,7 +436,9 @@ async fn run_entry(cmd: EntryCmd, out: &mut impl Write) -> Result<(), CliError> 
                 all
             };
             match output {
-                Output::Json => writeln!(out, "{}", serde_json::Value::Array(entries.iter().map(entry_json).collect()))?,
+                Output::Json => {
+                    writeln!(out, "{}", serde_json::Value::Array(entries.iter().map(entry_json).collect()))?
+                }
                 Output::Pretty => {
                     writeln!(out, "Found {} entr{}", entries.len(), if entries.len() == 1 { "y" } else { "ies" })?;
                     for e in &entries {
@@ -457,9 +488,16 @@ async fn run_bundle(cmd: BundleCmd, out: &mut impl Write) -> Result<(), CliError
             Ok(())
         }
         BundleCmd::List { socket, id, format } => {
-            let want = id.as_deref().map(|v| TrustDomain::new(v).map_err(|e| CliError::Invalid(format!("-id: {e}")))).transpose()?;
+            let want = id
+                .as_deref()
+                .map(|v| TrustDomain::new(v).map_err(|e| CliError::Invalid(format!("-id: {e}"))))
+                .transpose()?;
             let ch = admin_channel(&socket.socket_path).await?;
-            let list = BundlesClient::new(ch).list_federated_bundles(pb::ListFederatedBundlesRequest {}).await.map_err(rpc)?.into_inner();
+            let list = BundlesClient::new(ch)
+                .list_federated_bundles(pb::ListFederatedBundlesRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner();
             let mut shown = 0;
             for b in &list.bundles {
                 if want.as_ref().is_some_and(|w| w.name() != b.trust_domain) {
@@ -517,11 +555,17 @@ async fn run_agent(cmd: AgentCmd, out: &mut impl Write) -> Result<(), CliError> 
     match cmd {
         AgentCmd::List { socket, output } => {
             let ch = admin_channel(&socket.socket_path).await?;
-            let agents = AgentsClient::new(ch).list_agents(pb::ListAgentsRequest {}).await.map_err(rpc)?.into_inner().agents;
+            let agents =
+                AgentsClient::new(ch).list_agents(pb::ListAgentsRequest {}).await.map_err(rpc)?.into_inner().agents;
             match output {
                 Output::Json => writeln!(out, "{}", serde_json::Value::Array(agents.iter().map(agent_json).collect()))?,
                 Output::Pretty => {
-                    writeln!(out, "Found {} attested agent{}:\n", agents.len(), if agents.len() == 1 { "" } else { "s" })?;
+                    writeln!(
+                        out,
+                        "Found {} attested agent{}:\n",
+                        agents.len(),
+                        if agents.len() == 1 { "" } else { "s" }
+                    )?;
                     for a in &agents {
                         print_agent(out, a)?;
                     }
@@ -532,7 +576,11 @@ async fn run_agent(cmd: AgentCmd, out: &mut impl Write) -> Result<(), CliError> 
         AgentCmd::Show { socket, spiffe_id, output } => {
             let id = parse_id("spiffeID", &spiffe_id)?;
             let ch = admin_channel(&socket.socket_path).await?;
-            let a = AgentsClient::new(ch).get_agent(pb::GetAgentRequest { id: id.to_string() }).await.map_err(rpc)?.into_inner();
+            let a = AgentsClient::new(ch)
+                .get_agent(pb::GetAgentRequest { id: id.to_string() })
+                .await
+                .map_err(rpc)?
+                .into_inner();
             match output {
                 Output::Json => writeln!(out, "{}", agent_json(&a))?,
                 Output::Pretty => print_agent(out, &a)?,

@@ -139,7 +139,8 @@ impl TestAgent {
     pub fn reconnect(&mut self) {
         let td = TrustDomain::new(TD).unwrap();
         let ck = sigil_tls::certified_key(&self.chain, &self.key.serialize_der()).unwrap();
-        let check = ServerCheck::SpiffeId { expected: td.join("/spire/server").unwrap(), bundle: self.bundle_tx.subscribe() };
+        let check =
+            ServerCheck::SpiffeId { expected: td.join("/spire/server").unwrap(), bundle: self.bundle_tx.subscribe() };
         let cfg = sigil_tls::client_config(check, Some(ck)).unwrap();
         self.client = NodeClient::new(sigil_tls::channel(self.addr, Arc::new(cfg)).unwrap());
     }
@@ -150,7 +151,11 @@ impl TestAgent {
 }
 
 pub async fn next_update(stream: &mut tonic::Streaming<pb::SyncEntriesUpdate>) -> pb::SyncEntriesUpdate {
-    tokio::time::timeout(Duration::from_secs(10), stream.message()).await.expect("sync update in time").unwrap().unwrap()
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("sync update in time")
+        .unwrap()
+        .unwrap()
 }
 
 pub fn localhost(port: u16) -> SocketAddr {
