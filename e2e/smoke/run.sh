@@ -48,7 +48,7 @@ current=""
 log() { echo "[smoke $(date -u +%H:%M:%S)] $*" >&2; }
 step() { current=$1; log "--- $1"; }
 ok() { passed=$((passed + 1)); log "PASS: $current"; }
-summary() { echo "smoke ($tier): $passed passed, $failed failed"; }
+summary() { echo "smoke-$tier: $passed passed, $failed failed"; }
 fail() {
   failed=$((failed + 1))
   echo "[smoke] FAIL: $current: $*" >&2
@@ -213,10 +213,10 @@ EOF
   step "kubectl logs"
   local out
   out=$(kubectl -n "$NS" logs job/client) || fail "kubectl logs job/client failed"
-  echo "$out" | grep -q "hello from web-" || fail "client log lacks the Deployment's answer: $out"
-  echo "$out" | grep -q "hello from db-0" || fail "client log lacks the StatefulSet's answer: $out"
+  echo "$out" | grep "hello from web-" >/dev/null || fail "client log lacks the Deployment's answer: $out"
+  echo "$out" | grep "hello from db-0" >/dev/null || fail "client log lacks the StatefulSet's answer: $out"
   out=$(kubectl -n "$NS" logs deployment/web) || fail "kubectl logs deployment/web failed"
-  echo "$out" | grep -q "testapp serving on :8080" || fail "server log unexpected: $out"
+  echo "$out" | grep "testapp serving on :8080" >/dev/null || fail "server log unexpected: $out"
   ok
 
   step "privileged DaemonSet pod with a hostPath runs (kubectl exec reads a host file)"
