@@ -17,7 +17,7 @@
 set -euo pipefail
 
 E2E=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# shellcheck source=versions.env
+# shellcheck source-path=SCRIPTDIR source=versions.env
 . "$E2E/cluster/versions.env"
 CACHE=${SIGIL_E2E_CACHE:-$HOME/.cache/sigil-e2e}
 OUT=$CACHE/build   # versioned build outputs
@@ -57,7 +57,7 @@ timed() {
 
 # src_hash DIR: short hash of a wrapper module's sources (go.mod, go.sum, *.go).
 src_hash() {
-  (cd "$1" && cat go.mod $(ls go.sum 2>/dev/null) ./*.go | sha256sum | cut -c1-12)
+  (cd "$1" && shopt -s nullglob && cat go.mod go.su[m] ./*.go | sha256sum | cut -c1-12)
 }
 
 link() { ln -sfn "$1" "$BIN/$2"; }
@@ -125,7 +125,7 @@ go_install() {
   shift 2
   if [ ! -f "$OUT/$key/.done" ]; then
     log "go install $*"
-    rm -rf "$OUT/$key"
+    rm -rf "${OUT:?}/${key:?}"
     mkdir -p "$OUT/$key"
     GOBIN=$OUT/$key timed "$key" "${NICE[@]}" go install -ldflags "$ld" "$@"
     touch "$OUT/$key/.done"

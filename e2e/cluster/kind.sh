@@ -12,7 +12,7 @@
 # Needs docker, kind and go on PATH. Nothing here runs in Sigil's own CI (no Docker there).
 set -euo pipefail
 E2E=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# shellcheck source=versions.env
+# shellcheck source-path=SCRIPTDIR source=versions.env
 . "$E2E/cluster/versions.env"
 NAME=${SIGIL_KIND_NAME:-sigil}
 CACHE=${SIGIL_E2E_CACHE:-$HOME/.cache/sigil-e2e}

@@ -17,6 +17,7 @@ shift 3
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
+# shellcheck disable=SC2054 # the commas belong to --pax-option
 tar_flags=(--sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --format=posix
   --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime)
 tar "${tar_flags[@]}" -C "$rootfs" -cf "$work/layer.tar" .

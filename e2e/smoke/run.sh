@@ -21,7 +21,7 @@ set -euo pipefail
 
 E2E=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CLUSTER=$E2E/cluster/cluster
-# shellcheck source=../cluster/versions.env
+# shellcheck source-path=SCRIPTDIR source=../cluster/versions.env
 . "$E2E/cluster/versions.env"
 CACHE=${SIGIL_E2E_CACHE:-$HOME/.cache/sigil-e2e}
 STATE=${SIGIL_CLUSTER_DIR:-/tmp/sigil-cluster}
@@ -336,7 +336,9 @@ if [ -n "${SIGIL_E2E_KUBECONFIG:-}" ]; then
   exit 0
 fi
 log "building (cached after the first run)"
-"$E2E/cluster/build.sh" $([ "$tier" = api ] && echo --api) >/dev/null || { current=build; fail "build.sh failed"; }
+build_args=()
+[ "$tier" = api ] && build_args=(--api)
+"$E2E/cluster/build.sh" "${build_args[@]}" >/dev/null || { current=build; fail "build.sh failed"; }
 t1=$(date +%s)
 "$CLUSTER" down >/dev/null 2>&1 || true
 current="cluster up --tier $tier"
