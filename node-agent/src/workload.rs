@@ -71,7 +71,8 @@ pub struct PeerInfo {
 /// An accepted Unix connection with its peer, identified at accept time.
 #[derive(Debug)]
 pub struct PeerConn {
-    stream: UnixStream,
+    /// Client bytes pass through the `:authority` fix so grpcio clients (py-spiffe) are served too.
+    stream: sigil_tls::AuthorityFixStream<UnixStream>,
     info: PeerInfo,
 }
 
@@ -83,6 +84,7 @@ impl PeerConn {
             (Some(c), Some(pid)) => ProcHandle::open(pid, c.uid(), c.gid()).map(Arc::new).map_err(|e| e.to_string()),
             _ => Err(AttestError::NoPeerCredentials.to_string()),
         };
+        let stream = sigil_tls::AuthorityFixStream::new(stream);
         Self { stream, info: PeerInfo { uid: cred.map(|c| c.uid()), pid, process } }
     }
 }
@@ -317,10 +319,9 @@ impl WorkloadApi {
         let mut rx = self.state.clone();
         let mut stop = self.shutdown.clone();
         let (tx, out) = mpsc::channel(4);
+        // The first message goes out directly (no task hop); the task sends the later ones.
+        let head = futures::stream::once(std::future::ready(Ok(first.clone())));
         tokio::spawn(async move {
-            if tx.send(Ok(first.clone())).await.is_err() {
-                return;
-            }
             let mut last = first;
             loop {
                 let expiry = {
@@ -355,7 +356,7 @@ impl WorkloadApi {
                 }
             }
         });
-        Box::pin(ReceiverStream::new(out))
+        Box::pin(futures::StreamExt::chain(head, ReceiverStream::new(out)))
     }
 
     /// The first X509 response: waits (for a snapshot change) while the view is `Waiting`.

@@ -12,7 +12,6 @@ use sigil_proto::agent::node_server;
 use sigil_tls::ServerCertSlot;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
-use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::api::admin::{AdminApi, PeerUidCheck};
 use crate::api::agent::AgentApi;
@@ -131,7 +130,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, RunError> {
         let stop = async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        if let Err(e) = admin_router.serve_with_incoming_shutdown(UnixListenerStream::new(uds), stop).await {
+        if let Err(e) = admin_router.serve_with_incoming_shutdown(sigil_tls::unix_incoming(uds), stop).await {
             tracing::error!(error = %e, "admin API stopped");
         }
     }));

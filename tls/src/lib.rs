@@ -193,6 +193,10 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     }
 }
 
+pub mod h2_authority;
+
+pub use h2_authority::{AuthorityFixStream, unix_incoming};
+
 /// rustls server config for the agent API.
 pub fn server_config(cert: Arc<ServerCertSlot>, bundle: BundleWatch) -> Result<rustls::ServerConfig, TlsError> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())

@@ -1,0 +1,1 @@
+//! Test-only crate: see `tests/`. The Go (go-spiffe) and Python (py-spiffe) clients live beside it.
