@@ -471,3 +471,29 @@ Uid:\t1000\t1001\t1002\t1003\nGid:\t100\t101\t102\t103\nFDSize:\t256\nGroups:\t4
         assert!(matches!(ProcHandle::open(i32::MAX, 0, 0), Err(AttestError::ProcessGone { .. })));
     }
 }
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+
+    #[tokio::test]
+    #[ignore]
+    async fn attestation_cost() {
+        let pid = i32::try_from(std::process::id()).unwrap();
+        let a: std::sync::Arc<dyn WorkloadAttestor> =
+            std::sync::Arc::new(UnixAttestor::new(UnixAttestorConfig::default()));
+        let n = 2000;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            let h = ProcHandle::open(pid, 0, 0).unwrap();
+            attest_process(std::slice::from_ref(&a), &h).await.unwrap();
+        }
+        println!("attest: {:?} per call", t.elapsed() / n);
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            let _ = SystemNames.user_name(0);
+            let _ = SystemNames.group_name(0);
+        }
+        println!("names: {:?} per pair", t.elapsed() / n);
+    }
+}

@@ -138,7 +138,7 @@ impl SignedFor {
     }
 }
 
-/// Cached JWT-SVIDs: (entry id, sorted audience) -> (token, exp, refresh at).
+/// Cached JWT-SVIDs: (entry id + SPIFFE ID, sorted audience) -> (token, exp, refresh at).
 type JwtCache = HashMap<(String, Vec<String>), (String, i64, i64)>;
 
 /// Handle on the running manager.
@@ -174,7 +174,9 @@ impl ManagerHandle {
         let mut aud = audience.to_vec();
         aud.sort();
         aud.dedup();
-        let key = (entry_id.to_owned(), aud);
+        // The entry's current SPIFFE ID is part of the key: a renamed entry never gets an old token.
+        let current_id = self.state.borrow().entries.get(entry_id).map(|e| e.spiffe_id.to_string()).unwrap_or_default();
+        let key = (format!("{entry_id}\n{current_id}"), aud);
         let now = now_unix();
         if let Ok(cache) = self.jwt_cache.lock()
             && let Some((token, _, refresh_at)) = cache.get(&key)
