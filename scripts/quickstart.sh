@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sigil quickstart: builds Sigil, starts a server (embedded SQLite, self-signed CA) and prints an X509-SVID
-# for the current uid. Leaves the server running until Ctrl-C, or exits at once with --once.
+# Sigil quickstart on one host: builds Sigil, starts a server (embedded SQLite, self-signed CA) and an agent
+# attested with a join token, registers the current uid, fetches its X509-SVID through the Workload API and
+# shows it with openssl. Leaves both running until Ctrl-C, or stops at once with --once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,43 +10,61 @@ once=0
 
 echo "==> building (cargo build --bins)"
 cargo build --quiet --bins
-bin=target/debug
+bin=$PWD/target/debug
 
 work=$(mktemp -d /tmp/sigil-quickstart.XXXXXX)
-sock="$work/server/api.sock"
+server_sock=$work/server/api.sock
+agent_sock=$work/agent/public/api.sock
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+pids=()
 cleanup() {
-  [ -n "${server_pid:-}" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-echo "==> starting sigil-server (trust domain example.org, data in $work/server)"
-"$bin/sigil-server" run -trustDomain example.org -dataDir "$work/server/data" -socketPath "$sock" \
-  -bindAddress 127.0.0.1 -serverPort 0 -healthPort 0 >"$work/server.log" 2>&1 &
-server_pid=$!
-for _ in $(seq 100); do
-  "$bin/sigil-server" healthcheck -socketPath "$sock" >/dev/null 2>&1 && break
-  kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.log"; exit 1; }
-  sleep 0.1
-done
-"$bin/sigil-server" healthcheck -socketPath "$sock"
+wait_for() { # what, command...
+  local what=$1; shift
+  for _ in $(seq 300); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "timed out waiting for $what; logs in $work" >&2
+  cat "$work"/*.log >&2
+  exit 1
+}
 
+echo "==> starting sigil-server: trust domain example.org, agent API 127.0.0.1:$port"
+"$bin/sigil-server" run -trustDomain example.org -dataDir "$work/server/data" -socketPath "$server_sock" \
+  -bindAddress 127.0.0.1 -serverPort "$port" -healthPort 0 >"$work/server.log" 2>&1 &
+pids+=($!)
+wait_for "the server" "$bin/sigil-server" healthcheck -socketPath "$server_sock"
+"$bin/sigil-server" healthcheck -socketPath "$server_sock"
+
+token=$("$bin/sigil-server" token generate -socketPath "$server_sock" | sed -n 's/^Token: //p')
+agent_id="spiffe://example.org/spire/agent/join_token/$token"
 uid=$(id -u)
-echo "==> registering uid $uid as spiffe://example.org/quickstart/uid-$uid"
-"$bin/sigil-server" token generate -socketPath "$sock" -spiffeID spiffe://example.org/quickstart/node
-"$bin/sigil-server" entry create -socketPath "$sock" -parentID spiffe://example.org/quickstart/node \
+echo "==> registering uid $uid under the agent $agent_id"
+"$bin/sigil-server" entry create -socketPath "$server_sock" -parentID "$agent_id" \
   -spiffeID "spiffe://example.org/quickstart/uid-$uid" -selector "unix:uid:$uid"
 
-echo "==> minting an X509-SVID for that ID"
-"$bin/sigil-server" x509 mint -socketPath "$sock" -spiffeID "spiffe://example.org/quickstart/uid-$uid" -write "$work/svid"
-echo "SPIFFE ID: spiffe://example.org/quickstart/uid-$uid"
-openssl verify -CAfile "$work/svid/bundle.pem" "$work/svid/svid.pem"
-openssl x509 -in "$work/svid/svid.pem" -noout -text
+echo "==> starting sigil-agent (join token; server authenticated with the bundle from 'bundle show')"
+"$bin/sigil-server" bundle show -socketPath "$server_sock" >"$work/bundle.pem"
+"$bin/sigil-agent" run -trustDomain example.org -serverAddress 127.0.0.1 -serverPort "$port" \
+  -joinToken "$token" -trustBundle "$work/bundle.pem" -dataDir "$work/agent/data" -socketPath "$agent_sock" \
+  -healthPort 0 >"$work/agent.log" 2>&1 &
+pids+=($!)
+wait_for "the workload's SVID" "$bin/sigil-agent" api fetch x509 -socketPath "$agent_sock"
+
+echo "==> the workload (this shell, uid $uid) fetches its SVID: sigil-agent api fetch x509 -write $work/svid"
+"$bin/sigil-agent" api fetch x509 -socketPath "$agent_sock" -write "$work/svid"
+echo
+echo "SPIFFE ID: $(openssl x509 -in "$work/svid/svid.0.pem" -noout -ext subjectAltName | sed -n 's/^ *URI://p')"
+openssl verify -CAfile "$work/svid/bundle.0.pem" "$work/svid/svid.0.pem"
+openssl x509 -in "$work/svid/svid.0.pem" -noout -text
 
 if [ "$once" = 1 ]; then
   echo "==> done (--once)"
   exit 0
 fi
-echo "==> server running (admin socket $sock); Ctrl-C to stop"
-wait "$server_pid"
+echo "==> server and agent running; Workload API: SPIFFE_ENDPOINT_SOCKET=unix://$agent_sock ; Ctrl-C to stop"
+wait
