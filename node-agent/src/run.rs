@@ -51,6 +51,8 @@ pub enum RunError {
     AttestationRefused(String),
     #[error("the agent was evicted or banned by the server ({0}); start it again with a new join token")]
     Evicted(String),
+    #[error("the agent SVID expired before it could be renewed; start the agent with a new join token")]
+    SvidExpired,
     #[error("a task of the agent failed: {0}")]
     Task(String),
 }
@@ -270,6 +272,23 @@ async fn agent_loop(ctx: LoopCtx, mut stop: watch::Receiver<bool>) -> Result<(),
     loop {
         if *stop.borrow() {
             return Ok(());
+        }
+        if identity.is_expired(now_unix()) {
+            if ctx.config.join_token.is_none() || token_used {
+                tracing::error!(
+                    "the agent SVID expired before it could be renewed (server unreachable for too long); stopping. Start the agent with a new join token"
+                );
+                let _ = std::fs::remove_file(StoredIdentity::path(&ctx.config.data_dir));
+                return Err(RunError::SvidExpired);
+            }
+            tracing::warn!("the agent SVID expired before it could be renewed; attesting again with the join token");
+            token_used = true;
+            identity = match ctx.attest(&mut stop).await? {
+                Some(i) => i,
+                None => return Ok(()),
+            };
+            ctx.install(&identity)?;
+            renew_deadline = renew_at(&identity);
         }
         // Renew first if due (also right after a restart late in the SVID's life).
         if now_unix() >= renew_deadline {

@@ -100,3 +100,19 @@ async fn stored_identity_needs_no_join_token() {
     assert!(r.is_err(), "agent loop ended: {r:?}");
     agent.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn expired_stored_identity_needs_a_join_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let ca = TestCa::new("example.org").unwrap();
+    let id = SpiffeId::new("spiffe://example.org/spire/agent/join_token/old").unwrap();
+    let (chain, key) = ca.issue(&id, 8).unwrap();
+    let ident = StoredIdentity::new(chain, key, ca.bundle(), &c.trust_domain).unwrap();
+    ident.save(&c.data_dir).unwrap();
+    let mut agent = run::start(c).await.unwrap();
+    // Valid for 8 s: used at first (the loop keeps running), then expired -> stops asking for a token.
+    let r = tokio::time::timeout(Duration::from_secs(25), agent.wait()).await.unwrap();
+    assert!(matches!(r, Err(RunError::SvidExpired)), "{r:?}");
+    agent.shutdown().await.unwrap();
+}
