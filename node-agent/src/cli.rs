@@ -103,9 +103,10 @@ pub enum Output {
 
 #[derive(Debug, Args, Clone)]
 pub struct ApiCommon {
-    /// Path to the Workload API socket.
-    #[arg(long = "socketPath", default_value = DEFAULT_SOCKET_PATH)]
-    pub socket_path: PathBuf,
+    /// Path to the Workload API socket (default: SPIFFE_ENDPOINT_SOCKET if it is a unix:// address, else
+    /// /tmp/sigil-agent/public/api.sock).
+    #[arg(long = "socketPath")]
+    pub socket_path: Option<PathBuf>,
     /// Output format.
     #[arg(long = "output", value_enum, default_value_t = Output::Pretty)]
     pub output: Output,
@@ -172,6 +173,32 @@ pub enum ValidateCmd {
         #[arg(long = "svid", required = true)]
         svid: String,
     },
+}
+
+/// The socket path from a `SPIFFE_ENDPOINT_SOCKET` value (checklist E4): `unix:///abs/path` or
+/// `unix:/abs/path`. TCP endpoints are not served by the agent.
+pub fn socket_from_endpoint(value: &str) -> Result<PathBuf, String> {
+    let path = value
+        .strip_prefix("unix://")
+        .or_else(|| value.strip_prefix("unix:"))
+        .ok_or_else(|| format!("SPIFFE_ENDPOINT_SOCKET {value:?}: only unix:///absolute/path is supported here"))?;
+    if !path.starts_with('/') {
+        return Err(format!("SPIFFE_ENDPOINT_SOCKET {value:?}: the socket path must be absolute"));
+    }
+    Ok(PathBuf::from(path))
+}
+
+impl ApiCommon {
+    /// `-socketPath`, else `SPIFFE_ENDPOINT_SOCKET`, else the default path.
+    pub fn socket(&self) -> Result<PathBuf, CliError> {
+        if let Some(p) = &self.socket_path {
+            return Ok(p.clone());
+        }
+        match std::env::var("SPIFFE_ENDPOINT_SOCKET") {
+            Ok(v) if !v.is_empty() => socket_from_endpoint(&v).map_err(CliError::Bad),
+            _ => Ok(PathBuf::from(DEFAULT_SOCKET_PATH)),
+        }
+    }
 }
 
 /// Errors of the client commands.
@@ -347,7 +374,7 @@ fn x509_pretty(resp: &pb::X509svidResponse, elapsed: Duration) -> String {
 pub async fn fetch_x509(common: &ApiCommon, write: Option<&Path>, silent: bool) -> Result<String, CliError> {
     let start = Instant::now();
     let resp = with_timeout(common.timeout, async {
-        let mut c = client::connect(&common.socket_path).await?;
+        let mut c = client::connect(&common.socket()?).await?;
         let mut stream = c.fetch_x509svid(pb::X509svidRequest {}).await?.into_inner();
         stream.message().await?.ok_or(CliError::NoAnswer)
     })
@@ -373,7 +400,7 @@ pub async fn fetch_x509(common: &ApiCommon, write: Option<&Path>, silent: bool) 
 /// `api fetch jwt`.
 pub async fn fetch_jwt(common: &ApiCommon, audience: &[String], spiffe_id: Option<&str>) -> Result<String, CliError> {
     let (svids, bundles) = with_timeout(common.timeout, async {
-        let mut c = client::connect(&common.socket_path).await?;
+        let mut c = client::connect(&common.socket()?).await?;
         let svids = c
             .fetch_jwtsvid(pb::JwtsvidRequest {
                 audience: audience.to_vec(),
@@ -424,7 +451,7 @@ pub async fn fetch_jwt(common: &ApiCommon, audience: &[String], spiffe_id: Optio
 /// `api validate jwt`.
 pub async fn validate_jwt(common: &ApiCommon, audience: &str, svid: &str) -> Result<String, CliError> {
     let resp = with_timeout(common.timeout, async {
-        let mut c = client::connect(&common.socket_path).await?;
+        let mut c = client::connect(&common.socket()?).await?;
         Ok(c.validate_jwtsvid(pb::ValidateJwtsvidRequest { audience: audience.to_owned(), svid: svid.to_owned() })
             .await?
             .into_inner())
@@ -461,7 +488,7 @@ fn struct_to_json(s: &prost_types::Struct) -> serde_json::Value {
 
 /// `api watch`: prints every update until the stream ends; marks rotations.
 pub async fn watch(common: &ApiCommon, mut print: impl FnMut(&str)) -> Result<(), CliError> {
-    let mut c = client::connect(&common.socket_path).await?;
+    let mut c = client::connect(&common.socket()?).await?;
     let mut stream = c.fetch_x509svid(pb::X509svidRequest {}).await?.into_inner();
     let mut last: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     let start = Instant::now();
@@ -555,7 +582,7 @@ mod tests {
         assert_eq!(audience, vec!["a", "b"]);
         assert_eq!(spiffe_id.as_deref(), Some("spiffe://td/x"));
         assert_eq!(common.output, Output::Json);
-        assert_eq!(common.socket_path, PathBuf::from(DEFAULT_SOCKET_PATH));
+        assert_eq!(common.socket_path, None);
         let cli = Cli::try_parse_from(n(&[
             "sigil-agent",
             "run",
@@ -620,6 +647,25 @@ mod tests {
         let pretty = x509_pretty(&resp, Duration::from_millis(3));
         assert!(pretty.contains("SPIFFE ID:\t\tspiffe://example.org/web"), "{pretty}");
         assert!(pretty.contains("CA #1 Valid Until:"), "{pretty}");
+    }
+
+    #[test]
+    fn endpoint_socket_table() {
+        let cases: &[(&str, Result<&str, ()>)] = &[
+            ("unix:///run/spire/api.sock", Ok("/run/spire/api.sock")),
+            ("unix:/tmp/a.sock", Ok("/tmp/a.sock")),
+            ("unix://relative.sock", Err(())),
+            ("tcp://127.0.0.1:8000", Err(())),
+            ("/tmp/a.sock", Err(())),
+        ];
+        for (input, want) in cases {
+            let got = socket_from_endpoint(input);
+            match (want, &got) {
+                (Ok(w), Ok(g)) => assert_eq!(g, &PathBuf::from(w), "{input}"),
+                (Err(()), Err(_)) => {}
+                _ => panic!("{input}: want {want:?}, got {got:?}"),
+            }
+        }
     }
 
     #[test]
