@@ -1,0 +1,152 @@
+//! `cargo build --release --bins && cargo bench -p sigil-interop --bench workload_api`
+//! Issue 3 figures, on the real release binaries (server + agent processes on loopback):
+//! - entry create on the server -> the workload's open FetchX509SVID stream delivers the new SVID (200 entries)
+//! - FetchX509SVID first response with a warm cache (10,000 calls, one connection)
+//! - agent RSS with 100 workloads' SVIDs cached
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use sigil_proto::admin::{self as apb, entries_client::EntriesClient};
+use sigil_proto::types as tpb;
+use sigil_proto::workload::{X509svidRequest, spiffe_workload_api_client::SpiffeWorkloadApiClient};
+
+async fn uds(path: std::path::PathBuf) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .unwrap()
+}
+
+fn req() -> tonic::Request<X509svidRequest> {
+    let mut r = tonic::Request::new(X509svidRequest {});
+    r.metadata_mut().insert("workload.spiffe.io", "true".parse().unwrap());
+    r
+}
+
+fn pct(v: &[Duration], p: f64) -> f64 {
+    v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap()
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    println!("binaries: {}", bin("sigil-agent").display());
+    let s = tokio::task::spawn_blocking(|| stack(None)).await.unwrap();
+    let uid = nix::unistd::getuid().as_raw();
+    let mut entries = EntriesClient::new(uds(s.server_sock()).await);
+    let mut workload = SpiffeWorkloadApiClient::new(uds(s.agent_sock()).await);
+
+    // 1. entry create -> new SVID on the open stream.
+    let mut stream = workload.fetch_x509svid(req()).await.unwrap().into_inner();
+    stream.message().await.unwrap().unwrap();
+    let mut lat = vec![];
+    for i in 0..200 {
+        let id = format!("spiffe://{TD}/bench/e{i}");
+        let entry = tpb::Entry {
+            spiffe_id: id.clone(),
+            parent_id: s.agent_id.clone(),
+            selectors: vec![tpb::Selector { r#type: "unix".into(), value: format!("uid:{uid}") }],
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        let r = entries.batch_create_entry(apb::BatchCreateEntryRequest { entries: vec![entry] }).await.unwrap().into_inner();
+        assert_eq!(r.results[0].status.as_ref().unwrap().code, 0);
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap().unwrap().unwrap();
+            if msg.svids.iter().any(|sv| sv.spiffe_id == id) {
+                break;
+            }
+        }
+        lat.push(t0.elapsed());
+    }
+    lat.sort();
+    println!(
+        "entry create -> workload FetchX509SVID stream has the new SVID (200 entries): p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        lat.last().unwrap().as_secs_f64() * 1000.0
+    );
+    drop(stream);
+
+    // 2. warm FetchX509SVID first response. Use a fresh set with the 200 bench entries removed, so the
+    //    response holds the workload's single SVID as a typical workload's would.
+    let ids: Vec<String> = entries
+        .list_entries(apb::ListEntriesRequest {
+            filter: Some(apb::EntryFilter { by_parent_id: s.agent_id.clone(), ..Default::default() }),
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+        .into_iter()
+        .filter(|e| e.spiffe_id.contains("/bench/"))
+        .map(|e| e.id)
+        .collect();
+    entries.batch_delete_entry(apb::BatchDeleteEntryRequest { ids }).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for _ in 0..200 {
+        let mut st = workload.fetch_x509svid(req()).await.unwrap().into_inner();
+        st.message().await.unwrap().unwrap();
+    }
+    let mut first = Vec::with_capacity(10_000);
+    for _ in 0..10_000 {
+        let t0 = Instant::now();
+        let mut st = workload.fetch_x509svid(req()).await.unwrap().into_inner();
+        let msg = st.message().await.unwrap().unwrap();
+        first.push(t0.elapsed());
+        assert_eq!(msg.svids.len(), 1);
+    }
+    first.sort();
+    println!(
+        "FetchX509SVID first response, warm cache (10,000 calls): p50 {:.3} ms  p99 {:.3} ms",
+        pct(&first, 0.5),
+        pct(&first, 0.99)
+    );
+
+    // 3. agent RSS with 100 workloads' SVIDs cached (100 entries, each with its own key and SVID).
+    let agent_pid = s.agent.as_ref().unwrap().id();
+    let before = rss_kib(agent_pid);
+    let batch: Vec<tpb::Entry> = (0..100)
+        .map(|i| tpb::Entry {
+            spiffe_id: format!("spiffe://{TD}/rss/w{i}"),
+            parent_id: s.agent_id.clone(),
+            selectors: vec![tpb::Selector { r#type: "unix".into(), value: format!("uid:{}", 100_000 + i) }],
+            ..Default::default()
+        })
+        .collect();
+    entries.batch_create_entry(apb::BatchCreateEntryRequest { entries: batch }).await.unwrap();
+    // Done when workloads running as the first and the last of those uids get their SVIDs.
+    make_world_reachable(s.agent_sock().parent().unwrap());
+    for uid in [100_000, 100_099] {
+        let sock = s.agent_sock();
+        wait_for("the agent to serve the 100 new workloads", Duration::from_secs(60), || {
+            std::process::Command::new("setpriv")
+                .args([format!("--reuid={uid}"), format!("--regid={uid}"), "--clear-groups".into()])
+                .arg(bin("sigil-agent"))
+                .args(["api", "fetch", "x509", "-socketPath"])
+                .arg(&sock)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let last = rss_kib(agent_pid);
+    println!("agent RSS: {before} KiB with 1 SVID cached, {last} KiB with 101 SVIDs cached ({:.1} MiB)", last as f64 / 1024.0);
+}
