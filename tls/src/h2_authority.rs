@@ -29,13 +29,21 @@ const MAX_IN_FRAME: usize = 1 << 24;
 /// A header block larger than this (after CONTINUATIONs) closes the connection.
 const MAX_HEADER_BLOCK: usize = 1 << 20;
 
+/// A HEADERS frame waiting for its CONTINUATIONs.
+struct PendingBlock {
+    stream: u32,
+    /// END_STREAM / PRIORITY flags to carry over.
+    keep: u8,
+    priority: Option<[u8; 5]>,
+    block: Vec<u8>,
+}
+
 /// Rewrites the client-to-server byte stream of one HTTP/2 connection.
 pub struct AuthorityFix {
     preface_left: usize,
     inbuf: Vec<u8>,
     decoder: loona_hpack::Decoder<'static>,
-    /// A HEADERS frame waiting for its CONTINUATIONs: (stream id, flags, priority bytes, block so far).
-    pending: Option<(u32, u8, Option<[u8; 5]>, Vec<u8>)>,
+    pending: Option<PendingBlock>,
     rewrites: u64,
 }
 
@@ -174,13 +182,13 @@ impl AuthorityFix {
         if flags & FLAG_END_HEADERS != 0 {
             self.emit(stream, keep, priority, fragment, out)
         } else {
-            self.pending = Some((stream, keep, priority, fragment.to_vec()));
+            self.pending = Some(PendingBlock { stream, keep, priority, block: fragment.to_vec() });
             Ok(())
         }
     }
 
     fn on_continuation(&mut self, stream: u32, flags: u8, payload: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
-        let Some((pstream, keep, priority, mut block)) = self.pending.take() else {
+        let Some(PendingBlock { stream: pstream, keep, priority, mut block }) = self.pending.take() else {
             return Err(protocol_error("CONTINUATION without HEADERS"));
         };
         if pstream != stream {
@@ -193,7 +201,7 @@ impl AuthorityFix {
         if flags & FLAG_END_HEADERS != 0 {
             self.emit(stream, keep, priority, &block, out)
         } else {
-            self.pending = Some((stream, keep, priority, block));
+            self.pending = Some(PendingBlock { stream, keep, priority, block });
             Ok(())
         }
     }

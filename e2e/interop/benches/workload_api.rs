@@ -19,7 +19,9 @@ async fn uds(path: std::path::PathBuf) -> tonic::transport::Channel {
     tonic::transport::Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();
-            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
         }))
         .await
         .unwrap()
@@ -37,7 +39,15 @@ fn pct(v: &[Duration], p: f64) -> f64 {
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap()
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -64,7 +74,11 @@ async fn main() {
             ..Default::default()
         };
         let t0 = Instant::now();
-        let r = entries.batch_create_entry(apb::BatchCreateEntryRequest { entries: vec![entry] }).await.unwrap().into_inner();
+        let r = entries
+            .batch_create_entry(apb::BatchCreateEntryRequest { entries: vec![entry] })
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(r.results[0].status.as_ref().unwrap().code, 0);
         loop {
             let msg = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap().unwrap().unwrap();
@@ -148,5 +162,8 @@ async fn main() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let last = rss_kib(agent_pid);
-    println!("agent RSS: {before} KiB with 1 SVID cached, {last} KiB with 101 SVIDs cached ({:.1} MiB)", last as f64 / 1024.0);
+    println!(
+        "agent RSS: {before} KiB with 1 SVID cached, {last} KiB with 101 SVIDs cached ({:.1} MiB)",
+        last as f64 / 1024.0
+    );
 }
