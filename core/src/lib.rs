@@ -6,8 +6,10 @@
 //! - [`x509`]: X509-SVID and CA certificate checks (checklist B)
 //! - [`jwt`]: JWT-SVID encoding and validation (checklist C)
 //! - [`bundle`]: trust bundles as SPIFFE JWKS (checklist B9/B10, C10, F)
+//! - [`cli`]: SPIRE-style single-dash flags, shared by every binary
 
 pub mod bundle;
+pub mod cli;
 pub mod entry;
 pub mod id;
 pub mod jwt;

@@ -16,33 +16,9 @@ use crate::config::DEFAULT_SOCKET_PATH;
 /// Flags that take no value (everything else single-dash takes the next argument).
 const BOOL_FLAGS: &[&str] = &["help", "version", "insecureBootstrap", "shallow", "verbose", "silent"];
 
-/// Rewrites SPIRE-style `-flag` into clap's `--flag`. Negative numbers and `--x` are left alone; a value
-/// following a value-taking flag is never rewritten, even if it starts with `-`.
+/// Rewrites SPIRE-style `-flag` into `--flag` (see [`sigil_core::cli`]).
 pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
-    let mut out = vec![];
-    let mut value_next = false;
-    for (i, arg) in args.into_iter().enumerate() {
-        if i == 0 || value_next {
-            value_next = false;
-            out.push(arg);
-            continue;
-        }
-        if arg == "--" {
-            out.push(arg);
-            continue;
-        }
-        let single_dash = arg.len() > 2
-            && arg.starts_with('-')
-            && !arg.starts_with("--")
-            && arg.as_bytes().get(1).is_some_and(u8::is_ascii_alphabetic);
-        let name = if single_dash { arg.get(1..) } else { arg.strip_prefix("--") };
-        if let Some(name) = name {
-            let flag = name.split('=').next().unwrap_or_default();
-            value_next = !flag.is_empty() && !name.contains('=') && !BOOL_FLAGS.contains(&flag);
-        }
-        out.push(if single_dash { format!("-{arg}") } else { arg });
-    }
-    out
+    sigil_core::cli::normalize_spire_flags(args, BOOL_FLAGS)
 }
 
 #[derive(Debug, Parser)]

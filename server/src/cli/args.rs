@@ -10,32 +10,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 const BOOL_FLAGS: &[&str] =
     &["admin", "downstream", "node", "help", "version", "shallow", "verbose", "once", "insecureBootstrap"];
 
-/// Rewrites `-name` / `-name=value` into `--name` / `--name=value`, leaving values alone.
+/// Rewrites SPIRE-style `-flag` into `--flag` (see [`sigil_core::cli`]).
 pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
-    let mut out = vec![];
-    let mut value_next = false;
-    for (i, arg) in args.into_iter().enumerate() {
-        if i == 0 || value_next {
-            value_next = false;
-            out.push(arg);
-            continue;
-        }
-        let is_single_dash_long = arg.len() > 2
-            && arg.starts_with('-')
-            && !arg.starts_with("--")
-            && arg.as_bytes().get(1).is_some_and(|b| b.is_ascii_alphabetic());
-        if is_single_dash_long {
-            let name = arg[1..].split('=').next().unwrap_or_default().to_owned();
-            value_next = !arg.contains('=') && !BOOL_FLAGS.contains(&name.as_str());
-            out.push(format!("-{arg}"));
-        } else {
-            if let Some(name) = arg.strip_prefix("--") {
-                value_next = !name.is_empty() && !name.contains('=') && !BOOL_FLAGS.contains(&name);
-            }
-            out.push(arg);
-        }
-    }
-    out
+    sigil_core::cli::normalize_spire_flags(args, BOOL_FLAGS)
 }
 
 #[derive(Debug, Parser)]
@@ -338,22 +315,6 @@ mod tests {
 
     fn norm(args: &[&str]) -> Vec<String> {
         normalize_args(args.iter().map(|s| s.to_string()))
-    }
-
-    #[test]
-    fn normalize_table() {
-        let cases: &[(&[&str], &[&str])] = &[
-            (&["x", "entry", "create", "-parentID", "p"], &["x", "entry", "create", "--parentID", "p"]),
-            (&["x", "-spiffeID=spiffe://td/a"], &["x", "--spiffeID=spiffe://td/a"]),
-            (&["x", "--spiffeID", "v"], &["x", "--spiffeID", "v"]),
-            (&["x", "-admin", "-hint", "-weird"], &["x", "--admin", "--hint", "-weird"]),
-            (&["x", "-ttl", "-1"], &["x", "--ttl", "-1"]),
-            (&["x", "-h"], &["x", "-h"]),
-            (&["x", "--admin", "-dns", "a"], &["x", "--admin", "--dns", "a"]),
-        ];
-        for (input, want) in cases {
-            assert_eq!(norm(input), want.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "{input:?}");
-        }
     }
 
     #[test]
