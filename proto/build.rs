@@ -6,6 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/sigil/types/v1/types.proto",
         "proto/sigil/admin/v1/admin.proto",
         "proto/sigil/agent/v1/agent.proto",
+        "proto/csi/v1/csi.proto",
+        "proto/pluginregistration/v1/api.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);

@@ -2,6 +2,7 @@
 //!
 //! - [`workload`]: the SPIFFE Workload API, wire-exact (no proto package: `/SpiffeWorkloadAPI/<Method>`).
 //! - [`types`], [`admin`], [`agent`]: Sigil's own APIs (`sigil.*.v1`).
+//! - [`csi::v1`], [`pluginregistration`]: CSI v1 and the kubelet plugin registration API (wire-exact).
 #![allow(missing_debug_implementations, clippy::all)]
 
 /// The SPIFFE Workload API (`workload.proto` has no package, so prost names the file `_`).
@@ -26,6 +27,18 @@ pub mod sigil {
             tonic::include_proto!("sigil.agent.v1");
         }
     }
+}
+
+/// Container Storage Interface v1 (`csi.v1`, wire-exact): Identity, Node, Controller capability query.
+pub mod csi {
+    pub mod v1 {
+        tonic::include_proto!("csi.v1");
+    }
+}
+
+/// Kubelet plugin registration API v1 (proto package `pluginregistration`, wire-exact).
+pub mod pluginregistration {
+    tonic::include_proto!("pluginregistration");
 }
 
 pub use sigil::admin::v1 as admin;
