@@ -251,3 +251,37 @@ async fn validate_jwt_svid_rejects_wrong_audience_alg_none_hs256_and_expired() {
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "aud={aud:?}: {}", err.message());
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn e5_server_reflection_lists_the_workload_api() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let s = tokio::task::spawn_blocking(|| stack(None)).await.unwrap();
+    let path = s.agent_sock();
+    let ch = tonic::transport::Endpoint::from_static("http://workload")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+        .unwrap();
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp =
+        ServerReflectionClient::new(ch).server_reflection_info(tokio_stream_once(req)).await.unwrap().into_inner();
+    let msg = resp.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else { panic!("unexpected: {msg:?}") };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"SpiffeWorkloadAPI".to_string()), "{names:?}");
+}
+
+fn tokio_stream_once<T: Send + 'static>(item: T) -> impl tonic::codegen::tokio_stream::Stream<Item = T> + Send {
+    tonic::codegen::tokio_stream::iter([item])
+}
