@@ -460,3 +460,51 @@ impl tonic::codec::Decoder for RawCodec {
         Ok(Some(v))
     }
 }
+
+#[tokio::test]
+async fn health_and_metrics_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("sockets")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = RunConfig {
+        driver: DriverConfig {
+            name: "csi.spiffe.io".into(),
+            node_id: "node-1".into(),
+            socket_dir: dir.path().join("sockets"),
+            kubelet_dir: dir.path().join("kubelet"),
+        },
+        csi_socket_path: dir.path().join("csi.sock"),
+        registration: None,
+        health_port: Some(port),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(cfg, async move {
+        let _ = rx.await;
+    }));
+    let get = |path: &'static str| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    };
+    let mut health = None;
+    for _ in 0..100 {
+        if let Ok(r) = get("/healthz").await {
+            health = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let health = health.expect("health endpoint never answered");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.ends_with("ok"), "{health}");
+    let metrics = get("/metrics").await.unwrap();
+    assert!(metrics.contains("sigil_csi_publish_total{result=\"ok\"} 0"), "{metrics}");
+    // No registration socket without registration.
+    assert!(!dir.path().join("kubelet/plugins_registry").exists());
+    let _ = tx.send(());
+    tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap().unwrap();
+    assert!(!dir.path().join("csi.sock").exists(), "the CSI socket is removed at shutdown");
+}
