@@ -508,3 +508,38 @@ async fn health_and_metrics_endpoints() {
     tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap().unwrap();
     assert!(!dir.path().join("csi.sock").exists(), "the CSI socket is removed at shutdown");
 }
+
+#[tokio::test]
+async fn volume_condition_is_abnormal_when_the_socket_dir_is_gone() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = start().await;
+    let mut node = env.node();
+    let target = env.target("pod-d");
+    node.node_publish_volume(publish_req(&target)).await.unwrap();
+    let req = csi::NodeGetVolumeStatsRequest {
+        volume_id: "v".into(),
+        volume_path: target.display().to_string(),
+        staging_target_path: String::new(),
+    };
+    let c = node.node_get_volume_stats(req.clone()).await.unwrap().into_inner().volume_condition.unwrap();
+    assert!(!c.abnormal, "{c:?}");
+    // The agent's socket directory disappears (e.g. hostPath recreated): the condition says so.
+    let moved = env.dir.path().join("sockets-moved");
+    std::fs::rename(env.sockets(), &moved).unwrap();
+    let c = node.node_get_volume_stats(req.clone()).await.unwrap().into_inner().volume_condition.unwrap();
+    assert!(c.abnormal, "{c:?}");
+    assert!(c.message.contains("socket directory unreadable"), "{}", c.message);
+    std::fs::rename(&moved, env.sockets()).unwrap();
+    let c = node.node_get_volume_stats(req).await.unwrap().into_inner().volume_condition.unwrap();
+    assert!(!c.abnormal, "{c:?}");
+    node.node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+        volume_id: "v".into(),
+        target_path: target.display().to_string(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(mounts_at(&target), 0);
+    env.stop().await;
+}
