@@ -3,9 +3,10 @@
 #
 #   csi-driver/tests/csi-sanity.sh [path/to/sigil-csi-driver]
 #
-# Install csi-sanity once (pinned):
+# csi-sanity is looked up in $CSI_SANITY, $PATH, ~/.cache/sigil-e2e/bin, $(go env GOPATH)/bin; when absent and
+# `go` is available it is installed (pinned, from its Go module) into ~/.cache/sigil-e2e/bin:
 #   GOBIN=~/.cache/sigil-e2e/bin nice -n 15 go install github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@v5.4.0
-# Looked up in $CSI_SANITY, $PATH, ~/.cache/sigil-e2e/bin, $(go env GOPATH)/bin. Needs root (real bind mounts).
+# (SIGIL_CSI_SANITY_NO_INSTALL=1 turns that off). Needs root (real bind mounts).
 # When csi-sanity or root is missing: exit 1 when CI=true, otherwise print SKIPPED and exit 0.
 #
 # The driver runs with a temporary kubelet dir; csi-sanity's mount dir is inside its pods/ directory,
@@ -54,7 +55,16 @@ find_sanity() {
   done
 }
 
+CSI_SANITY_VERSION=v5.4.0
 sanity=$(find_sanity || true)
+if [[ -z "$sanity" && -z "${SIGIL_CSI_SANITY_NO_INSTALL:-}" ]] && command -v go >/dev/null 2>&1; then
+  gobin="${SIGIL_E2E_CACHE:-$HOME/.cache/sigil-e2e}/bin"
+  mkdir -p "$gobin"
+  echo "csi-sanity.sh: installing csi-sanity $CSI_SANITY_VERSION into $gobin" >&2
+  (cd /tmp && GOBIN="$gobin" GOFLAGS=-p=2 nice -n 15 go install \
+    "github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@$CSI_SANITY_VERSION") >&2 || true
+  sanity=$(find_sanity || true)
+fi
 [[ -n "$sanity" ]] || unavailable "csi-sanity not found (see the install line at the top of this script)"
 [[ "$(id -u)" == 0 ]] || unavailable "needs root for bind mounts"
 [[ -x "$driver" ]] || { echo "csi-sanity.sh: driver binary $driver not found (cargo build -p sigil-csi-driver)" >&2; exit 1; }
