@@ -36,6 +36,16 @@ mkdir -p target/interop
 (cd e2e/interop/go && go build -o "$root/target/interop/go-spiffe-client" .)
 export SIGIL_GO_INTEROP=$root/target/interop/go-spiffe-client
 
+tier "csi-sanity (kubernetes-csi/csi-test, pinned) for the CSI driver's conformance test"
+peers=$HOME/.cache/sigil-e2e/bin
+csi_sanity_version=v5.4.0
+if [ ! -x "$peers/csi-sanity-$csi_sanity_version" ]; then
+  mkdir -p "$peers"
+  GOBIN="$peers/.csi-sanity-build" go install "github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@$csi_sanity_version"
+  mv "$peers/.csi-sanity-build/csi-sanity" "$peers/csi-sanity-$csi_sanity_version"
+fi
+export CSI_SANITY=$peers/csi-sanity-$csi_sanity_version
+
 tier "build the binaries the end-to-end tests run"
 cargo build --workspace --bins --locked
 
