@@ -8,7 +8,8 @@
 #   2. a pod with the inline volume `csi: {driver: csi.spiffe.io, readOnly: true}` sees the agent socket
 #      directory at its mount path, read-only (its own mountinfo says `ro`, also in a container whose
 #      volumeMount does not ask for readOnly);
-#   3. deleting the pod leaves no mount (and no target directory) on the host.
+#   3. a kubelet restart (the kubelet re-publishes) stacks no mount;
+#   4. deleting the pod leaves no mount (and no target directory) on the host.
 # Then the driver is removed, its registration socket is gone, and `cluster down` runs (unless --keep).
 set -euo pipefail
 
@@ -141,6 +142,37 @@ host_opts=$(awk -v t="$target" '$5 == t {print $6}' /proc/self/mountinfo | tail 
 case ",$host_opts," in *,ro,*) ;; *) fail "host-side bind is '$host_opts', want ro" ;; esac
 n=$(awk -v t="$target" '$5 == t' /proc/self/mountinfo | wc -l)
 [ "$n" -eq 1 ] || fail "$n mounts stacked at $target, want 1"
+ok
+
+step "a kubelet restart re-publishes without stacking mounts"
+# The anchor stacked mounts on every kubelet restart (the kubelet calls NodePublishVolume again for
+# running pods). Restart the kubelet with the same command line the cluster started it with.
+STATE=${SIGIL_CLUSTER_DIR:-/tmp/sigil-cluster}
+kpid=$(cat "$STATE/run/kubelet.pid") || fail "no kubelet pid file"
+mapfile -d '' kcmd < "/proc/$kpid/cmdline"
+publishes_before=$(kubectl -n "$DRIVER_NS" logs ds/sigil-csi-driver | grep -c "published" || true)
+kill -TERM "$kpid"
+for _ in $(seq 50); do kill -0 "$kpid" 2>/dev/null || break; sleep 0.2; done
+kill -0 "$kpid" 2>/dev/null && fail "kubelet did not stop"
+echo "=== $(date -u +%FT%TZ) restarted by e2e/csi/run.sh" >> "$STATE/logs/kubelet.log"
+setsid "${kcmd[@]}" >> "$STATE/logs/kubelet.log" 2>&1 < /dev/null &
+echo $! > "$STATE/run/kubelet.pid"
+republished=false
+for _ in $(seq 90); do
+  n=$(kubectl -n "$DRIVER_NS" logs ds/sigil-csi-driver 2>/dev/null | grep -c "published" || true)
+  if [ "$n" -gt "$publishes_before" ]; then republished=true; break; fi
+  sleep 1
+done
+n=$(awk -v t="$target" '$5 == t' /proc/self/mountinfo | wc -l)
+[ "$n" -eq 1 ] || fail "$n mounts at $target after the kubelet restart, want 1"
+if $republished; then
+  kubectl -n "$DRIVER_NS" logs ds/sigil-csi-driver | grep "published" | tail -1 | grep -q AlreadyMounted \
+    || fail "the republish after the restart was not recognised as already mounted"
+  log "the kubelet re-published after its restart; the driver answered AlreadyMounted"
+else
+  log "the kubelet did not call NodePublishVolume again within 90 s (mount count checked anyway)"
+fi
+kubectl -n "$NS" wait --for=condition=Ready pod/client --timeout=60s >/dev/null || fail "pod not Ready after the restart"
 ok
 
 step "deleting the pod leaves no mount on the host"
