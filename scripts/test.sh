@@ -64,6 +64,10 @@ tier "test cluster: node tier smoke (kubelet, containerd, CNI, kube-proxy, CoreD
 e2e/smoke/run.sh --tier node
 passed+=(cluster-node)
 
+tier "CSI driver on the node tier: kubelet self-registration, read-only inline volume, no mount left behind"
+e2e/csi/run.sh --driver "$root/target/debug/sigil-csi-driver"
+passed+=(csi-node)
+
 echo
 echo "tiers passed: ${passed[*]} in $(( $(date +%s) - t0 ))s"
 echo "tiers: ${#passed[@]} passed, 0 failed"

@@ -98,8 +98,15 @@ for _ in $(seq 60); do
 done
 case " $drivers " in *" csi.spiffe.io "*) ;; *) fail "CSINode $node lists '$drivers'" ;; esac
 [ -S "$KUBELET_DIR/plugins_registry/csi.spiffe.io-reg.sock" ] || fail "no registration socket"
-kubectl -n "$DRIVER_NS" logs ds/sigil-csi-driver | grep -q "registered with the kubelet" \
-  || fail "driver did not log a successful registration"
+# The kubelet lists the driver in CSINode just before it calls NotifyRegistrationStatus, so give the log line a
+# moment. Capture first, then grep: `kubectl logs | grep -q` fails under pipefail when grep exits early (SIGPIPE).
+registered=false
+for _ in $(seq 20); do
+  driver_log=$(kubectl -n "$DRIVER_NS" logs ds/sigil-csi-driver 2>/dev/null || true)
+  if grep -q "registered with the kubelet" <<<"$driver_log"; then registered=true; break; fi
+  sleep 0.5
+done
+$registered || fail "driver did not log a successful registration"
 ok
 
 step "a pod with the inline volume sees the socket directory, read-only"
