@@ -369,6 +369,23 @@ pub async fn run_admin(cmd: Command, out: &mut impl Write) -> Result<(), CliErro
     }
 }
 
+/// The single result of a one-entry batch create or update: an error line, or the entry as asked.
+fn print_entry_result(
+    out: &mut impl Write,
+    status: Option<pb::Status>,
+    entry: Option<tpb::Entry>,
+    output: Output,
+) -> Result<(), CliError> {
+    let st = status.unwrap_or_default();
+    first_status_error(st.code, &st.message)?;
+    let e = entry.unwrap_or_default();
+    match output {
+        Output::Json => writeln!(out, "{}", entry_json(&e))?,
+        Output::Pretty => print_entry(out, &e)?,
+    }
+    Ok(())
+}
+
 async fn run_entry(cmd: EntryCmd, out: &mut impl Write) -> Result<(), CliError> {
     match cmd {
         EntryCmd::Create { socket, fields, output } => {
@@ -380,14 +397,7 @@ async fn run_entry(cmd: EntryCmd, out: &mut impl Write) -> Result<(), CliError> 
                 .map_err(rpc)?
                 .into_inner();
             let r = resp.results.into_iter().next().ok_or_else(|| CliError::Rpc("empty response".into()))?;
-            let st = r.status.unwrap_or_default();
-            first_status_error(st.code, &st.message)?;
-            let e = r.entry.unwrap_or_default();
-            match output {
-                Output::Json => writeln!(out, "{}", entry_json(&e))?,
-                Output::Pretty => print_entry(out, &e)?,
-            }
-            Ok(())
+            print_entry_result(out, r.status, r.entry, output)
         }
         EntryCmd::Update { socket, entry_id, fields, output } => {
             let mut entry = entry_from_fields(&fields, None)?;
@@ -399,14 +409,7 @@ async fn run_entry(cmd: EntryCmd, out: &mut impl Write) -> Result<(), CliError> 
                 .map_err(rpc)?
                 .into_inner();
             let r = resp.results.into_iter().next().ok_or_else(|| CliError::Rpc("empty response".into()))?;
-            let st = r.status.unwrap_or_default();
-            first_status_error(st.code, &st.message)?;
-            let e = r.entry.unwrap_or_default();
-            match output {
-                Output::Json => writeln!(out, "{}", entry_json(&e))?,
-                Output::Pretty => print_entry(out, &e)?,
-            }
-            Ok(())
+            print_entry_result(out, r.status, r.entry, output)
         }
         EntryCmd::Show { socket, filter, output } => {
             let ch = admin_channel(&socket.socket_path).await?;
