@@ -44,10 +44,6 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn algorithms() -> WebPkiSupportedAlgorithms {
-    rustls::crypto::ring::default_provider().signature_verification_algorithms
-}
-
 fn now_unix(now: UnixTime) -> i64 {
     i64::try_from(now.as_secs()).unwrap_or(i64::MAX)
 }
@@ -90,6 +86,8 @@ impl ResolvesServerCert for ServerCertSlot {
 #[derive(Debug)]
 struct OptionalSvidClientVerifier {
     bundle: BundleWatch,
+    /// Taken from the provider once: building a provider per handshake signature allocates.
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl ClientCertVerifier for OptionalSvidClientVerifier {
@@ -119,7 +117,7 @@ impl ClientCertVerifier for OptionalSvidClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &algorithms())
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
     fn verify_tls13_signature(
         &self,
@@ -127,10 +125,10 @@ impl ClientCertVerifier for OptionalSvidClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms())
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        algorithms().supported_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 
@@ -147,6 +145,7 @@ pub enum ServerCheck {
 #[derive(Debug)]
 struct SpiffeServerVerifier {
     check: ServerCheck,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl ServerCertVerifier for SpiffeServerVerifier {
@@ -178,7 +177,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &algorithms())
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
     fn verify_tls13_signature(
         &self,
@@ -186,10 +185,10 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms())
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        algorithms().supported_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 
@@ -199,9 +198,11 @@ pub use h2_authority::{AuthorityFixStream, unix_incoming};
 
 /// rustls server config for the agent API.
 pub fn server_config(cert: Arc<ServerCertSlot>, bundle: BundleWatch) -> Result<rustls::ServerConfig, TlsError> {
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+    let provider = provider();
+    let algorithms = provider.signature_verification_algorithms;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(OptionalSvidClientVerifier { bundle }))
+        .with_client_cert_verifier(Arc::new(OptionalSvidClientVerifier { bundle, algorithms }))
         .with_cert_resolver(cert);
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(cfg)
@@ -212,10 +213,12 @@ pub fn client_config(
     check: ServerCheck,
     client_cert: Option<Arc<CertifiedKey>>,
 ) -> Result<rustls::ClientConfig, TlsError> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
+    let provider = provider();
+    let algorithms = provider.signature_verification_algorithms;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier { check }));
+        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier { check, algorithms }));
     let mut cfg = match client_cert {
         Some(ck) => builder.with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(ck))),
         None => builder.with_no_client_auth(),
