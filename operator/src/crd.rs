@@ -1,0 +1,1 @@
+//! CRD types: filled in by the CRD work.

@@ -1,0 +1,1 @@
+//! Go text/template subset: filled in by the template work.
