@@ -5,6 +5,7 @@ pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod datastore;
+pub mod federation;
 pub mod health;
 pub mod metrics;
 pub mod run;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
-use sigil_proto::admin::{agents_server, bundles_server, entries_server, svids_server};
+use sigil_proto::admin::{agents_server, bundles_server, entries_server, svids_server, trust_domains_server};
 use sigil_proto::agent::node_server;
 use sigil_tls::ServerCertSlot;
 use tokio::net::{TcpListener, UnixListener};
@@ -124,7 +124,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, RunError> {
         .add_service(entries_server::EntriesServer::with_interceptor(admin.clone(), check))
         .add_service(agents_server::AgentsServer::with_interceptor(admin.clone(), check))
         .add_service(bundles_server::BundlesServer::with_interceptor(admin.clone(), check))
-        .add_service(svids_server::SvidsServer::with_interceptor(admin, check))
+        .add_service(svids_server::SvidsServer::with_interceptor(admin.clone(), check))
+        .add_service(trust_domains_server::TrustDomainsServer::with_interceptor(admin, check))
         .add_optional_service(reflection);
     tasks.push(tokio::spawn(async move {
         let stop = async move {

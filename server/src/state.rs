@@ -6,7 +6,7 @@
 //! and sync read the index. Every change is announced on a broadcast channel, which is what makes entry sync a
 //! push instead of SPIRE's 5 s poll.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +17,7 @@ use tokio::sync::{Mutex, broadcast, watch};
 use crate::ca::CaManager;
 use crate::config::ServerConfig;
 use crate::datastore::{AttestedAgent, Datastore, DatastoreError};
+use crate::federation::FederationRelationship;
 use crate::metrics::Metrics;
 
 /// What changed; subscribers re-read the state they care about.
@@ -28,6 +29,8 @@ pub enum Change {
     Bundle,
     /// A federated bundle was set or deleted.
     FederatedBundles,
+    /// A federation relationship was created, updated or deleted (trust domains given).
+    FederationRelationships(Vec<TrustDomain>),
     /// An agent was evicted or banned: its streams must end.
     AgentRevoked(SpiffeId),
 }
@@ -46,6 +49,7 @@ pub struct ServerState {
     index: RwLock<EntryIndex>,
     agents: RwLock<HashMap<SpiffeId, AttestedAgent>>,
     federated: RwLock<HashMap<TrustDomain, Bundle>>,
+    relationships: RwLock<BTreeMap<TrustDomain, FederationRelationship>>,
     bundle_tx: watch::Sender<Arc<Bundle>>,
     changes: broadcast::Sender<Change>,
     write_lock: Mutex<()>,
@@ -79,6 +83,7 @@ impl ServerState {
         let entries = ds.all_entries().await?;
         let agents = ds.list_agents().await?;
         let federated = ds.list_bundles().await?;
+        let relationships = ds.list_federation_relationships().await?;
         let own = ds.get_bundle(&trust_domain).await?.unwrap_or_else(|| Bundle::new(trust_domain.clone()));
         let (bundle_tx, _) = watch::channel(Arc::new(own));
         let (changes, _) = broadcast::channel(4096);
@@ -98,6 +103,7 @@ impl ServerState {
                     .map(|b| (b.trust_domain.clone(), b))
                     .collect(),
             ),
+            relationships: RwLock::new(relationships.into_iter().map(|r| (r.trust_domain.clone(), r)).collect()),
             bundle_tx,
             changes,
             write_lock: Mutex::new(()),
@@ -321,6 +327,80 @@ impl ServerState {
         self.ds.delete_bundle(td).await?;
         self.federated.write().unwrap_or_else(|p| p.into_inner()).remove(td);
         self.notify(Change::FederatedBundles);
+        Ok(())
+    }
+}
+
+impl ServerState {
+    // ----- federation relationships -----
+
+    /// Every relationship, in trust domain order.
+    pub fn federation_relationships(&self) -> Vec<FederationRelationship> {
+        self.relationships.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    pub fn federation_relationship(&self, td: &TrustDomain) -> Option<FederationRelationship> {
+        self.relationships.read().unwrap_or_else(|p| p.into_inner()).get(td).cloned()
+    }
+
+    /// Checks a relationship and the bundle given with it before anything is written.
+    fn check_relationship(&self, rel: &FederationRelationship, bundle: Option<&Bundle>) -> Result<(), StateError> {
+        rel.validate(&self.trust_domain).map_err(|e| StateError::Other(e.to_string()))?;
+        if let Some(b) = bundle
+            && b.trust_domain != rel.trust_domain
+        {
+            return Err(StateError::Other(format!(
+                "trust_domain_bundle: the bundle is of trust domain {}, not of the relationship's trust domain {}",
+                b.trust_domain, rel.trust_domain
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records the result of a relationship write (and its bundle) in the caches and announces it.
+    fn relationship_written(&self, rel: &FederationRelationship, bundle: Option<Bundle>) {
+        self.relationships.write().unwrap_or_else(|p| p.into_inner()).insert(rel.trust_domain.clone(), rel.clone());
+        if let Some(b) = bundle {
+            self.federated.write().unwrap_or_else(|p| p.into_inner()).insert(b.trust_domain.clone(), b);
+            self.notify(Change::FederatedBundles);
+        }
+        self.notify(Change::FederationRelationships(vec![rel.trust_domain.clone()]));
+    }
+
+    /// Creates a relationship; the bundle, when given, becomes the federated bundle of its trust domain
+    /// (one transaction with the relationship).
+    pub async fn create_federation_relationship(
+        &self,
+        rel: FederationRelationship,
+        bundle: Option<Bundle>,
+    ) -> Result<FederationRelationship, StateError> {
+        self.check_relationship(&rel, bundle.as_ref())?;
+        let _guard = self.write_lock.lock().await;
+        let stored = self.ds.create_federation_relationship(rel, bundle.clone()).await?;
+        self.relationship_written(&stored, bundle);
+        Ok(stored)
+    }
+
+    /// Replaces URL and profile of a relationship (and its federated bundle, when given).
+    pub async fn update_federation_relationship(
+        &self,
+        rel: FederationRelationship,
+        bundle: Option<Bundle>,
+    ) -> Result<FederationRelationship, StateError> {
+        self.check_relationship(&rel, bundle.as_ref())?;
+        let _guard = self.write_lock.lock().await;
+        let stored = self.ds.update_federation_relationship(rel, bundle.clone()).await?;
+        self.relationship_written(&stored, bundle);
+        Ok(stored)
+    }
+
+    /// Deletes a relationship. The federated bundle stays, as in SPIRE: entries may still federate with it
+    /// and it can be deleted on its own.
+    pub async fn delete_federation_relationship(&self, td: &TrustDomain) -> Result<(), StateError> {
+        let _guard = self.write_lock.lock().await;
+        self.ds.delete_federation_relationship(td).await?;
+        self.relationships.write().unwrap_or_else(|p| p.into_inner()).remove(td);
+        self.notify(Change::FederationRelationships(vec![td.clone()]));
         Ok(())
     }
 }

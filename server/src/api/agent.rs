@@ -289,7 +289,7 @@ async fn run_sync(
                     tx.send(Err(Status::permission_denied(format!("agent {agent_id} was evicted or banned")))).await;
                 break;
             }
-            Ok(Change::AgentRevoked(_)) => continue,
+            Ok(Change::AgentRevoked(_) | Change::FederationRelationships(_)) => continue,
             // Missed some announcements: recompute everything, the diff below makes it exact again.
             Err(broadcast::error::RecvError::Lagged(_)) => (true, true, true),
             Err(broadcast::error::RecvError::Closed) => break,

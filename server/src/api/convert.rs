@@ -24,6 +24,27 @@ pub fn selector_to_pb(s: &Selector) -> pb::Selector {
     pb::Selector { r#type: s.kind().to_owned(), value: s.value().to_owned() }
 }
 
+/// The longest entry ID a client may choose, in bytes (SPIRE refuses `len(EntryId) > 255`).
+pub const MAX_ENTRY_ID_LEN: usize = 255;
+
+/// Checks a client-chosen entry ID by SPIRE's rule (`validEntryIDChars` and the length check in
+/// `validateRegistrationEntry`, pkg/server/datastore/sqlstore/sqlstore.go): at most 255 bytes, only the
+/// characters `A-Z a-z 0-9 - . _`. The empty ID is allowed here: it means "generate one".
+pub fn entry_id(field: &str, v: &str) -> Result<(), Status> {
+    if v.len() > MAX_ENTRY_ID_LEN {
+        return Err(Status::invalid_argument(format!(
+            "{field}: entry ID too long ({} bytes, at most {MAX_ENTRY_ID_LEN})",
+            v.len()
+        )));
+    }
+    if let Some(c) = v.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))) {
+        return Err(Status::invalid_argument(format!(
+            "{field}: entry ID contains invalid characters ({c:?}); only A-Z a-z 0-9 '-' '.' '_' are allowed"
+        )));
+    }
+    Ok(())
+}
+
 fn ttl(field: &str, v: i32) -> Result<u32, Status> {
     u32::try_from(v).map_err(|_| Status::invalid_argument(format!("{field}: must not be negative")))
 }
@@ -143,5 +164,39 @@ pub fn datastore_status(e: crate::datastore::DatastoreError) -> Status {
             tracing::error!(error = %m, "datastore failure");
             Status::internal("datastore failure; see server log")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SPIRE's rule: at most 255 bytes of A-Z a-z 0-9 '-' '.' '_' (empty = generated).
+    #[test]
+    fn entry_id_follows_spire_rule() {
+        let cases: &[(&str, bool)] = &[
+            ("", true),
+            ("b3f0c1de-0000-4000-8000-000000000001", true),
+            ("ns.my-app_web.1", true),
+            ("UPPER.lower-09_", true),
+            ("my/entry", false),
+            ("has space", false),
+            ("colon:x", false),
+            ("tab\t", false),
+            ("éntry", false),
+            ("emoji😊", false),
+            ("percent%20", false),
+        ];
+        for (id, ok) in cases {
+            let r = entry_id("id", id);
+            assert_eq!(r.is_ok(), *ok, "{id:?}: {r:?}");
+            if let Err(s) = r {
+                assert_eq!(s.code(), tonic::Code::InvalidArgument);
+                assert!(s.message().contains("entry ID contains invalid characters"), "{}", s.message());
+            }
+        }
+        assert!(entry_id("id", &"x".repeat(MAX_ENTRY_ID_LEN)).is_ok());
+        let long = entry_id("id", &"x".repeat(MAX_ENTRY_ID_LEN + 1)).unwrap_err();
+        assert!(long.message().contains("entry ID too long"), "{}", long.message());
     }
 }

@@ -61,6 +61,9 @@ pub enum Command {
     /// Attested agents.
     #[command(subcommand)]
     Agent(AgentCmd),
+    /// Federation relationships with foreign trust domains.
+    #[command(subcommand)]
+    Federation(FederationCmd),
     /// X509-SVIDs.
     #[command(subcommand)]
     X509(X509Cmd),
@@ -162,6 +165,9 @@ pub enum EntryCmd {
     Create {
         #[command(flatten)]
         socket: SocketArg,
+        /// Entry ID to use instead of a generated one: at most 255 of A-Z a-z 0-9 - . _ (SPIRE's rule).
+        #[arg(long = "entryID")]
+        entry_id: Option<String>,
         #[command(flatten)]
         fields: EntryFields,
         #[arg(long = "output", value_enum, default_value = "pretty")]
@@ -240,6 +246,77 @@ pub enum BundleCmd {
         socket: SocketArg,
         #[arg(long = "id")]
         id: String,
+    },
+}
+
+/// The fields of a federation relationship, with SPIRE's flag names.
+#[derive(Debug, Args, Clone)]
+pub struct FederationFields {
+    /// Name of the trust domain to federate with (e.g. partner.example).
+    #[arg(long = "trustDomain")]
+    pub trust_domain: Option<String>,
+    /// URL of the SPIFFE bundle endpoint that serves the foreign bundle (https).
+    #[arg(long = "bundleEndpointURL")]
+    pub bundle_endpoint_url: Option<String>,
+    /// https_web or https_spiffe.
+    #[arg(long = "bundleEndpointProfile")]
+    pub bundle_endpoint_profile: Option<String>,
+    /// SPIFFE ID of the bundle endpoint server (https_spiffe only).
+    #[arg(long = "endpointSpiffeID")]
+    pub endpoint_spiffe_id: Option<String>,
+    /// Path to the foreign trust domain's bundle (optional); stored as its federated bundle.
+    #[arg(long = "trustDomainBundlePath")]
+    pub trust_domain_bundle_path: Option<PathBuf>,
+    /// Format of the bundle at -trustDomainBundlePath.
+    #[arg(long = "trustDomainBundleFormat", value_enum, default_value = "pem")]
+    pub trust_domain_bundle_format: BundleFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FederationCmd {
+    /// Creates a federation relationship with a foreign trust domain.
+    Create {
+        #[command(flatten)]
+        socket: SocketArg,
+        #[command(flatten)]
+        fields: FederationFields,
+        #[arg(long = "output", value_enum, default_value = "pretty")]
+        output: Output,
+    },
+    /// Replaces the bundle endpoint URL and profile of a relationship (and its bundle, when given).
+    Update {
+        #[command(flatten)]
+        socket: SocketArg,
+        #[command(flatten)]
+        fields: FederationFields,
+        #[arg(long = "output", value_enum, default_value = "pretty")]
+        output: Output,
+    },
+    /// Lists federation relationships.
+    List {
+        #[command(flatten)]
+        socket: SocketArg,
+        #[arg(long = "output", value_enum, default_value = "pretty")]
+        output: Output,
+    },
+    /// Shows one federation relationship.
+    Show {
+        #[command(flatten)]
+        socket: SocketArg,
+        #[arg(long = "trustDomain")]
+        trust_domain: String,
+        #[arg(long = "output", value_enum, default_value = "pretty")]
+        output: Output,
+    },
+    /// Deletes a federation relationship (the foreign bundle stays).
+    Delete {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Trust domain of the relationship.
+        #[arg(long = "id")]
+        id: String,
+        #[arg(long = "output", value_enum, default_value = "pretty")]
+        output: Output,
     },
 }
 
@@ -341,6 +418,58 @@ mod tests {
         assert_eq!(fields.selectors, vec!["unix:uid:1000", "unix:gid:1000"]);
         assert_eq!(fields.x509_svid_ttl, Some(60));
         assert!(fields.admin);
+    }
+
+    #[test]
+    fn spire_style_federation_create_parses() {
+        let cli = Cli::try_parse_from(norm(&[
+            "sigil-server",
+            "federation",
+            "create",
+            "-trustDomain",
+            "partner.test",
+            "-bundleEndpointURL",
+            "https://partner.test:8443",
+            "-bundleEndpointProfile",
+            "https_spiffe",
+            "-endpointSpiffeID",
+            "spiffe://partner.test/spire/server",
+            "-trustDomainBundlePath",
+            "/tmp/b.json",
+            "-trustDomainBundleFormat",
+            "spiffe",
+        ]))
+        .unwrap();
+        let Command::Federation(FederationCmd::Create { fields, output, .. }) = cli.command else {
+            panic!("wrong command")
+        };
+        assert_eq!(fields.trust_domain.as_deref(), Some("partner.test"));
+        assert_eq!(fields.bundle_endpoint_url.as_deref(), Some("https://partner.test:8443"));
+        assert_eq!(fields.bundle_endpoint_profile.as_deref(), Some("https_spiffe"));
+        assert_eq!(fields.endpoint_spiffe_id.as_deref(), Some("spiffe://partner.test/spire/server"));
+        assert_eq!(fields.trust_domain_bundle_path, Some(PathBuf::from("/tmp/b.json")));
+        assert_eq!(fields.trust_domain_bundle_format, BundleFormat::Spiffe);
+        assert_eq!(output, Output::Pretty);
+    }
+
+    #[test]
+    fn entry_create_takes_entry_id() {
+        let cli = Cli::try_parse_from(norm(&[
+            "sigil-server",
+            "entry",
+            "create",
+            "-entryID",
+            "my-entry.1",
+            "-parentID",
+            "spiffe://td/agent",
+            "-spiffeID",
+            "spiffe://td/web",
+            "-selector",
+            "unix:uid:1000",
+        ]))
+        .unwrap();
+        let Command::Entry(EntryCmd::Create { entry_id, .. }) = cli.command else { panic!("wrong command") };
+        assert_eq!(entry_id.as_deref(), Some("my-entry.1"));
     }
 
     #[test]

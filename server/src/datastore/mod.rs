@@ -5,9 +5,9 @@
 //! and the CA journal. Every acknowledged write is durable (it survives `kill -9` of the process) and every
 //! write that touches several rows is one transaction.
 //!
-//! Federation relationships (trust domain, bundle endpoint URL and profile, endpoint SPIFFE ID) will be
-//! stored here too once federation lands: a `federation_relationships` table in a new migration and
-//! create/list/get/update/delete methods on the trait.
+//! Federation relationships (trust domain, bundle endpoint URL and profile, endpoint SPIFFE ID) are stored
+//! here too (migration 2); a relationship's foreign bundle is an ordinary bundle row, written in the same
+//! transaction when given, and outlives the relationship.
 
 use std::fmt;
 use std::path::Path;
@@ -15,6 +15,8 @@ use std::sync::Arc;
 
 use sigil_core::bundle::Bundle;
 use sigil_core::{RegistrationEntry, Selector, SpiffeId, TrustDomain};
+
+use crate::federation::FederationRelationship;
 
 pub mod sqlite;
 
@@ -178,6 +180,32 @@ pub trait Datastore: Send + Sync + fmt::Debug + 'static {
 
     /// `NotFound` when there is no bundle for that trust domain.
     async fn delete_bundle(&self, trust_domain: &TrustDomain) -> Result<()>;
+
+    // ----- federation relationships -----
+
+    /// Stores a new relationship and, when given, the foreign bundle (which must be of the relationship's
+    /// trust domain), in one transaction. `AlreadyExists` when a relationship with that trust domain exists.
+    async fn create_federation_relationship(
+        &self,
+        relationship: FederationRelationship,
+        bundle: Option<Bundle>,
+    ) -> Result<FederationRelationship>;
+
+    /// Replaces URL and profile of an existing relationship and, when given, the foreign bundle, in one
+    /// transaction. `NotFound` when there is no relationship with that trust domain.
+    async fn update_federation_relationship(
+        &self,
+        relationship: FederationRelationship,
+        bundle: Option<Bundle>,
+    ) -> Result<FederationRelationship>;
+
+    /// Deletes a relationship; its bundle stays. `NotFound` when there is none.
+    async fn delete_federation_relationship(&self, trust_domain: &TrustDomain) -> Result<()>;
+
+    async fn get_federation_relationship(&self, trust_domain: &TrustDomain) -> Result<Option<FederationRelationship>>;
+
+    /// Every relationship, in trust domain order.
+    async fn list_federation_relationships(&self) -> Result<Vec<FederationRelationship>>;
 
     // ----- CA journal -----
 

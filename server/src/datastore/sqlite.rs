@@ -20,9 +20,11 @@ use sigil_core::bundle::{Bundle, JwtAuthority};
 use sigil_core::{RegistrationEntry, Selector, SpiffeId, TrustDomain};
 
 use super::{AttestedAgent, Datastore, DatastoreError, EntryFilter, JoinTokenOutcome, Page, Result, SelectorMatch};
+use crate::federation::{BundleEndpointProfile, FederationRelationship};
 
 /// Schema migrations; migration `i` (0-based) brings the schema to version `i + 1`. Append only.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("migrations/0001_initial.sql"), include_str!("migrations/0002_federation_relationships.sql")];
 
 /// The schema version this build writes (`PRAGMA user_version` after open).
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -336,11 +338,12 @@ fn duplicate_entry(conn: &Connection, e: &RegistrationEntry, key: &str) -> Datas
         .ok()
         .flatten();
     match other {
+        // SPIRE's wording, so scripts written for it recognise the refusal.
         Some(other) => DatastoreError::AlreadyExists(format!(
-            "entry {other} already has spiffe_id {}, parent_id {} and the same selectors",
+            "similar entry already exists: entry {other} has the same spiffe_id {}, parent_id {} and selectors",
             e.spiffe_id, e.parent_id
         )),
-        None => DatastoreError::AlreadyExists(format!("entry with id {:?}", e.id)),
+        None => DatastoreError::AlreadyExists(format!("an entry with id {:?} already exists", e.id)),
     }
 }
 
@@ -599,6 +602,58 @@ fn store_bundle(conn: &Connection, b: &Bundle) -> Result<()> {
         stmt.execute(params![td, pos as i64, k.key_id, k.public_key_spki_der, k.expires_at])?;
     }
     Ok(())
+}
+
+// ----- federation relationships -----
+
+const PROFILE_HTTPS_WEB: &str = "https_web";
+const PROFILE_HTTPS_SPIFFE: &str = "https_spiffe";
+
+/// The profile and endpoint SPIFFE ID columns of a relationship.
+fn profile_columns(p: &BundleEndpointProfile) -> (&'static str, &str) {
+    match p {
+        BundleEndpointProfile::HttpsWeb => (PROFILE_HTTPS_WEB, ""),
+        BundleEndpointProfile::HttpsSpiffe { endpoint_spiffe_id } => {
+            (PROFILE_HTTPS_SPIFFE, endpoint_spiffe_id.as_str())
+        }
+    }
+}
+
+fn decode_relationship(td: String, url: String, profile: String, endpoint: String) -> Result<FederationRelationship> {
+    let what = format!("federation relationship {td}");
+    let profile = match profile.as_str() {
+        PROFILE_HTTPS_WEB => BundleEndpointProfile::HttpsWeb,
+        PROFILE_HTTPS_SPIFFE => BundleEndpointProfile::HttpsSpiffe {
+            endpoint_spiffe_id: SpiffeId::new(&endpoint).map_err(|e| corrupt(&what, e))?,
+        },
+        other => return Err(corrupt(&what, format!("unknown profile {other:?}"))),
+    };
+    Ok(FederationRelationship {
+        trust_domain: TrustDomain::new(&td).map_err(|e| corrupt(&what, e))?,
+        bundle_endpoint_url: url,
+        profile,
+    })
+}
+
+const RELATIONSHIP_COLUMNS: &str = "trust_domain, bundle_endpoint_url, profile, endpoint_spiffe_id";
+
+fn load_relationship(conn: &Connection, td: &str) -> Result<Option<FederationRelationship>> {
+    let sql = format!("SELECT {RELATIONSHIP_COLUMNS} FROM federation_relationships WHERE trust_domain = ?1");
+    conn.query_row(&sql, params![td], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .optional()?
+        .map(|(td, url, profile, endpoint)| decode_relationship(td, url, profile, endpoint))
+        .transpose()
+}
+
+/// The foreign bundle given with a relationship must be that trust domain's.
+fn check_relationship_bundle(rel: &FederationRelationship, bundle: Option<&Bundle>) -> Result<()> {
+    match bundle {
+        Some(b) if b.trust_domain != rel.trust_domain => Err(DatastoreError::Invalid(format!(
+            "bundle of trust domain {} given with the federation relationship of {}",
+            b.trust_domain, rel.trust_domain
+        ))),
+        _ => Ok(()),
+    }
 }
 
 #[async_trait::async_trait]
@@ -921,6 +976,99 @@ impl Datastore for SqliteDatastore {
         .await
     }
 
+    async fn create_federation_relationship(
+        &self,
+        relationship: FederationRelationship,
+        bundle: Option<Bundle>,
+    ) -> Result<FederationRelationship> {
+        check_relationship_bundle(&relationship, bundle.as_ref())?;
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let (profile, endpoint) = profile_columns(&relationship.profile);
+            let inserted = tx.execute(
+                "INSERT INTO federation_relationships (trust_domain, bundle_endpoint_url, profile, endpoint_spiffe_id) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![relationship.trust_domain.name(), relationship.bundle_endpoint_url, profile, endpoint],
+            );
+            match inserted {
+                Ok(_) => {}
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(DatastoreError::AlreadyExists(format!(
+                        "a federation relationship with trust domain {} already exists",
+                        relationship.trust_domain
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if let Some(b) = &bundle {
+                store_bundle(&tx, b)?;
+            }
+            tx.commit()?;
+            Ok(relationship)
+        })
+        .await
+    }
+
+    async fn update_federation_relationship(
+        &self,
+        relationship: FederationRelationship,
+        bundle: Option<Bundle>,
+    ) -> Result<FederationRelationship> {
+        check_relationship_bundle(&relationship, bundle.as_ref())?;
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let (profile, endpoint) = profile_columns(&relationship.profile);
+            let changed = tx.execute(
+                "UPDATE federation_relationships SET bundle_endpoint_url = ?1, profile = ?2, endpoint_spiffe_id = ?3 \
+                 WHERE trust_domain = ?4",
+                params![relationship.bundle_endpoint_url, profile, endpoint, relationship.trust_domain.name()],
+            )?;
+            if changed == 0 {
+                return Err(DatastoreError::NotFound(format!(
+                    "no federation relationship with trust domain {}",
+                    relationship.trust_domain
+                )));
+            }
+            if let Some(b) = &bundle {
+                store_bundle(&tx, b)?;
+            }
+            tx.commit()?;
+            Ok(relationship)
+        })
+        .await
+    }
+
+    async fn delete_federation_relationship(&self, trust_domain: &TrustDomain) -> Result<()> {
+        let td = trust_domain.clone();
+        self.run(move |conn| {
+            match conn.execute("DELETE FROM federation_relationships WHERE trust_domain = ?1", params![td.name()])? {
+                0 => Err(DatastoreError::NotFound(format!("no federation relationship with trust domain {td}"))),
+                _ => Ok(()),
+            }
+        })
+        .await
+    }
+
+    async fn get_federation_relationship(&self, trust_domain: &TrustDomain) -> Result<Option<FederationRelationship>> {
+        let td = trust_domain.name().to_owned();
+        self.run(move |conn| load_relationship(conn, &td)).await
+    }
+
+    async fn list_federation_relationships(&self) -> Result<Vec<FederationRelationship>> {
+        self.run(|conn| {
+            let sql = format!("SELECT {RELATIONSHIP_COLUMNS} FROM federation_relationships ORDER BY trust_domain");
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (td, url, profile, endpoint) = row?;
+                out.push(decode_relationship(td, url, profile, endpoint)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn load_ca_journal(&self) -> Result<Option<Vec<u8>>> {
         self.run(|conn| Ok(conn.query_row("SELECT data FROM ca_journal WHERE id = 1", [], |r| r.get(0)).optional()?))
             .await
@@ -1023,6 +1171,45 @@ mod tests {
         assert_eq!((rows(&ds, "bundle_x509_authorities").await, rows(&ds, "bundle_jwt_authorities").await), (2, 1));
         ds.delete_bundle(&td).await.unwrap();
         assert_eq!((rows(&ds, "bundle_x509_authorities").await, rows(&ds, "bundle_jwt_authorities").await), (0, 0));
+    }
+
+    /// A relationship and the bundle given with it are written together; delete keeps the bundle.
+    #[tokio::test]
+    async fn federation_relationship_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = SqliteDatastore::open(&dir.path().join("ds.sqlite3")).await.unwrap();
+        let td = TrustDomain::new("partner.test").unwrap();
+        let rel = FederationRelationship {
+            trust_domain: td.clone(),
+            bundle_endpoint_url: "https://partner.test/".into(),
+            profile: BundleEndpointProfile::HttpsSpiffe {
+                endpoint_spiffe_id: SpiffeId::new("spiffe://partner.test/spire/server").unwrap(),
+            },
+        };
+        let bundle = Bundle { x509_authorities: vec![vec![7]], ..Bundle::new(td.clone()) };
+        ds.create_federation_relationship(rel.clone(), Some(bundle.clone())).await.unwrap();
+        assert_eq!(ds.get_federation_relationship(&td).await.unwrap(), Some(rel.clone()));
+        assert_eq!(ds.get_bundle(&td).await.unwrap(), Some(bundle.clone()));
+        assert!(matches!(
+            ds.create_federation_relationship(rel.clone(), None).await,
+            Err(DatastoreError::AlreadyExists(_))
+        ));
+        // A bundle of another trust domain is refused and nothing is written.
+        let other = Bundle::new(TrustDomain::new("other.test").unwrap());
+        let web = FederationRelationship { profile: BundleEndpointProfile::HttpsWeb, ..rel.clone() };
+        assert!(matches!(
+            ds.update_federation_relationship(web.clone(), Some(other)).await,
+            Err(DatastoreError::Invalid(_))
+        ));
+        assert_eq!(ds.list_federation_relationships().await.unwrap(), vec![rel.clone()]);
+        ds.update_federation_relationship(web.clone(), None).await.unwrap();
+        assert_eq!(ds.list_federation_relationships().await.unwrap(), vec![web]);
+        ds.delete_federation_relationship(&td).await.unwrap();
+        assert_eq!(ds.list_federation_relationships().await.unwrap(), vec![]);
+        assert_eq!(ds.get_bundle(&td).await.unwrap(), Some(bundle));
+        assert!(matches!(ds.delete_federation_relationship(&td).await, Err(DatastoreError::NotFound(_))));
+        let unknown = FederationRelationship { trust_domain: TrustDomain::new("nope.test").unwrap(), ..rel };
+        assert!(matches!(ds.update_federation_relationship(unknown, None).await, Err(DatastoreError::NotFound(_))));
     }
 
     #[test]
