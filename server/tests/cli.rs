@@ -414,3 +414,212 @@ fn admin_socket_refuses_other_uids() {
     let err = stderr(&o);
     assert!(err.contains("permission denied") && err.contains("uid 65534"), "{err}");
 }
+
+/// `federation create|list|show|update|delete` with SPIRE's flags, pretty and JSON output, and a bundle
+/// given with `-trustDomainBundlePath` (the other server's real bundle, in both formats).
+#[test]
+fn federation_create_list_show_update_delete_spire_style() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(dir.path());
+    let other = tempfile::tempdir().unwrap();
+    let o = spawn_other(other.path());
+    let pem_path = dir.path().join("other.pem");
+    std::fs::write(&pem_path, ok(cli(&o, &["bundle", "show"]))).unwrap();
+    let jwks_path = dir.path().join("other.json");
+    std::fs::write(&jwks_path, ok(cli(&o, &["bundle", "show", "-format", "spiffe"]))).unwrap();
+
+    let out = ok(cli(
+        &s,
+        &[
+            "federation",
+            "create",
+            "-trustDomain",
+            "other.org",
+            "-bundleEndpointURL",
+            "https://127.0.0.1:8443",
+            "-bundleEndpointProfile",
+            "https_spiffe",
+            "-endpointSpiffeID",
+            "spiffe://other.org/spire/server",
+            "-trustDomainBundlePath",
+            pem_path.to_str().unwrap(),
+        ],
+    ));
+    assert!(out.contains("Trust domain              : other.org"), "{out}");
+    assert!(out.contains("Bundle endpoint URL       : https://127.0.0.1:8443"), "{out}");
+    assert!(out.contains("Bundle endpoint profile   : https_spiffe"), "{out}");
+    assert!(out.contains("Endpoint SPIFFE ID        : spiffe://other.org/spire/server"), "{out}");
+    // The bundle became the federated bundle of other.org.
+    assert_eq!(ok(cli(&s, &["bundle", "list", "-id", "spiffe://other.org"])).matches("BEGIN CERTIFICATE").count(), 1);
+    let web = ok(cli(
+        &s,
+        &[
+            "federation",
+            "create",
+            "-trustDomain",
+            "web.test",
+            "-bundleEndpointURL",
+            "https://web.test/bundle",
+            "-bundleEndpointProfile",
+            "https_web",
+            "-output",
+            "json",
+        ],
+    ));
+    let v: serde_json::Value = serde_json::from_str(&web).unwrap();
+    assert_eq!(v["trust_domain"], "web.test");
+    assert_eq!(v["bundle_endpoint_url"], "https://web.test/bundle");
+    assert_eq!(v["https_web"], serde_json::json!({}));
+    assert!(v.get("trust_domain_bundle").is_none(), "{v}");
+
+    let listed = ok(cli(&s, &["federation", "list"]));
+    assert!(listed.starts_with("Found 2 federation relationships"), "{listed}");
+    assert!(listed.find("other.org").unwrap() < listed.find("web.test").unwrap(), "{listed}");
+    let json = ok(cli(&s, &["federation", "list", "-output", "json"]));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v[0]["https_spiffe"]["endpoint_spiffe_id"], "spiffe://other.org/spire/server");
+    // PEM carries only the X.509 authority.
+    assert_eq!(v[0]["trust_domain_bundle"]["keys"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v[0]["trust_domain_bundle"]["keys"][0]["use"], "x509-svid", "{v}");
+    let shown = ok(cli(&s, &["federation", "show", "-trustDomain", "other.org"]));
+    assert!(shown.starts_with("Found a federation relationship with trust domain other.org:"), "{shown}");
+
+    let upd = ok(cli(
+        &s,
+        &[
+            "federation",
+            "update",
+            "-trustDomain",
+            "other.org",
+            "-bundleEndpointURL",
+            "https://other.example:9443/b",
+            "-bundleEndpointProfile",
+            "https_web",
+            "-trustDomainBundlePath",
+            jwks_path.to_str().unwrap(),
+            "-trustDomainBundleFormat",
+            "spiffe",
+        ],
+    ));
+    assert!(upd.contains("Bundle endpoint URL       : https://other.example:9443/b"), "{upd}");
+    assert!(upd.contains("Bundle endpoint profile   : https_web"), "{upd}");
+    assert!(!upd.contains("Endpoint SPIFFE ID"), "{upd}");
+    // The SPIFFE-format bundle replaced the PEM one: X.509 and JWT authorities now.
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(cli(&s, &["federation", "show", "-trustDomain", "other.org", "-output", "json"])))
+            .unwrap();
+    let uses: Vec<_> = v["trust_domain_bundle"]["keys"].as_array().unwrap().iter().map(|k| k["use"].clone()).collect();
+    assert_eq!(uses, vec!["x509-svid", "jwt-svid"], "{v}");
+
+    assert_eq!(ok(cli(&s, &["federation", "delete", "-id", "other.org"])).trim(), "federation relationship deleted.");
+    let listed = ok(cli(&s, &["federation", "list"]));
+    assert!(listed.starts_with("Found 1 federation relationship\n"), "{listed}");
+    // The bundle stays after the relationship is gone.
+    assert!(ok(cli(&s, &["bundle", "list"])).contains("* spiffe://other.org"));
+    // Persisted: a restarted server still has the remaining relationship.
+    drop(s);
+    let s = spawn(dir.path());
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(cli(&s, &["federation", "show", "-trustDomain", "web.test", "-output", "json"])))
+            .unwrap();
+    assert_eq!(v["bundle_endpoint_url"], "https://web.test/bundle");
+}
+
+#[test]
+fn federation_bad_input_exits_1_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(dir.path());
+    let bad_bundle = dir.path().join("bad.pem");
+    std::fs::write(&bad_bundle, "not a bundle").unwrap();
+    let base = |td: &str, url: &str, profile: &str| -> Vec<String> {
+        ["federation", "create", "-trustDomain", td, "-bundleEndpointURL", url, "-bundleEndpointProfile", profile]
+            .map(String::from)
+            .to_vec()
+    };
+    let mut with_bad_bundle = base("x.test", "https://x.test/", "https_web");
+    with_bad_bundle.extend(["-trustDomainBundlePath".into(), bad_bundle.to_str().unwrap().into()]);
+    let mut web_with_id = base("x.test", "https://x.test/", "https_web");
+    web_with_id.extend(["-endpointSpiffeID".into(), "spiffe://x.test/s".into()]);
+    let strings = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (base("x.test", "http://x.test/", "https_web"), "must use the https scheme"),
+        (base("x.test", "https://u:p@x.test/", "https_web"), "must not contain user info"),
+        (base("x.test", "https://x.test/", "https_webb"), "unknown profile \"https_webb\""),
+        (base("x.test", "https://x.test/", "https_spiffe"), "-endpointSpiffeID is required"),
+        (base("Bad TD", "https://x.test/", "https_web"), "-trustDomain"),
+        (base("example.org", "https://x.test/", "https_web"), "server's own trust domain"),
+        (web_with_id, "only used with the https_spiffe profile"),
+        (with_bad_bundle, "-trustDomainBundlePath"),
+        (strings(&["federation", "create", "-bundleEndpointURL", "https://x.test/"]), "-trustDomain is required"),
+        (strings(&["federation", "show", "-trustDomain", "missing.test"]), "not found"),
+        (strings(&["federation", "delete", "-id", "missing.test"]), "not found"),
+        (
+            strings(&[
+                "federation",
+                "update",
+                "-trustDomain",
+                "missing.test",
+                "-bundleEndpointURL",
+                "https://m.test/",
+                "-bundleEndpointProfile",
+                "https_web",
+            ]),
+            "not found",
+        ),
+    ];
+    for (args, needle) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = cli(&s, &args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: one line, got {err:?}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    // A duplicate create is refused with AlreadyExists.
+    let dup_args = base("dup.test", "https://dup.test/", "https_web");
+    let dup_args: Vec<&str> = dup_args.iter().map(String::as_str).collect();
+    ok(cli(&s, &dup_args));
+    let dup = cli(&s, &dup_args);
+    assert_eq!(dup.status.code(), Some(1));
+    assert!(
+        stderr(&dup).contains("already exists: a federation relationship with trust domain dup.test"),
+        "{}",
+        stderr(&dup)
+    );
+    assert!(ok(cli(&s, &["federation", "list"])).starts_with("Found 1 federation relationship\n"));
+}
+
+#[test]
+fn entry_create_with_entry_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(dir.path());
+    let args = |id: &'static str| {
+        vec![
+            "entry",
+            "create",
+            "-entryID",
+            id,
+            "-parentID",
+            "spiffe://example.org/host",
+            "-spiffeID",
+            "spiffe://example.org/chosen",
+            "-selector",
+            "unix:uid:7",
+        ]
+    };
+    let out = ok(cli(&s, &args("my-entry.1_A")));
+    assert_eq!(entry_id(&out), "my-entry.1_A");
+    let shown = ok(cli(&s, &["entry", "show", "-entryID", "my-entry.1_A"]));
+    assert!(shown.contains("SPIFFE ID        : spiffe://example.org/chosen"), "{shown}");
+    // A retried create with the same ID is refused, never duplicated.
+    let again = cli(&s, &args("my-entry.1_A"));
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).contains("already exists"), "{}", stderr(&again));
+    assert_eq!(ok(cli(&s, &["entry", "count"])).trim(), "1 registration entry");
+    // SPIRE's character rule, checked before anything is sent.
+    let bad = cli(&s, &args("has/slash"));
+    assert_eq!(bad.status.code(), Some(1));
+    let err = stderr(&bad);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("-entryID: entry ID contains invalid characters"), "{err}");
+}
