@@ -1,8 +1,16 @@
 //! sigil-operator: turns ClusterSPIFFEID, ClusterFederatedTrustDomain and ClusterStaticEntry objects into
 //! registration entries and federation relationships on the Sigil server.
 //!
-//! Pure logic (CRD types, Go-template rendering, desired-state computation and diffs) lives in I/O-free
-//! modules; the Kubernetes watches, the admin-socket client and leader election are thin layers at the edge.
+//! Pure logic lives in I/O-free modules: [`crd`] (the CRD types), [`template`] (Go text/template),
+//! [`labels`] (label selectors), [`world`] (the cluster picture, desired entries and diffs), [`compile`]
+//! (CR -> typed inputs), [`config`]. The Kubernetes watches, the admin-socket client, leader election and
+//! metrics are thin layers at the edge ([`controller`], [`server_client`], [`metrics`]).
 
+pub mod compile;
+pub mod config;
 pub mod crd;
+pub mod labels;
+pub mod metrics;
+pub mod server_client;
 pub mod template;
+pub mod world;
