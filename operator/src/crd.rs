@@ -234,6 +234,10 @@ impl JsonSchema for GoDuration {
             "type": "string",
             "maxLength": 64,
             "pattern": GO_DURATION_PATTERN,
+            "x-kubernetes-validations": [{
+                "rule": format!("self.matches('{}')", GO_DURATION_PATTERN.replace('\\', "\\\\")),
+                "message": "must be a Go duration such as \"1h\", \"90m\" or \"1h30m0s\" (units ns, us, ms, s, m, h; no sign)",
+            }],
         })
     }
 }
@@ -315,7 +319,10 @@ pub struct ClusterSPIFFEIDSpec {
     /// Trust domains (e.g. "example.org") whose bundles these workloads receive, so they can talk to workloads
     /// there. Each needs a ClusterFederatedTrustDomain.
     #[serde(rename = "federatesWith", default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), inner(pattern(FEDERATES_WITH_PATTERN)))]
+    #[schemars(length(max = 64), inner(length(max = 264), pattern(FEDERATES_WITH_PATTERN)), extend("x-kubernetes-validations" = [
+        {"rule": "self.all(td, td.matches('^(spiffe://)?[a-z0-9._-]+$'))",
+         "message": "federatesWith entries must be trust domain names (lowercase letters, digits, '.', '_', '-'), e.g. example.org"}
+    ]))]
     pub federates_with: Vec<String>,
 
     /// Lets these workloads call the server's administrative APIs. Give it only to admin workloads.
@@ -409,7 +416,10 @@ pub struct ClusterFederatedTrustDomainSpec {
     /// Name of the foreign trust domain, e.g. "example.org" (lowercase letters, digits, '.', '_' and '-').
     /// When two objects name the same trust domain, the oldest wins.
     #[serde(rename = "trustDomain")]
-    #[schemars(length(max = 255), pattern(TRUST_DOMAIN_PATTERN))]
+    #[schemars(length(max = 255), pattern(TRUST_DOMAIN_PATTERN), extend("x-kubernetes-validations" = [
+        {"rule": "self.matches('^[a-z0-9._-]+$')",
+         "message": "trustDomain must be a trust domain name (lowercase letters, digits, '.', '_', '-'), e.g. example.org, without spiffe://"}
+    ]))]
     pub trust_domain: String,
 
     /// HTTPS URL of the foreign trust domain's bundle endpoint, e.g. "https://example.org/bundle". Must not
@@ -529,7 +539,10 @@ pub struct ClusterStaticEntrySpec {
 
     /// Trust domains (e.g. "example.org") whose bundles the workload receives.
     #[serde(rename = "federatesWith", default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), inner(pattern(FEDERATES_WITH_PATTERN)))]
+    #[schemars(length(max = 64), inner(length(max = 264), pattern(FEDERATES_WITH_PATTERN)), extend("x-kubernetes-validations" = [
+        {"rule": "self.all(td, td.matches('^(spiffe://)?[a-z0-9._-]+$'))",
+         "message": "federatesWith entries must be trust domain names (lowercase letters, digits, '.', '_', '-'), e.g. example.org"}
+    ]))]
     pub federates_with: Vec<String>,
 
     /// Upper bound on the lifetime of the X509-SVID, as a Go duration ("1h", "90m"). Unset uses the server's
