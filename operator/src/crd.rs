@@ -464,7 +464,8 @@ pub struct BundleEndpointProfile {
     /// https_spiffe, ignored for https_web.
     #[serde(rename = "endpointSPIFFEID", default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048), pattern(SPIFFE_ID_PATTERN), extend("x-kubernetes-validations" = [
-        {"rule": "self.startsWith('spiffe://')", "message": "endpointSPIFFEID must be a SPIFFE ID starting with spiffe://"}
+        {"rule": "self.startsWith('spiffe://')", "message": "endpointSPIFFEID must be a SPIFFE ID starting with spiffe://"},
+        {"rule": "!self.matches('^spiffe://[^/]*(/[^/]*)*/[.][.]?(/|$)')", "message": "endpointSPIFFEID must not contain . or .. path segments"}
     ]))]
     pub endpoint_spiffe_id: Option<String>,
 }
@@ -517,14 +518,16 @@ pub struct ClusterStaticEntrySpec {
     /// SPIFFE ID of the workload (or of the node alias), e.g. "spiffe://example.org/db".
     #[serde(rename = "spiffeID")]
     #[schemars(length(max = 2048), pattern(SPIFFE_ID_PATTERN), extend("x-kubernetes-validations" = [
-        {"rule": "self.startsWith('spiffe://')", "message": "spiffeID must be a SPIFFE ID starting with spiffe://"}
+        {"rule": "self.startsWith('spiffe://')", "message": "spiffeID must be a SPIFFE ID starting with spiffe://"},
+        {"rule": "!self.matches('^spiffe://[^/]*(/[^/]*)*/[.][.]?(/|$)')", "message": "spiffeID must not contain . or .. path segments"}
     ]))]
     pub spiffe_id: String,
 
     /// SPIFFE ID of the agent (node) allowed to obtain this identity, or the server's ID for a node alias.
     #[serde(rename = "parentID")]
     #[schemars(length(max = 2048), pattern(SPIFFE_ID_PATTERN), extend("x-kubernetes-validations" = [
-        {"rule": "self.startsWith('spiffe://')", "message": "parentID must be a SPIFFE ID starting with spiffe://"}
+        {"rule": "self.startsWith('spiffe://')", "message": "parentID must be a SPIFFE ID starting with spiffe://"},
+        {"rule": "!self.matches('^spiffe://[^/]*(/[^/]*)*/[.][.]?(/|$)')", "message": "parentID must not contain . or .. path segments"}
     ]))]
     pub parent_id: String,
 
