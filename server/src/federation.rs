@@ -31,6 +31,8 @@ pub struct FederationRelationship {
     /// Checked by [`check_bundle_endpoint_url`].
     pub bundle_endpoint_url: String,
     pub profile: BundleEndpointProfile,
+    /// Which tool manages the relationship ("" = made by hand); tools touch only their own.
+    pub managed_by: String,
 }
 
 /// Why a relationship is not acceptable.
@@ -126,6 +128,7 @@ mod tests {
             trust_domain: own.clone(),
             bundle_endpoint_url: "https://example.org/".into(),
             profile: BundleEndpointProfile::HttpsWeb,
+            managed_by: String::new(),
         };
         assert_eq!(rel.validate(&own), Err(FederationError::OwnTrustDomain(own.clone())));
         let foreign = FederationRelationship { trust_domain: TrustDomain::new("partner.test").unwrap(), ..rel };

@@ -21,6 +21,7 @@ fn web(td: &str, url: &str) -> FederationRelationship {
         bundle_endpoint_url: url.into(),
         profile: Some(Profile::HttpsWeb(HttpsWebProfile {})),
         trust_domain_bundle: None,
+        managed_by: String::new(),
     }
 }
 
@@ -280,6 +281,8 @@ async fn relationships_and_bundle_survive_restart() {
     let bundle = foreign_bundle("persist.test");
     let rel = FederationRelationship {
         trust_domain_bundle: Some(convert::bundle_to_pb(&bundle)),
+        // The managing tool's name is stored and survives the restart too.
+        managed_by: "sigil-operator/test".into(),
         ..spiffe("persist.test", "https://persist.test:8443/", "spiffe://persist.test/spire/server")
     };
     let other = web("web.test", "https://web.test/");

@@ -35,7 +35,15 @@ pub fn relationship_from_pb(
                 .map_err(|s| Status::invalid_argument(format!("trust_domain_bundle: {}", s.message())))
         })
         .transpose()?;
-    Ok((FederationRelationship { trust_domain, bundle_endpoint_url: r.bundle_endpoint_url.clone(), profile }, bundle))
+    Ok((
+        FederationRelationship {
+            trust_domain,
+            bundle_endpoint_url: r.bundle_endpoint_url.clone(),
+            profile,
+            managed_by: r.managed_by.clone(),
+        },
+        bundle,
+    ))
 }
 
 /// A stored relationship with the current federated bundle of its trust domain, if any.
@@ -50,6 +58,7 @@ pub fn relationship_to_pb(r: &FederationRelationship, bundle: Option<&Bundle>) -
             }
         }),
         trust_domain_bundle: bundle.map(convert::bundle_to_pb),
+        managed_by: r.managed_by.clone(),
     }
 }
 

@@ -668,6 +668,8 @@ fn relationship_from_fields(f: &FederationFields) -> Result<pb::FederationRelati
         bundle_endpoint_url: url.to_owned(),
         profile: Some(profile),
         trust_domain_bundle: bundle,
+        // Made by hand: no tool's name, so no tool will update or delete it.
+        managed_by: String::new(),
     })
 }
 

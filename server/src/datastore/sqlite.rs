@@ -619,7 +619,13 @@ fn profile_columns(p: &BundleEndpointProfile) -> (&'static str, &str) {
     }
 }
 
-fn decode_relationship(td: String, url: String, profile: String, endpoint: String) -> Result<FederationRelationship> {
+fn decode_relationship(
+    td: String,
+    url: String,
+    profile: String,
+    endpoint: String,
+    managed_by: String,
+) -> Result<FederationRelationship> {
     let what = format!("federation relationship {td}");
     let profile = match profile.as_str() {
         PROFILE_HTTPS_WEB => BundleEndpointProfile::HttpsWeb,
@@ -632,16 +638,17 @@ fn decode_relationship(td: String, url: String, profile: String, endpoint: Strin
         trust_domain: TrustDomain::new(&td).map_err(|e| corrupt(&what, e))?,
         bundle_endpoint_url: url,
         profile,
+        managed_by,
     })
 }
 
-const RELATIONSHIP_COLUMNS: &str = "trust_domain, bundle_endpoint_url, profile, endpoint_spiffe_id";
+const RELATIONSHIP_COLUMNS: &str = "trust_domain, bundle_endpoint_url, profile, endpoint_spiffe_id, managed_by";
 
 fn load_relationship(conn: &Connection, td: &str) -> Result<Option<FederationRelationship>> {
     let sql = format!("SELECT {RELATIONSHIP_COLUMNS} FROM federation_relationships WHERE trust_domain = ?1");
-    conn.query_row(&sql, params![td], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+    conn.query_row(&sql, params![td], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
         .optional()?
-        .map(|(td, url, profile, endpoint)| decode_relationship(td, url, profile, endpoint))
+        .map(|(td, url, profile, endpoint, managed_by)| decode_relationship(td, url, profile, endpoint, managed_by))
         .transpose()
 }
 
@@ -986,9 +993,15 @@ impl Datastore for SqliteDatastore {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let (profile, endpoint) = profile_columns(&relationship.profile);
             let inserted = tx.execute(
-                "INSERT INTO federation_relationships (trust_domain, bundle_endpoint_url, profile, endpoint_spiffe_id) \
-                 VALUES (?1, ?2, ?3, ?4)",
-                params![relationship.trust_domain.name(), relationship.bundle_endpoint_url, profile, endpoint],
+                "INSERT INTO federation_relationships \
+                 (trust_domain, bundle_endpoint_url, profile, endpoint_spiffe_id, managed_by) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    relationship.trust_domain.name(),
+                    relationship.bundle_endpoint_url,
+                    profile,
+                    endpoint,
+                    relationship.managed_by
+                ],
             );
             match inserted {
                 Ok(_) => {}
@@ -1019,9 +1032,15 @@ impl Datastore for SqliteDatastore {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let (profile, endpoint) = profile_columns(&relationship.profile);
             let changed = tx.execute(
-                "UPDATE federation_relationships SET bundle_endpoint_url = ?1, profile = ?2, endpoint_spiffe_id = ?3 \
-                 WHERE trust_domain = ?4",
-                params![relationship.bundle_endpoint_url, profile, endpoint, relationship.trust_domain.name()],
+                "UPDATE federation_relationships SET bundle_endpoint_url = ?1, profile = ?2, endpoint_spiffe_id = ?3, \
+                 managed_by = ?5 WHERE trust_domain = ?4",
+                params![
+                    relationship.bundle_endpoint_url,
+                    profile,
+                    endpoint,
+                    relationship.trust_domain.name(),
+                    relationship.managed_by
+                ],
             )?;
             if changed == 0 {
                 return Err(DatastoreError::NotFound(format!(
@@ -1058,11 +1077,11 @@ impl Datastore for SqliteDatastore {
         self.run(|conn| {
             let sql = format!("SELECT {RELATIONSHIP_COLUMNS} FROM federation_relationships ORDER BY trust_domain");
             let mut stmt = conn.prepare_cached(&sql)?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
             let mut out = Vec::new();
             for row in rows {
-                let (td, url, profile, endpoint) = row?;
-                out.push(decode_relationship(td, url, profile, endpoint)?);
+                let (td, url, profile, endpoint, managed_by) = row?;
+                out.push(decode_relationship(td, url, profile, endpoint, managed_by)?);
             }
             Ok(out)
         })
@@ -1185,6 +1204,7 @@ mod tests {
             profile: BundleEndpointProfile::HttpsSpiffe {
                 endpoint_spiffe_id: SpiffeId::new("spiffe://partner.test/spire/server").unwrap(),
             },
+            managed_by: "sigil-operator/test".into(),
         };
         let bundle = Bundle { x509_authorities: vec![vec![7]], ..Bundle::new(td.clone()) };
         ds.create_federation_relationship(rel.clone(), Some(bundle.clone())).await.unwrap();

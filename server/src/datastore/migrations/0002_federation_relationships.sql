@@ -8,5 +8,7 @@ CREATE TABLE federation_relationships (
     bundle_endpoint_url TEXT    NOT NULL,
     profile             TEXT    NOT NULL CHECK (profile IN ('https_web', 'https_spiffe')),
     endpoint_spiffe_id  TEXT    NOT NULL,
+    -- Who manages the row ('' = made by hand); see FederationRelationship.managed_by in admin.proto.
+    managed_by          TEXT    NOT NULL DEFAULT '',
     CHECK ((profile = 'https_web') = (endpoint_spiffe_id = ''))
 ) WITHOUT ROWID;
