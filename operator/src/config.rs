@@ -94,8 +94,8 @@ pub struct HealthConfig {
 impl FileConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
-        let text =
-            std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: shown.clone(), reason: e.to_string() })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Read { path: shown.clone(), reason: e.to_string() })?;
         serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse { path: shown, reason: e.to_string() })
     }
 }
@@ -183,16 +183,18 @@ impl OperatorConfig {
         }
         let parent = file.parent_id_template.unwrap_or_else(|| DEFAULT_PARENT_ID_TEMPLATE.to_string());
         let parent_id_template = Template::parse(&parent).map_err(|e| field("parentIDTemplate", e))?;
-        let patterns = file
-            .ignore_namespaces
-            .unwrap_or_else(|| DEFAULT_IGNORE_NAMESPACES.iter().map(|s| s.to_string()).collect());
+        let patterns =
+            file.ignore_namespaces.unwrap_or_else(|| DEFAULT_IGNORE_NAMESPACES.iter().map(|s| s.to_string()).collect());
         let ignore_namespaces = patterns
             .iter()
             .map(|p| regex::Regex::new(&format!("^(?:{p})$")).map_err(|e| field("ignoreNamespaces", e)))
             .collect::<Result<Vec<_>, _>>()?;
         let entry_id_prefix = match file.entry_id_prefix {
             Some(p) => p,
-            None => format!("sigil.{}.", cluster_name.chars().map(|c| if is_entry_id_char(c) { c } else { '_' }).collect::<String>()),
+            None => format!(
+                "sigil.{}.",
+                cluster_name.chars().map(|c| if is_entry_id_char(c) { c } else { '_' }).collect::<String>()
+            ),
         };
         if entry_id_prefix.is_empty() {
             return Err(field("entryIDPrefix", "must not be empty: it is how the operator knows its own entries"));
@@ -366,7 +368,8 @@ reconcile:
 
     #[test]
     fn cluster_domain_is_detected_from_resolv_conf() {
-        let resolv = "search default.svc.k8s.example svc.k8s.example k8s.example\nnameserver 10.96.0.10\noptions ndots:5\n";
+        let resolv =
+            "search default.svc.k8s.example svc.k8s.example k8s.example\nnameserver 10.96.0.10\noptions ndots:5\n";
         assert_eq!(detect_cluster_domain(resolv).as_deref(), Some("k8s.example"));
         assert_eq!(detect_cluster_domain("nameserver 1.1.1.1\n"), None);
         let c = OperatorConfig::resolve(minimal(), Overrides::default(), Some(resolv)).unwrap();
@@ -375,7 +378,8 @@ reconcile:
 
     #[test]
     fn bad_values_name_the_field() {
-        let cases: Vec<(Box<dyn Fn(&mut FileConfig)>, &str)> = vec![
+        type Mutate = Box<dyn Fn(&mut FileConfig)>;
+        let cases: Vec<(Mutate, &str)> = vec![
             (Box::new(|f| f.trust_domain = None), "trustDomain: required"),
             (Box::new(|f| f.trust_domain = Some("Bad Domain".into())), "trustDomain:"),
             (Box::new(|f| f.cluster_name = None), "clusterName: required"),
@@ -392,10 +396,7 @@ reconcile:
                 }),
                 "leaderElection.resourceNamespace: required",
             ),
-            (
-                Box::new(|f| f.metrics = Some(BindConfig { bind_address: Some("nope".into()) })),
-                "metrics.bindAddress:",
-            ),
+            (Box::new(|f| f.metrics = Some(BindConfig { bind_address: Some("nope".into()) })), "metrics.bindAddress:"),
         ];
         for (mutate, want) in cases {
             let mut f = minimal();

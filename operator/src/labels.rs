@@ -122,7 +122,8 @@ mod tests {
 
     #[test]
     fn selector_table() {
-        let cases: Vec<(&str, Option<LabelSelector>, &[(&str, &str)], bool)> = vec![
+        type Case<'a> = (&'a str, Option<LabelSelector>, &'a [(&'a str, &'a str)], bool);
+        let cases: Vec<Case> = vec![
             ("missing selector matches all", None, &[("a", "1")], true),
             ("empty selector matches all", Some(sel(&[], vec![])), &[], true),
             ("matchLabels hit", Some(sel(&[("app", "web")], vec![])), &[("app", "web"), ("x", "y")], true),

@@ -8,7 +8,9 @@
 
 pub mod compile;
 pub mod config;
+pub mod controller;
 pub mod crd;
+pub mod federation;
 pub mod labels;
 pub mod metrics;
 pub mod server_client;

@@ -16,8 +16,6 @@ pub const WRITE_BATCH: usize = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to the server's admin socket {path}: {reason}")]
-    Connect { path: String, reason: String },
     #[error("admin API {call}: {status}")]
     Rpc { call: &'static str, status: String },
     #[error("the server returned an entry the operator can't read: {0}")]
@@ -32,7 +30,7 @@ fn rpc(call: &'static str) -> impl FnOnce(tonic::Status) -> ClientError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum WriteResult {
     /// The entry as the server stored it (create/update), or `None` for a delete.
-    Ok(Option<RegistrationEntry>),
+    Ok(Option<Box<RegistrationEntry>>),
     /// gRPC code and message.
     Failed { code: i32, message: String },
 }
@@ -44,16 +42,14 @@ pub struct AdminClient {
 
 impl AdminClient {
     /// Connects lazily: the socket is dialled on first use and redialled after failures.
-    pub fn new(socket: &Path) -> Result<Self, ClientError> {
+    pub fn new(socket: &Path) -> Self {
         let path: PathBuf = socket.to_owned();
-        let shown = path.display().to_string();
-        let channel = Endpoint::from_static("http://sigil-admin")
-            .connect_with_connector_lazy(tower::service_fn(move |_| {
+        let channel =
+            Endpoint::from_static("http://sigil-admin").connect_with_connector_lazy(tower::service_fn(move |_| {
                 let path = path.clone();
                 async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
             }));
-        let _ = shown;
-        Ok(Self { channel })
+        Self { channel }
     }
 
     pub fn channel(&self) -> Channel {
@@ -125,7 +121,7 @@ impl AdminClient {
 fn result(status: Option<apb::Status>, entry: Option<tpb::Entry>) -> Result<WriteResult, ClientError> {
     match status {
         Some(s) if s.code != 0 => Ok(WriteResult::Failed { code: s.code, message: s.message }),
-        _ => Ok(WriteResult::Ok(entry.as_ref().map(entry_from_pb).transpose()?)),
+        _ => Ok(WriteResult::Ok(entry.as_ref().map(entry_from_pb).transpose()?.map(Box::new))),
     }
 }
 
@@ -134,7 +130,11 @@ pub fn entry_to_pb(e: &RegistrationEntry) -> tpb::Entry {
         id: e.id.clone(),
         spiffe_id: e.spiffe_id.to_string(),
         parent_id: e.parent_id.to_string(),
-        selectors: e.selectors.iter().map(|s| tpb::Selector { r#type: s.kind().into(), value: s.value().into() }).collect(),
+        selectors: e
+            .selectors
+            .iter()
+            .map(|s| tpb::Selector { r#type: s.kind().into(), value: s.value().into() })
+            .collect(),
         x509_svid_ttl: i32::try_from(e.x509_svid_ttl).unwrap_or(i32::MAX),
         jwt_svid_ttl: i32::try_from(e.jwt_svid_ttl).unwrap_or(i32::MAX),
         dns_names: e.dns_names.clone(),

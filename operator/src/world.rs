@@ -854,7 +854,8 @@ mod tests {
         }
     }
 
-    const SA_TEMPLATE: &str = "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}";
+    const SA_TEMPLATE: &str =
+        "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}";
 
     fn world_with_pod() -> World {
         let mut w = World::new(settings());
@@ -956,13 +957,12 @@ mod tests {
         let mut w = World::new(settings());
         w.upsert_node(node("n1", "u1"));
         let mut p = policy("team-a", SA_TEMPLATE);
-        p.namespace_selector = LabelMatcher::from_selector(Some(
-            &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+        p.namespace_selector =
+            LabelMatcher::from_selector(Some(&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
                 match_labels: Some(labels(&[("team", "a")])),
                 match_expressions: None,
-            },
-        ))
-        .unwrap();
+            }))
+            .unwrap();
         w.upsert_policy(p);
         w.upsert_namespace(ns("apps", &[("team", "b")]));
         w.upsert_pod(pod("p1", "apps", "web", Some("n1"), &[]));
@@ -1010,13 +1010,12 @@ mod tests {
         fb.fallback = true;
         w.upsert_policy(fb);
         let mut web = policy("web", "spiffe://example.org/web/{{ .PodMeta.Name }}");
-        web.pod_selector = LabelMatcher::from_selector(Some(
-            &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+        web.pod_selector =
+            LabelMatcher::from_selector(Some(&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
                 match_labels: Some(labels(&[("app", "web")])),
                 match_expressions: None,
-            },
-        ))
-        .unwrap();
+            }))
+            .unwrap();
         w.upsert_policy(web);
         w.upsert_pod(pod("p1", "apps", "a", Some("n1"), &[("app", "web")]));
         w.upsert_pod(pod("p2", "apps", "b", Some("n1"), &[("app", "db")]));
@@ -1168,7 +1167,8 @@ mod tests {
         with_fed.federates_with = vec![td.clone(), td2.clone()];
         let mut with_fed_rev = base.clone();
         with_fed_rev.federates_with = vec![td2, td];
-        let cases: Vec<(&str, Box<dyn Fn(&mut RegistrationEntry)>, bool)> = vec![
+        type Mutate = Box<dyn Fn(&mut RegistrationEntry)>;
+        let cases: Vec<(&str, Mutate, bool)> = vec![
             ("identical", Box::new(|_| {}), false),
             ("revision only", Box::new(|e| e.revision = 9), false),
             ("created_at only", Box::new(|e| e.created_at = 9), false),

@@ -1,0 +1,827 @@
+//! The I/O edge: Kubernetes watches feed the [`World`], the leader writes the resulting entry changes to the
+//! server and the CR statuses back to Kubernetes.
+//!
+//! One task owns the world. Watch tasks send it [`Update`]s; it applies whatever is queued, then (once every
+//! watch has delivered its initial list, and only while it holds the lease) writes the plan for the dirty
+//! entry IDs. A periodic full pass lists the server's entries under our prefix and repairs any drift.
+//! Nothing is ever deleted before every initial list has arrived, so a restart never drops entries.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Node as K8sNode, ObjectReference, Pod as K8sPod};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use sigil_core::RegistrationEntry;
+use tokio::sync::{mpsc, watch};
+
+use crate::compile;
+use crate::config::OperatorConfig;
+use crate::crd::{ClusterFederatedTrustDomain, ClusterSPIFFEID, ClusterStaticEntry};
+use crate::federation::FederationState;
+use crate::metrics::{Health, Metrics, labels};
+use crate::server_client::{AdminClient, WRITE_BATCH, WriteResult};
+use crate::world::{self, Plan, World};
+
+/// gRPC codes the reconciler reacts to.
+const CODE_NOT_FOUND: i32 = 5;
+const CODE_ALREADY_EXISTS: i32 = 6;
+
+/// The kinds of watch; the controller waits for the initial list of each one it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Namespace,
+    Node,
+    Pod,
+    EndpointSlice,
+    ClusterSpiffeId,
+    ClusterStaticEntry,
+    ClusterFederatedTrustDomain,
+}
+
+/// A change seen by a watch.
+#[derive(Debug)]
+pub enum Update {
+    Namespace(world::Namespace),
+    NamespaceGone(String),
+    Node(world::Node),
+    NodeGone(String),
+    Pod(Box<world::Pod>),
+    PodGone(String),
+    Slice { key: String, namespace: String, service: String, pod_uids: BTreeSet<String> },
+    SliceGone(String),
+    Policy(Box<ClusterSPIFFEID>),
+    PolicyGone(String),
+    Static(Box<ClusterStaticEntry>),
+    StaticGone(String),
+    Federation(Box<ClusterFederatedTrustDomain>),
+    FederationGone(String),
+    Synced(Kind),
+}
+
+// ----- converting watched objects -----
+
+fn strip_meta(mut meta: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Value {
+    // Big and never useful in templates; dropping them keeps memory low at 10k+ pods.
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    serde_json::to_value(&meta).unwrap_or(Value::Null)
+}
+
+fn pod_from_k8s(p: K8sPod) -> Option<world::Pod> {
+    let uid = p.metadata.uid.clone()?;
+    let namespace = p.metadata.namespace.clone()?;
+    let name = p.metadata.name.clone()?;
+    let labels = p.metadata.labels.clone().unwrap_or_default().into_iter().collect();
+    let node_name = p.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty());
+    let spec = serde_json::to_value(&p.spec).unwrap_or(Value::Null);
+    Some(world::Pod { uid, namespace, name, node_name, labels, meta: strip_meta(p.metadata), spec })
+}
+
+fn node_from_k8s(n: K8sNode) -> Option<world::Node> {
+    let name = n.metadata.name.clone()?;
+    let mut meta = n.metadata;
+    // Heartbeats bump the resourceVersion; without it an unchanged node compares equal and re-renders nothing.
+    meta.resource_version = None;
+    let spec = serde_json::to_value(&n.spec).unwrap_or(Value::Null);
+    Some(world::Node { name, meta: strip_meta(meta), spec })
+}
+
+fn slice_update(s: EndpointSlice) -> Option<(String, Update)> {
+    let namespace = s.metadata.namespace.clone()?;
+    let key = format!("{namespace}/{}", s.metadata.name.clone()?);
+    let service = s.metadata.labels.as_ref()?.get("kubernetes.io/service-name")?.clone();
+    let pod_uids = s
+        .endpoints
+        .iter()
+        .filter_map(|e| e.target_ref.as_ref())
+        .filter(|r| r.kind.as_deref() == Some("Pod"))
+        .filter_map(|r| r.uid.clone())
+        .collect();
+    Some((key.clone(), Update::Slice { key, namespace, service, pod_uids }))
+}
+
+/// Runs a watch forever, turning its events into updates. Relists after a disconnect remove what vanished.
+/// How one kind of object becomes updates: its key, its update, and the update when it is gone.
+struct Mapping<K> {
+    key: fn(&K) -> Option<String>,
+    apply: fn(K) -> Option<Update>,
+    gone: fn(String) -> Update,
+}
+
+fn spawn_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    kind: Kind,
+    tx: mpsc::Sender<Update>,
+    metrics: Metrics,
+    Mapping { key, apply, gone }: Mapping<K>,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut known: BTreeSet<String> = BTreeSet::new();
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+        let mut synced = false;
+        while let Some(ev) = stream.next().await {
+            let mut out = vec![];
+            match ev {
+                Ok(Event::Init) => seen.clear(),
+                Ok(Event::InitApply(o)) => {
+                    if let Some(k) = key(&o) {
+                        seen.insert(k);
+                    }
+                    out.extend(apply(o));
+                }
+                Ok(Event::InitDone) => {
+                    for k in known.difference(&seen) {
+                        out.push(gone(k.clone()));
+                    }
+                    known = std::mem::take(&mut seen);
+                    if !synced {
+                        synced = true;
+                        out.push(Update::Synced(kind));
+                    }
+                }
+                Ok(Event::Apply(o)) => {
+                    if let Some(k) = key(&o) {
+                        known.insert(k);
+                    }
+                    out.extend(apply(o));
+                }
+                Ok(Event::Delete(o)) => {
+                    if let Some(k) = key(&o) {
+                        known.remove(&k);
+                        out.push(gone(k));
+                    }
+                }
+                Err(e) => {
+                    metrics.error("watch");
+                    tracing::warn!(?kind, error = %e, "watch error; retrying with backoff");
+                }
+            }
+            for u in out {
+                if tx.send(u).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+}
+
+fn name_key<K: Resource>(o: &K) -> Option<String> {
+    o.meta().name.clone()
+}
+
+fn uid_key<K: Resource>(o: &K) -> Option<String> {
+    o.meta().uid.clone()
+}
+
+fn ns_slice_key(s: &EndpointSlice) -> Option<String> {
+    Some(format!("{}/{}", s.metadata.namespace.as_deref()?, s.metadata.name.as_deref()?))
+}
+
+/// Starts the watches the configuration asks for; returns the kinds to wait for.
+pub fn start_watches(
+    client: &Client,
+    config: &OperatorConfig,
+    tx: &mpsc::Sender<Update>,
+    m: &Metrics,
+) -> BTreeSet<Kind> {
+    // Lists come from the API server's watch cache (resourceVersion=0): fast, and no load on etcd.
+    let wc = || watcher::Config::default().any_semantic();
+    let mut kinds = BTreeSet::new();
+    let r = config.reconcile;
+    if r.cluster_spiffe_ids {
+        spawn_watch(
+            Api::<K8sNamespace>::all(client.clone()),
+            wc(),
+            Kind::Namespace,
+            tx.clone(),
+            m.clone(),
+            Mapping {
+                key: name_key,
+                apply: |n| {
+                    let name = n.metadata.name?;
+                    Some(Update::Namespace(world::Namespace {
+                        name,
+                        labels: n.metadata.labels.unwrap_or_default().into_iter().collect(),
+                    }))
+                },
+                gone: Update::NamespaceGone,
+            },
+        );
+        spawn_watch(
+            Api::<K8sNode>::all(client.clone()),
+            wc(),
+            Kind::Node,
+            tx.clone(),
+            m.clone(),
+            Mapping { key: name_key, apply: |n| node_from_k8s(n).map(Update::Node), gone: Update::NodeGone },
+        );
+        spawn_watch(
+            Api::<K8sPod>::all(client.clone()),
+            wc(),
+            Kind::Pod,
+            tx.clone(),
+            m.clone(),
+            Mapping {
+                key: uid_key,
+                apply: |p| pod_from_k8s(p).map(|p| Update::Pod(Box::new(p))),
+                gone: Update::PodGone,
+            },
+        );
+        spawn_watch(
+            Api::<EndpointSlice>::all(client.clone()),
+            wc(),
+            Kind::EndpointSlice,
+            tx.clone(),
+            m.clone(),
+            Mapping { key: ns_slice_key, apply: |s| slice_update(s).map(|(_, u)| u), gone: Update::SliceGone },
+        );
+        spawn_watch(
+            Api::<ClusterSPIFFEID>::all(client.clone()),
+            wc(),
+            Kind::ClusterSpiffeId,
+            tx.clone(),
+            m.clone(),
+            Mapping { key: name_key, apply: |o| Some(Update::Policy(Box::new(o))), gone: Update::PolicyGone },
+        );
+        kinds.extend([Kind::Namespace, Kind::Node, Kind::Pod, Kind::EndpointSlice, Kind::ClusterSpiffeId]);
+    }
+    if r.cluster_static_entries {
+        spawn_watch(
+            Api::<ClusterStaticEntry>::all(client.clone()),
+            wc(),
+            Kind::ClusterStaticEntry,
+            tx.clone(),
+            m.clone(),
+            Mapping { key: name_key, apply: |o| Some(Update::Static(Box::new(o))), gone: Update::StaticGone },
+        );
+        kinds.insert(Kind::ClusterStaticEntry);
+    }
+    if r.cluster_federated_trust_domains {
+        spawn_watch(
+            Api::<ClusterFederatedTrustDomain>::all(client.clone()),
+            wc(),
+            Kind::ClusterFederatedTrustDomain,
+            tx.clone(),
+            m.clone(),
+            Mapping { key: name_key, apply: |o| Some(Update::Federation(Box::new(o))), gone: Update::FederationGone },
+        );
+        kinds.insert(Kind::ClusterFederatedTrustDomain);
+    }
+    kinds
+}
+
+// ----- the reconciler -----
+
+/// Last status written per object, so unchanged statuses are not patched again.
+#[derive(Debug, Default)]
+struct StatusCache {
+    written: HashMap<(&'static str, String), Value>,
+    /// Render-failure messages already announced as Events, per ClusterSPIFFEID.
+    announced: HashMap<String, Vec<String>>,
+}
+
+pub struct Controller {
+    world: World,
+    client: AdminClient,
+    kube: Client,
+    metrics: Metrics,
+    health: Arc<Health>,
+    recorder: Recorder,
+    gc_interval: Duration,
+    /// The server's entries under our prefix, as of the last list plus our own writes since.
+    current: HashMap<String, RegistrationEntry>,
+    /// A full pass is due (startup, new leadership, a failed write, the gc interval).
+    full_due: bool,
+    first_full_done: bool,
+    waiting_for: BTreeSet<Kind>,
+    /// ClusterSPIFFEIDs and ClusterStaticEntries whose spec could not be compiled, with the reason.
+    invalid: BTreeMap<(&'static str, String), String>,
+    policies: BTreeMap<String, ClusterSPIFFEID>,
+    statics: BTreeMap<String, ClusterStaticEntry>,
+    federation: FederationState,
+    status: StatusCache,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller").field("entries", &self.current.len()).finish_non_exhaustive()
+    }
+}
+
+impl Controller {
+    pub fn new(
+        config: OperatorConfig,
+        client: AdminClient,
+        kube: Client,
+        metrics: Metrics,
+        health: Arc<Health>,
+        waiting_for: BTreeSet<Kind>,
+        identity: String,
+    ) -> Self {
+        let recorder =
+            Recorder::new(kube.clone(), Reporter { controller: "sigil-operator".into(), instance: Some(identity) });
+        let federation = FederationState::new(
+            config.settings.trust_domain.clone(),
+            config.settings.cluster_name.clone(),
+            config.reconcile.cluster_federated_trust_domains,
+        );
+        Self {
+            world: World::new(config.settings),
+            client,
+            kube,
+            metrics,
+            health,
+            recorder,
+            gc_interval: config.gc_interval,
+            current: HashMap::new(),
+            full_due: true,
+            first_full_done: false,
+            waiting_for,
+            invalid: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            statics: BTreeMap::new(),
+            federation,
+            status: StatusCache::default(),
+        }
+    }
+
+    fn apply(&mut self, u: Update) {
+        let invalid_key = |kind: &'static str, name: &str| (kind, name.to_string());
+        match u {
+            Update::Namespace(n) => self.world.upsert_namespace(n),
+            Update::NamespaceGone(n) => self.world.delete_namespace(&n),
+            Update::Node(n) => self.world.upsert_node(n),
+            Update::NodeGone(n) => self.world.delete_node(&n),
+            Update::Pod(p) => self.world.upsert_pod(*p),
+            Update::PodGone(uid) => self.world.delete_pod(&uid),
+            Update::Slice { key, namespace, service, pod_uids } => {
+                self.world.upsert_endpoint_slice(&key, &namespace, &service, pod_uids)
+            }
+            Update::SliceGone(key) => self.world.delete_endpoint_slice(&key),
+            Update::Policy(cr) => {
+                let name = cr.name_any();
+                // Our own status writes come back as events: only a spec or ownership change re-renders.
+                if self
+                    .policies
+                    .get(&name)
+                    .is_some_and(|old| same_declaration(&old.metadata, &old.spec, &cr.metadata, &cr.spec))
+                {
+                    self.policies.insert(name, *cr);
+                    return;
+                }
+                match compile::policy(&cr) {
+                    Ok(p) => {
+                        self.invalid.remove(&invalid_key("csid", &name));
+                        self.world.upsert_policy(p);
+                    }
+                    Err(e) => {
+                        tracing::warn!(clusterspiffeid = %name, error = %e, "invalid ClusterSPIFFEID; it selects nothing");
+                        self.invalid.insert(invalid_key("csid", &name), e.to_string());
+                        self.world.delete_policy(&name);
+                    }
+                }
+                self.policies.insert(name, *cr);
+            }
+            Update::PolicyGone(name) => {
+                self.invalid.remove(&invalid_key("csid", &name));
+                self.policies.remove(&name);
+                self.world.delete_policy(&name);
+            }
+            Update::Static(cr) => {
+                let name = cr.name_any();
+                if self
+                    .statics
+                    .get(&name)
+                    .is_some_and(|old| same_declaration(&old.metadata, &old.spec, &cr.metadata, &cr.spec))
+                {
+                    self.statics.insert(name, *cr);
+                    return;
+                }
+                match compile::static_entry(&cr, &self.world.settings().trust_domain) {
+                    Ok(s) => {
+                        self.invalid.remove(&invalid_key("cse", &name));
+                        self.world.upsert_static(s);
+                    }
+                    Err(e) => {
+                        tracing::warn!(clusterstaticentry = %name, error = %e, "invalid ClusterStaticEntry");
+                        self.invalid.insert(invalid_key("cse", &name), e.to_string());
+                        self.world.delete_static(&name);
+                    }
+                }
+                self.statics.insert(name, *cr);
+            }
+            Update::StaticGone(name) => {
+                self.invalid.remove(&invalid_key("cse", &name));
+                self.statics.remove(&name);
+                self.world.delete_static(&name);
+            }
+            Update::Federation(cr) => self.federation.upsert(*cr, self.world.settings()),
+            Update::FederationGone(name) => self.federation.delete(&name),
+            Update::Synced(kind) => {
+                self.waiting_for.remove(&kind);
+                if self.waiting_for.is_empty() {
+                    tracing::info!(pods = self.world.pod_count(), "all initial lists received");
+                    self.health.synced.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// The main loop; returns when `shutdown` fires.
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Update>,
+        mut leader: watch::Receiver<bool>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut gc = tokio::time::interval(self.gc_interval);
+        gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut status_tick = tokio::time::interval(Duration::from_secs(1));
+        status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut is_leader = *leader.borrow();
+        let mut status_due = false;
+        loop {
+            tokio::select! {
+                u = rx.recv() => {
+                    let Some(u) = u else { break };
+                    self.apply(u);
+                    // Take whatever else is queued, so one pass covers a burst.
+                    for _ in 0..20_000 {
+                        match rx.try_recv() {
+                            Ok(u) => self.apply(u),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = gc.tick() => self.full_due = true,
+                _ = status_tick.tick() => status_due = true,
+                r = leader.changed() => {
+                    if r.is_err() { break; }
+                    let now = *leader.borrow();
+                    if now && !is_leader {
+                        tracing::info!("became leader; running a full pass");
+                        self.full_due = true;
+                    } else if !now && is_leader {
+                        tracing::warn!("lost leadership; no more writes");
+                    }
+                    is_leader = now;
+                    self.metrics.leader.set(i64::from(is_leader));
+                }
+                _ = shutdown.changed() => break,
+            }
+            self.metrics.pods.set(self.world.pod_count() as i64);
+            if !self.waiting_for.is_empty() {
+                continue;
+            }
+            if !is_leader {
+                // The follower keeps its picture current but writes nothing; a new leader starts with a full pass.
+                self.world.take_dirty();
+                continue;
+            }
+            if self.full_due {
+                self.full_pass().await;
+            } else {
+                self.incremental_pass().await;
+            }
+            if status_due {
+                status_due = false;
+                self.write_statuses().await;
+            }
+        }
+    }
+
+    async fn incremental_pass(&mut self) {
+        let dirty = self.world.take_dirty();
+        if dirty.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let plan = world::plan(&self.world, &dirty, &self.current);
+        self.execute(plan).await;
+        self.federation_pass(false).await;
+        self.observe("incremental", started);
+    }
+
+    async fn full_pass(&mut self) {
+        let started = Instant::now();
+        self.world.take_dirty();
+        let prefix = self.world.settings().entry_id_prefix.clone();
+        match self.client.list_entries_with_prefix(&prefix).await {
+            Ok(current) => {
+                let plan = world::full_plan(&self.world, &current);
+                if self.first_full_done && !plan.is_empty() {
+                    tracing::info!(
+                        create = plan.create.len(),
+                        update = plan.update.len(),
+                        delete = plan.delete.len(),
+                        "full pass repairs drift"
+                    );
+                    self.metrics.drift_repaired.inc_by(plan.len() as u64);
+                } else if !plan.is_empty() {
+                    tracing::info!(
+                        create = plan.create.len(),
+                        update = plan.update.len(),
+                        delete = plan.delete.len(),
+                        "initial pass"
+                    );
+                }
+                self.current = current;
+                self.full_due = false;
+                self.execute(plan).await;
+                self.first_full_done = true;
+            }
+            Err(e) => {
+                self.metrics.error("list");
+                tracing::warn!(error = %e, "cannot list the server's entries; retrying at the next interval");
+            }
+        }
+        self.federation_pass(true).await;
+        self.observe("full", started);
+    }
+
+    fn observe(&self, kind: &str, started: Instant) {
+        self.metrics
+            .reconcile_seconds
+            .get_or_create(&labels(&[("kind", kind)]))
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.entries.set(self.current.len() as i64);
+    }
+
+    fn count_write(&self, op: &str, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.metrics.entry_writes.get_or_create(&labels(&[("op", op), ("result", result)])).inc();
+    }
+
+    async fn execute(&mut self, plan: Plan) {
+        for chunk in plan.delete.chunks(WRITE_BATCH) {
+            match self.client.delete(chunk).await {
+                Ok(results) => {
+                    for (id, r) in chunk.iter().zip(results) {
+                        match r {
+                            WriteResult::Failed { code, message } if code != CODE_NOT_FOUND => {
+                                self.count_write("delete", false);
+                                self.world.record_write(id, Some(message));
+                            }
+                            _ => {
+                                self.count_write("delete", true);
+                                self.current.remove(id);
+                                self.world.record_write(id, None);
+                            }
+                        }
+                    }
+                }
+                Err(e) => self.write_failed("delete", &e),
+            }
+        }
+        for chunk in plan.create.chunks(WRITE_BATCH) {
+            match self.client.create(chunk).await {
+                Ok(results) => {
+                    for (e, r) in chunk.iter().zip(results) {
+                        match r {
+                            WriteResult::Ok(stored) => {
+                                self.count_write("create", true);
+                                self.world.record_write(&e.id, None);
+                                self.current.insert(e.id.clone(), stored.map_or_else(|| e.clone(), |s| *s));
+                            }
+                            WriteResult::Failed { code, message } => {
+                                self.count_write("create", false);
+                                if code == CODE_ALREADY_EXISTS && message.contains(&e.id) {
+                                    // Someone (an earlier leader) made it already: relist and compare.
+                                    self.full_due = true;
+                                } else {
+                                    tracing::warn!(entry = %e.id, spiffe_id = %e.spiffe_id, error = %message, "create refused");
+                                    self.world.record_write(&e.id, Some(message));
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => self.write_failed("create", &e),
+            }
+        }
+        for chunk in plan.update.chunks(WRITE_BATCH) {
+            match self.client.update(chunk).await {
+                Ok(results) => {
+                    for (e, r) in chunk.iter().zip(results) {
+                        match r {
+                            WriteResult::Ok(stored) => {
+                                self.count_write("update", true);
+                                self.world.record_write(&e.id, None);
+                                self.current.insert(e.id.clone(), stored.map_or_else(|| e.clone(), |s| *s));
+                            }
+                            WriteResult::Failed { code, message } => {
+                                self.count_write("update", false);
+                                if code == CODE_NOT_FOUND {
+                                    self.full_due = true;
+                                } else {
+                                    tracing::warn!(entry = %e.id, error = %message, "update refused");
+                                    self.world.record_write(&e.id, Some(message));
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => self.write_failed("update", &e),
+            }
+        }
+    }
+
+    fn write_failed(&mut self, op: &str, e: &dyn std::fmt::Display) {
+        self.metrics.error("write");
+        self.count_write(op, false);
+        tracing::warn!(op, error = %e, "admin API write failed; a full pass will retry");
+        self.full_due = true;
+    }
+
+    async fn federation_pass(&mut self, full: bool) {
+        if !self.federation.enabled() || !(full || self.federation.is_dirty()) {
+            return;
+        }
+        if let Err(e) = self.federation.reconcile(&self.client, full).await {
+            self.metrics.error("federation");
+            tracing::warn!(error = %e, "federation relationships: will retry");
+        }
+    }
+
+    // ----- status -----
+
+    async fn patch_status<K>(&mut self, short: &'static str, name: &str, status: Value)
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    {
+        let key = (short, name.to_string());
+        if self.status.written.get(&key) == Some(&status) {
+            return;
+        }
+        let api: Api<K> = Api::all(self.kube.clone());
+        let patch = json!({ "status": status });
+        match api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => {
+                self.status.written.insert(key, status);
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => {
+                self.metrics.error("status");
+                tracing::debug!(%name, error = %e, "status patch failed; will retry");
+            }
+        }
+    }
+
+    async fn write_statuses(&mut self) {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let mut failures_total = 0u64;
+        let names: Vec<String> = self.policies.keys().cloned().collect();
+        for name in names {
+            let Some(cr) = self.policies.get(&name) else { continue };
+            let generation = cr.metadata.generation;
+            let previous = cr.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+            let (stats, ready) = match self.invalid.get(&("csid", name.clone())) {
+                Some(reason) => (world::PolicyStats::default(), Err(("InvalidSpec", reason.clone()))),
+                None => {
+                    let st = self.world.policy_stats(&name);
+                    let ready = if st.pod_entry_render_failures > 0 {
+                        Err((
+                            "RenderFailed",
+                            format!(
+                                "{} pod entries failed to render, e.g. {}",
+                                st.pod_entry_render_failures,
+                                st.render_failure_samples.first().cloned().unwrap_or_default()
+                            ),
+                        ))
+                    } else if st.entry_failures > 0 {
+                        Err(("EntryWriteFailed", format!("{} entries were refused by the server", st.entry_failures)))
+                    } else {
+                        Ok(format!("{} entries set, {} masked", st.entries_to_set, st.entries_masked))
+                    };
+                    (st, ready)
+                }
+            };
+            failures_total += stats.pod_entry_render_failures;
+            self.announce_failures(&name, &stats.render_failure_samples, cr.object_ref(&())).await;
+            let status = json!({
+                "stats": {
+                    "namespacesSelected": stats.namespaces_selected,
+                    "namespacesIgnored": stats.namespaces_ignored,
+                    "podsSelected": stats.pods_selected,
+                    "podEntryRenderFailures": stats.pod_entry_render_failures,
+                    "entriesMasked": stats.entries_masked,
+                    "entriesToSet": stats.entries_to_set,
+                    "entryFailures": stats.entry_failures,
+                },
+                "conditions": [ready_condition(&previous, generation, ready, now)],
+            });
+            self.patch_status::<ClusterSPIFFEID>("csid", &name, status).await;
+        }
+        self.metrics.render_failures.set(failures_total as i64);
+        let names: Vec<String> = self.statics.keys().cloned().collect();
+        for name in names {
+            let Some(cr) = self.statics.get(&name) else { continue };
+            let generation = cr.metadata.generation;
+            let previous = cr.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+            let (st, ready) = match self.invalid.get(&("cse", name.clone())) {
+                Some(reason) => (world::StaticStats::default(), Err(("InvalidSpec", reason.clone()))),
+                None => {
+                    let st = self.world.static_stats(&name);
+                    let ready = if let Some(f) = &st.failure {
+                        Err(("EntryWriteFailed", f.clone()))
+                    } else if st.masked {
+                        Err(("Masked", "an older object declares the same entry".to_string()))
+                    } else if !st.rendered {
+                        Err(("NotOurClass", "className does not match this operator".to_string()))
+                    } else {
+                        Ok("entry set".to_string())
+                    };
+                    (st, ready)
+                }
+            };
+            let status = json!({
+                "rendered": st.rendered,
+                "masked": st.masked,
+                "set": st.set,
+                "conditions": [ready_condition(&previous, generation, ready, now)],
+            });
+            self.patch_status::<ClusterStaticEntry>("cse", &name, status).await;
+        }
+        for s in self.federation.statuses() {
+            let status = json!({ "conditions": [ready_condition(&s.conditions, s.generation, s.ready, now)] });
+            self.patch_status::<ClusterFederatedTrustDomain>("cftd", &s.name, status).await;
+        }
+    }
+
+    /// A Warning Event when the set of render failures of a ClusterSPIFFEID changes (not on every pass).
+    async fn announce_failures(&mut self, name: &str, samples: &[String], reference: ObjectReference) {
+        let before = self.status.announced.get(name).cloned().unwrap_or_default();
+        if before == samples {
+            return;
+        }
+        self.status.announced.insert(name.to_string(), samples.to_vec());
+        if samples.is_empty() {
+            return;
+        }
+        let ev = KubeEvent {
+            type_: EventType::Warning,
+            reason: "RenderFailed".into(),
+            note: Some(samples.join("; ").chars().take(1000).collect()),
+            action: "Render".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &reference).await {
+            tracing::debug!(error = %e, "cannot publish event");
+        }
+    }
+}
+
+/// Whether two versions of a CR declare the same thing (same spec, same ownership rank).
+fn same_declaration<S: serde::Serialize>(
+    a: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    a_spec: &S,
+    b: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    b_spec: &S,
+) -> bool {
+    compile::rank(a) == compile::rank(b) && serde_json::to_value(a_spec).ok() == serde_json::to_value(b_spec).ok()
+}
+
+/// The `Ready` condition, keeping lastTransitionTime when the status did not change.
+pub fn ready_condition(
+    previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    generation: Option<i64>,
+    ready: Result<String, (&'static str, String)>,
+    now: k8s_openapi::jiff::Timestamp,
+) -> Value {
+    let (status, reason, message) = match ready {
+        Ok(m) => ("True", "Reconciled", m),
+        Err((reason, m)) => ("False", reason, m),
+    };
+    let last = previous
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == status)
+        .map(|c| c.last_transition_time.0)
+        .unwrap_or(now);
+    // metav1.Time has second precision; a finer value would make every comparison with our cache differ.
+    let last = last.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    json!({
+        "type": "Ready",
+        "status": status,
+        "reason": reason,
+        "message": message.chars().take(32_000).collect::<String>(),
+        "observedGeneration": generation.unwrap_or(0),
+        "lastTransitionTime": last,
+    })
+}

@@ -1,0 +1,362 @@
+//! ClusterFederatedTrustDomain -> federation relationships on the server.
+//!
+//! Relationships the operator creates carry `managed_by = sigil-operator/<cluster>`; only those are ever
+//! updated or deleted, so a relationship made with the CLI is never touched (a CR naming the same trust
+//! domain reports a `Conflict` condition instead). Several CRs naming one trust domain: the oldest wins,
+//! the others report `Masked`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::ResourceExt;
+use sigil_core::bundle::Bundle;
+use sigil_core::{SpiffeId, TrustDomain};
+use sigil_proto::admin as apb;
+use sigil_proto::admin::trust_domains_client::TrustDomainsClient;
+use sigil_proto::types as tpb;
+
+use crate::compile::rank;
+use crate::crd::ClusterFederatedTrustDomain;
+use crate::server_client::{AdminClient, ClientError};
+use crate::world::{Rank, Settings};
+
+/// A relationship as one CR declares it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    pub trust_domain: TrustDomain,
+    pub bundle_endpoint_url: String,
+    /// `None` = https_web.
+    pub endpoint_spiffe_id: Option<SpiffeId>,
+    pub bundle: Option<tpb::Bundle>,
+}
+
+/// Checks what the schema can't: a valid trust domain other than ours, an https URL with a host and no
+/// user info, the endpoint ID for https_spiffe, a bundle that parses.
+pub fn compile(cr: &ClusterFederatedTrustDomain, own: &TrustDomain) -> Result<Desired, String> {
+    let s = &cr.spec;
+    let trust_domain = s.trust_domain().map_err(|e| e.to_string())?;
+    if &trust_domain == own {
+        return Err(format!("trustDomain: {trust_domain} is this server's own trust domain"));
+    }
+    let url = url::Url::parse(&s.bundle_endpoint_url).map_err(|e| format!("bundleEndpointURL: {e}"))?;
+    if url.scheme() != "https" {
+        return Err("bundleEndpointURL: scheme must be https".into());
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("bundleEndpointURL: needs a host".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("bundleEndpointURL: must not contain user info".into());
+    }
+    let endpoint_spiffe_id = s.endpoint_spiffe_id().map_err(|e| e.to_string())?;
+    let bundle = match s.trust_domain_bundle.as_deref().filter(|b| !b.trim().is_empty()) {
+        None => None,
+        Some(text) => {
+            let b = Bundle::from_jwks_json(trust_domain.clone(), text.as_bytes())
+                .map_err(|e| format!("trustDomainBundle: {e}"))?;
+            Some(bundle_to_pb(&b))
+        }
+    };
+    Ok(Desired { trust_domain, bundle_endpoint_url: s.bundle_endpoint_url.clone(), endpoint_spiffe_id, bundle })
+}
+
+fn bundle_to_pb(b: &Bundle) -> tpb::Bundle {
+    tpb::Bundle {
+        trust_domain: b.trust_domain.name().to_owned(),
+        x509_authorities: b.x509_authorities.clone(),
+        jwt_authorities: b
+            .jwt_authorities
+            .iter()
+            .map(|a| tpb::JwtKey {
+                key_id: a.key_id.clone(),
+                public_key: a.public_key_spki_der.clone(),
+                expires_at: a.expires_at,
+            })
+            .collect(),
+        sequence_number: b.sequence,
+        refresh_hint: b.refresh_hint_secs.map_or(0, |s| i64::try_from(s).unwrap_or(i64::MAX)),
+    }
+}
+
+fn to_pb(d: &Desired, marker: &str) -> apb::FederationRelationship {
+    apb::FederationRelationship {
+        trust_domain: d.trust_domain.name().to_owned(),
+        bundle_endpoint_url: d.bundle_endpoint_url.clone(),
+        profile: Some(match &d.endpoint_spiffe_id {
+            None => apb::federation_relationship::Profile::HttpsWeb(apb::HttpsWebProfile {}),
+            Some(id) => apb::federation_relationship::Profile::HttpsSpiffe(apb::HttpsSpiffeProfile {
+                endpoint_spiffe_id: id.to_string(),
+            }),
+        }),
+        trust_domain_bundle: d.bundle.clone(),
+        managed_by: marker.to_owned(),
+    }
+}
+
+fn same_authorities(a: Option<&tpb::Bundle>, b: Option<&tpb::Bundle>) -> bool {
+    let key = |b: &tpb::Bundle| {
+        let mut x = b.x509_authorities.clone();
+        x.sort();
+        let mut j: Vec<(String, Vec<u8>)> =
+            b.jwt_authorities.iter().map(|k| (k.key_id.clone(), k.public_key.clone())).collect();
+        j.sort();
+        (x, j)
+    };
+    match (a, b) {
+        (Some(a), Some(b)) => key(a) == key(b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// Whether the server's relationship must be rewritten to match the desired one.
+pub fn differs(current: &apb::FederationRelationship, desired: &apb::FederationRelationship) -> bool {
+    current.bundle_endpoint_url != desired.bundle_endpoint_url
+        || current.profile != desired.profile
+        // Only a bundle the CR states is compared: the server refreshes bundles on its own.
+        || (desired.trust_domain_bundle.is_some()
+            && !same_authorities(current.trust_domain_bundle.as_ref(), desired.trust_domain_bundle.as_ref()))
+}
+
+/// What to write, and what each CR's condition says.
+#[derive(Debug, Default, PartialEq)]
+pub struct FederationPlan {
+    pub create: Vec<apb::FederationRelationship>,
+    pub update: Vec<apb::FederationRelationship>,
+    pub delete: Vec<String>,
+    /// CR name -> Ok(message) or Err((reason, message)); `Ok` is provisional until the write succeeds.
+    pub outcome: BTreeMap<String, Result<String, (&'static str, String)>>,
+}
+
+/// One CR as the plan sees it.
+#[derive(Debug, Clone)]
+pub struct Declared {
+    pub name: String,
+    pub rank: Rank,
+    pub desired: Result<Desired, String>,
+}
+
+/// Pure: the declared relationships against everything the server holds.
+pub fn plan(declared: &[Declared], server: &[apb::FederationRelationship], marker: &str) -> FederationPlan {
+    let mut out = FederationPlan::default();
+    let mut winners: BTreeMap<String, &Declared> = BTreeMap::new();
+    for d in declared {
+        match &d.desired {
+            Err(e) => {
+                out.outcome.insert(d.name.clone(), Err(("InvalidSpec", e.clone())));
+            }
+            Ok(desired) => {
+                let td = desired.trust_domain.name().to_owned();
+                match winners.get(&td) {
+                    Some(w) if (&w.rank, &w.name) <= (&d.rank, &d.name) => {
+                        out.outcome.insert(
+                            d.name.clone(),
+                            Err(("Masked", format!("{} declares trust domain {td} too and is older", w.name))),
+                        );
+                    }
+                    prev => {
+                        if let Some(loser) = prev {
+                            out.outcome.insert(
+                                loser.name.clone(),
+                                Err(("Masked", format!("{} declares trust domain {td} too and is older", d.name))),
+                            );
+                        }
+                        winners.insert(td, d);
+                    }
+                }
+            }
+        }
+    }
+    let by_td: BTreeMap<&str, &apb::FederationRelationship> =
+        server.iter().map(|r| (r.trust_domain.as_str(), r)).collect();
+    for (td, d) in &winners {
+        let Ok(desired) = &d.desired else { continue };
+        let want = to_pb(desired, marker);
+        match by_td.get(td.as_str()) {
+            None => {
+                out.create.push(want);
+                out.outcome.insert(d.name.clone(), Ok(format!("federation relationship with {td} created")));
+            }
+            Some(cur) if cur.managed_by != marker => {
+                out.outcome.insert(
+                    d.name.clone(),
+                    Err((
+                        "Conflict",
+                        format!("the server already has a relationship with {td} that this operator did not create; it is left alone"),
+                    )),
+                );
+            }
+            Some(cur) => {
+                if differs(cur, &want) {
+                    out.update.push(want);
+                }
+                out.outcome.insert(d.name.clone(), Ok(format!("federation relationship with {td} set")));
+            }
+        }
+    }
+    for r in server {
+        if r.managed_by == marker && !winners.contains_key(&r.trust_domain) {
+            out.delete.push(r.trust_domain.clone());
+        }
+    }
+    out
+}
+
+/// What a ClusterFederatedTrustDomain's status should say.
+#[derive(Debug, Clone)]
+pub struct CrStatus {
+    pub name: String,
+    /// The conditions it has now (to keep lastTransitionTime).
+    pub conditions: Vec<Condition>,
+    pub generation: Option<i64>,
+    /// Ok(message) or Err((reason, message)).
+    pub ready: Result<String, (&'static str, String)>,
+}
+
+/// The controller's federation side: CRs, last outcome per CR, and whether anything changed.
+#[derive(Debug)]
+pub struct FederationState {
+    own: TrustDomain,
+    marker: String,
+    enabled: bool,
+    crs: BTreeMap<String, (Declared, Option<i64>, Vec<Condition>)>,
+    outcome: BTreeMap<String, Result<String, (&'static str, String)>>,
+    dirty: bool,
+}
+
+impl FederationState {
+    pub fn new(own: TrustDomain, cluster_name: String, enabled: bool) -> Self {
+        Self {
+            own,
+            marker: format!("sigil-operator/{cluster_name}"),
+            enabled,
+            crs: BTreeMap::new(),
+            outcome: BTreeMap::new(),
+            dirty: true,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    pub fn upsert(&mut self, cr: ClusterFederatedTrustDomain, settings: &Settings) {
+        let name = cr.name_any();
+        if !settings.owns_class(cr.spec.class_name.as_deref()) {
+            if self.crs.remove(&name).is_some() {
+                self.dirty = true;
+            }
+            self.outcome.remove(&name);
+            return;
+        }
+        let declared = Declared { name: name.clone(), rank: rank(&cr.metadata), desired: compile(&cr, &self.own) };
+        let conditions = cr.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+        let changed =
+            self.crs.get(&name).is_none_or(|(old, _, _)| old.rank != declared.rank || old.desired != declared.desired);
+        self.crs.insert(name, (declared, cr.metadata.generation, conditions));
+        self.dirty |= changed;
+    }
+
+    pub fn delete(&mut self, name: &str) {
+        if self.crs.remove(name).is_some() {
+            self.dirty = true;
+        }
+        self.outcome.remove(name);
+    }
+
+    /// The status of every CR we own.
+    pub fn statuses(&self) -> Vec<CrStatus> {
+        self.crs
+            .iter()
+            .map(|(name, (_, generation, conditions))| CrStatus {
+                name: name.clone(),
+                conditions: conditions.clone(),
+                generation: *generation,
+                ready: self
+                    .outcome
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| Err(("Pending", "not reconciled yet".to_string()))),
+            })
+            .collect()
+    }
+
+    pub async fn reconcile(&mut self, client: &AdminClient, _full: bool) -> Result<(), ClientError> {
+        let mut api = TrustDomainsClient::new(client.channel());
+        let rpc =
+            |call: &'static str| move |s: tonic::Status| ClientError::Rpc { call, status: s.message().to_string() };
+        let mut server = vec![];
+        let mut token = String::new();
+        loop {
+            let resp = api
+                .list_federation_relationships(apb::ListFederationRelationshipsRequest {
+                    page_size: 0,
+                    page_token: token,
+                })
+                .await
+                .map_err(rpc("ListFederationRelationships"))?
+                .into_inner();
+            server.extend(resp.federation_relationships);
+            if resp.next_page_token.is_empty() {
+                break;
+            }
+            token = resp.next_page_token;
+        }
+        let declared: Vec<Declared> = self.crs.values().map(|(d, _, _)| d.clone()).collect();
+        let mut p = plan(&declared, &server, &self.marker);
+        let name_of = |td: &str| {
+            declared
+                .iter()
+                .find(|d| d.desired.as_ref().is_ok_and(|x| x.trust_domain.name() == td))
+                .map(|d| d.name.clone())
+        };
+        if !p.delete.is_empty() {
+            api.batch_delete_federation_relationship(apb::BatchDeleteFederationRelationshipRequest {
+                trust_domains: p.delete.clone(),
+            })
+            .await
+            .map_err(rpc("BatchDeleteFederationRelationship"))?;
+        }
+        if !p.create.is_empty() {
+            let results = api
+                .batch_create_federation_relationship(apb::BatchCreateFederationRelationshipRequest {
+                    federation_relationships: p.create.clone(),
+                })
+                .await
+                .map_err(rpc("BatchCreateFederationRelationship"))?
+                .into_inner()
+                .results;
+            for (r, want) in results.iter().zip(&p.create) {
+                if let Some(s) = r.status.as_ref().filter(|s| s.code != 0)
+                    && let Some(name) = name_of(&want.trust_domain)
+                {
+                    p.outcome.insert(name, Err(("WriteFailed", s.message.clone())));
+                }
+            }
+        }
+        if !p.update.is_empty() {
+            let results = api
+                .batch_update_federation_relationship(apb::BatchUpdateFederationRelationshipRequest {
+                    federation_relationships: p.update.clone(),
+                })
+                .await
+                .map_err(rpc("BatchUpdateFederationRelationship"))?
+                .into_inner()
+                .results;
+            for (r, want) in results.iter().zip(&p.update) {
+                if let Some(s) = r.status.as_ref().filter(|s| s.code != 0)
+                    && let Some(name) = name_of(&want.trust_domain)
+                {
+                    p.outcome.insert(name, Err(("WriteFailed", s.message.clone())));
+                }
+            }
+        }
+        self.outcome = p.outcome;
+        self.dirty = false;
+        Ok(())
+    }
+}
