@@ -360,3 +360,90 @@ impl FederationState {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MARKER: &str = "sigil-operator/test";
+
+    fn desired(td: &str, url: &str, endpoint: Option<&str>) -> Desired {
+        Desired {
+            trust_domain: TrustDomain::new(td).unwrap(),
+            bundle_endpoint_url: url.into(),
+            endpoint_spiffe_id: endpoint.map(|e| SpiffeId::new(e).unwrap()),
+            bundle: None,
+        }
+    }
+
+    fn declared(name: &str, created: i64, d: Result<Desired, String>) -> Declared {
+        Declared { name: name.into(), rank: Rank { created, deleting: false, uid: format!("uid-{name}") }, desired: d }
+    }
+
+    fn server(td: &str, url: &str, managed_by: &str) -> apb::FederationRelationship {
+        apb::FederationRelationship { managed_by: managed_by.into(), ..to_pb(&desired(td, url, None), MARKER) }
+    }
+
+    #[test]
+    fn creates_updates_and_deletes_only_its_own() {
+        let decl = vec![
+            declared("new", 1, Ok(desired("new.org", "https://new.org/b", None))),
+            declared("moved", 1, Ok(desired("moved.org", "https://moved.org/v2", None))),
+            declared("same", 1, Ok(desired("same.org", "https://same.org/b", None))),
+        ];
+        let srv = vec![
+            server("moved.org", "https://moved.org/v1", MARKER),
+            server("same.org", "https://same.org/b", MARKER),
+            server("stale.org", "https://stale.org/b", MARKER),
+            server("hand.org", "https://hand.org/b", ""),
+            server("other.org", "https://other.org/b", "sigil-operator/other-cluster"),
+        ];
+        let p = plan(&decl, &srv, MARKER);
+        assert_eq!(p.create.iter().map(|r| r.trust_domain.as_str()).collect::<Vec<_>>(), vec!["new.org"]);
+        assert_eq!(p.create[0].managed_by, MARKER);
+        assert_eq!(
+            p.update.iter().map(|r| r.bundle_endpoint_url.as_str()).collect::<Vec<_>>(),
+            vec!["https://moved.org/v2"]
+        );
+        assert_eq!(p.delete, vec!["stale.org".to_string()], "hand-made and other clusters' relationships stay");
+        assert!(p.outcome.values().all(Result::is_ok), "{:?}", p.outcome);
+    }
+
+    #[test]
+    fn hand_made_relationship_is_a_conflict_not_a_takeover() {
+        let decl = vec![declared("mine", 1, Ok(desired("hand.org", "https://elsewhere/b", None)))];
+        let p = plan(&decl, &[server("hand.org", "https://hand.org/b", "")], MARKER);
+        assert!(p.create.is_empty() && p.update.is_empty() && p.delete.is_empty());
+        assert!(matches!(&p.outcome["mine"], Err(("Conflict", m)) if m.contains("did not create")));
+    }
+
+    #[test]
+    fn oldest_declaration_wins_and_others_are_masked() {
+        let decl = vec![
+            declared("young", 5, Ok(desired("p.org", "https://young/b", None))),
+            declared("old", 1, Ok(desired("p.org", "https://old/b", None))),
+            declared("broken", 1, Err("bundleEndpointURL: scheme must be https".into())),
+        ];
+        let p = plan(&decl, &[], MARKER);
+        assert_eq!(p.create.len(), 1);
+        assert_eq!(p.create[0].bundle_endpoint_url, "https://old/b");
+        assert!(matches!(&p.outcome["young"], Err(("Masked", m)) if m.contains("old")));
+        assert!(matches!(&p.outcome["broken"], Err(("InvalidSpec", _))));
+    }
+
+    #[test]
+    fn profile_and_stated_bundle_changes_are_differences() {
+        let base = to_pb(&desired("p.org", "https://p.org/b", None), MARKER);
+        let spiffe = to_pb(&desired("p.org", "https://p.org/b", Some("spiffe://p.org/spire/server")), MARKER);
+        assert!(differs(&base, &spiffe));
+        assert!(!differs(&base, &base.clone()));
+        let mut with_bundle = base.clone();
+        with_bundle.trust_domain_bundle =
+            Some(tpb::Bundle { trust_domain: "p.org".into(), x509_authorities: vec![vec![1]], ..Default::default() });
+        assert!(differs(&base, &with_bundle), "a bundle the CR states must be written");
+        let mut refreshed = with_bundle.clone();
+        refreshed.trust_domain_bundle.as_mut().unwrap().sequence_number = 9;
+        assert!(!differs(&refreshed, &with_bundle), "sequence numbers alone don't matter");
+        assert!(!differs(&with_bundle, &base), "without a stated bundle the server's own is kept");
+    }
+}

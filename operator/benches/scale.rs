@@ -1,0 +1,189 @@
+//! Scale benchmark on the api tier (real kube-apiserver + etcd, real sigil-server, real sigil-operator):
+//! 10,000 pods across 100 namespaces and 20 nodes.
+//!
+//! Prints: time from operator start to all entries set; time from one pod change to its entry write
+//! (p50/p99 over 200 changes); operator RSS; Kubernetes API requests per pod change.
+//!
+//!   export KUBECONFIG=$(e2e/cluster/cluster up --tier api)
+//!   cargo build --release -p sigil-server && cargo bench -p sigil-operator --bench scale
+//!
+//! Sizes can be lowered for a quick look: SIGIL_BENCH_PODS, SIGIL_BENCH_NAMESPACES, SIGIL_BENCH_NODES.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
+use sigil_proto::admin as apb;
+use sigil_proto::admin::entries_client::EntriesClient;
+use support::*;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main]
+async fn main() {
+    // `cargo bench` passes --bench; nothing else to parse.
+    let pods = env_usize("SIGIL_BENCH_PODS", 10_000);
+    let namespaces = env_usize("SIGIL_BENCH_NAMESPACES", 100);
+    let nodes = env_usize("SIGIL_BENCH_NODES", 20);
+    let changes = env_usize("SIGIL_BENCH_CHANGES", 200);
+    let run = suffix();
+    let k = kube().await;
+    install_crds();
+    let dir = tempfile::tempdir().unwrap();
+    println!("scale benchmark: {pods} pods, {namespaces} namespaces, {nodes} nodes (run {run})");
+
+    // --- the cluster's objects ---
+    let started = Instant::now();
+    let ns_names: Vec<String> = (0..namespaces).map(|i| format!("bench-{run}-{i}")).collect();
+    futures::stream::iter(ns_names.iter().map(|n| create_namespace(&k, n, &[("bench", "true")])))
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let node_names: Vec<String> = (0..nodes).map(|i| format!("bench-{run}-node-{i}")).collect();
+    for n in &node_names {
+        create_node(&k, n).await;
+    }
+    let specs: Vec<(String, String, String)> = (0..pods)
+        .map(|i| (ns_names[i % namespaces].clone(), format!("pod-{i}"), node_names[i % nodes].clone()))
+        .collect();
+    futures::stream::iter(specs.iter().map(|(ns, name, node)| {
+        let api = Api::<Pod>::namespaced(k.clone(), ns);
+        async move {
+            let p = pod_object(name, node, &[("app", "bench"), ("v", "0")], "default");
+            api.create(&PostParams::default(), &p).await.unwrap();
+        }
+    }))
+    .buffer_unordered(32)
+    .collect::<Vec<_>>()
+    .await;
+    println!("created {pods} pods in {:.1} s (setup, not a result)", started.elapsed().as_secs_f64());
+
+    // --- server and policy ---
+    let server = Server::spawn(dir.path()).await;
+    let class = format!("bench-{run}");
+    let cluster = format!("b{run}");
+    let prefix = format!("sigil.{cluster}.");
+    kubectl_apply(&format!(
+        r#"apiVersion: sigil.dev/v1alpha1
+kind: ClusterSPIFFEID
+metadata:
+  name: bench-{run}
+spec:
+  className: {class}
+  spiffeIDTemplate: "spiffe://{{{{ .TrustDomain }}}}/ns/{{{{ .PodMeta.Namespace }}}}/sa/{{{{ .PodSpec.ServiceAccountName }}}}/{{{{ .PodMeta.Name }}}}"
+  podSelector:
+    matchLabels:
+      app: bench
+  dnsNameTemplates:
+    - "v{{{{ index .PodMeta.Labels \"v\" }}}}.{{{{ .PodMeta.Name }}}}.example"
+"#
+    ));
+    let config =
+        format!("trustDomain: {TRUST_DOMAIN}\nclusterName: {cluster}\nclassName: {class}\nwatchClassless: false\n");
+
+    // --- start to all entries set ---
+    let mut entries_api = EntriesClient::new(server.client.channel());
+    let t0 = Instant::now();
+    let op = Operator::spawn(dir.path(), "operator", &server, &config);
+    let mut last = 0;
+    loop {
+        let n = entries_api.count_entries(apb::CountEntriesRequest { filter: None }).await.unwrap().into_inner().count;
+        if n as usize >= pods {
+            break;
+        }
+        if n != last {
+            last = n;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "only {n} of {pods} entries after 300 s; see {}",
+            op.log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let startup = t0.elapsed();
+    println!("operator start -> all {pods} entries set: {:.2} s", startup.as_secs_f64());
+    let rss_after_sync = rss_kib(op.pid(), "VmRSS:");
+
+    // --- one pod change -> its entry write ---
+    let by_pod: HashMap<String, String> = server
+        .entries(&prefix)
+        .await
+        .into_values()
+        .filter_map(|e| {
+            let uid = e.selectors.iter().find_map(|s| s.value().strip_prefix("pod-uid:").map(String::from))?;
+            Some((uid, e.id))
+        })
+        .collect();
+    let pod_api = |ns: &str| Api::<Pod>::namespaced(k.clone(), ns);
+    let requests_before = op.metric("sigil_operator_kube_requests_total").await.unwrap_or(0.0);
+    let writes_before = op.metric("sigil_operator_entry_writes_total").await.unwrap_or(0.0);
+    let mut latencies = vec![];
+    for i in 0..changes {
+        let (ns, name, _) = &specs[(i * 7919) % pods];
+        let uid = pod_api(ns).get(name).await.unwrap().metadata.uid.unwrap();
+        let id = by_pod[&uid].clone();
+        let want = format!("v{}.{name}.example", i + 1);
+        let t = Instant::now();
+        set_pod_labels(&k, ns, name, &[("app", "bench"), ("v", &(i + 1).to_string())]).await;
+        loop {
+            let e = entries_api.get_entry(apb::GetEntryRequest { id: id.clone() }).await.unwrap().into_inner();
+            if e.dns_names.first() == Some(&want) {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "entry {id} not updated after 30 s");
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        latencies.push(t.elapsed());
+    }
+    latencies.sort();
+    let requests_after = op.metric("sigil_operator_kube_requests_total").await.unwrap_or(0.0);
+    let writes_after = op.metric("sigil_operator_entry_writes_total").await.unwrap_or(0.0);
+    println!(
+        "pod change -> entry write ({changes} changes, from the label patch request to the server's entry): p50 {}, p99 {}, max {}",
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.99)),
+        ms(*latencies.last().unwrap())
+    );
+    println!(
+        "Kubernetes API requests per pod change: {:.3} (watch events only); entry writes per pod change: {:.2}",
+        (requests_after - requests_before) / changes as f64,
+        (writes_after - writes_before) / changes as f64
+    );
+    println!(
+        "operator memory: RSS {:.1} MiB after the initial sync, RSS {:.1} MiB now, peak (VmHWM) {:.1} MiB",
+        rss_after_sync as f64 / 1024.0,
+        rss_kib(op.pid(), "VmRSS:") as f64 / 1024.0,
+        rss_kib(op.pid(), "VmHWM:") as f64 / 1024.0
+    );
+    let reqs = op.metric("sigil_operator_kube_requests_total").await.unwrap_or(0.0);
+    println!("Kubernetes API requests in total since operator start: {reqs}");
+    kubectl_delete("clusterspiffeid", &format!("bench-{run}"));
+}

@@ -1,0 +1,458 @@
+//! The operator against the api tier: a real kube-apiserver + etcd (`e2e/cluster/cluster up --tier api`), a
+//! real `sigil-server` and real `sigil-operator` processes. Run by `e2e/operator/run.sh`, which brings the
+//! tier up and runs these with `--ignored`; each test uses its own className, namespaces, nodes and server,
+//! so they don't see each other's objects.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use sigil_core::{RegistrationEntry, Selector, SpiffeId};
+use sigil_proto::admin as apb;
+use sigil_proto::admin::trust_domains_client::TrustDomainsClient;
+use support::*;
+
+const T: Duration = Duration::from_secs(20);
+
+struct Ctx {
+    run: String,
+    class: String,
+    cluster: String,
+    prefix: String,
+    dir: tempfile::TempDir,
+    k: kube::Client,
+}
+
+async fn ctx(name: &str) -> Ctx {
+    let run = suffix();
+    let k = kube().await;
+    install_crds();
+    let cluster = format!("c{run}");
+    Ctx {
+        class: format!("{name}-{run}"),
+        prefix: format!("sigil.{cluster}."),
+        cluster,
+        run,
+        dir: tempfile::tempdir().unwrap(),
+        k,
+    }
+}
+
+impl Ctx {
+    fn config(&self, extra: &str) -> String {
+        format!(
+            "trustDomain: {TRUST_DOMAIN}\nclusterName: {}\nclassName: {}\nwatchClassless: false\ngcInterval: 5s\n{extra}",
+            self.cluster, self.class
+        )
+    }
+
+    fn ns(&self, n: &str) -> String {
+        format!("{n}-{}", self.run)
+    }
+}
+
+fn sel(v: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+/// (spiffe_id, parent_id, selectors) of every entry, sorted.
+fn identities(entries: &HashMap<String, RegistrationEntry>) -> Vec<(String, String, Vec<String>)> {
+    let mut v: Vec<_> = entries.values().map(identity).collect();
+    v.sort();
+    v
+}
+
+async fn manual_entry(server: &Server) -> RegistrationEntry {
+    let e = RegistrationEntry {
+        id: String::new(),
+        spiffe_id: SpiffeId::new("spiffe://example.org/manual").unwrap(),
+        parent_id: SpiffeId::new("spiffe://example.org/spire/agent/join_token/abc").unwrap(),
+        selectors: vec![Selector::parse("unix:uid:1000").unwrap()],
+        x509_svid_ttl: 0,
+        jwt_svid_ttl: 0,
+        dns_names: vec![],
+        federates_with: vec![],
+        admin: false,
+        downstream: false,
+        hint: "made by hand".into(),
+        entry_expiry: 0,
+        revision: 0,
+        created_at: 0,
+    };
+    match server.client.create(&[e]).await.unwrap().pop().unwrap() {
+        sigil_operator::server_client::WriteResult::Ok(Some(stored)) => *stored,
+        other => panic!("manual entry: {other:?}"),
+    }
+}
+
+async fn assert_manual_untouched(server: &Server, manual: &RegistrationEntry) {
+    let all = server.entries("").await;
+    assert_eq!(all.get(&manual.id), Some(manual), "the manually created entry must be untouched");
+}
+
+/// Waits until the operator's entries have exactly these identities.
+async fn expect_entries(server: &Server, prefix: &str, want: Vec<(String, String, Vec<String>)>, what: &str) {
+    let mut want = want;
+    want.sort();
+    let mut last = vec![];
+    let r = tokio::time::timeout(T, async {
+        loop {
+            last = identities(&server.entries(prefix).await);
+            if last == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(r.is_ok(), "{what}: entries are\n{last:#?}\nwant\n{want:#?}");
+}
+
+#[tokio::test]
+#[ignore = "needs the api tier: e2e/operator/run.sh"]
+async fn pod_entries_follow_pods_labels_namespaces_and_crs() {
+    let c = ctx("follow").await;
+    let server = Server::spawn(c.dir.path()).await;
+    let manual = manual_entry(&server).await;
+    let (a, b) = (c.ns("team-a"), c.ns("team-b"));
+    create_namespace(&c.k, &a, &[("team", "a")]).await;
+    create_namespace(&c.k, &b, &[("team", "b")]).await;
+    let node = format!("node-{}", c.run);
+    let node_uid = create_node(&c.k, &node).await;
+    let web1 = create_pod(&c.k, &a, "web-1", &node, &[("app", "web")]).await;
+    let db1 = create_pod(&c.k, &a, "db-1", &node, &[("app", "db")]).await;
+    let web2 = create_pod(&c.k, &b, "web-2", &node, &[("app", "web")]).await;
+    let csid = format!("web-{}", c.run);
+    kubectl_apply(&format!(
+        r#"apiVersion: sigil.dev/v1alpha1
+kind: ClusterSPIFFEID
+metadata:
+  name: {csid}
+spec:
+  className: {class}
+  spiffeIDTemplate: "spiffe://{{{{ .TrustDomain }}}}/ns/{{{{ .PodMeta.Namespace }}}}/sa/{{{{ .PodSpec.ServiceAccountName }}}}/{{{{ .PodMeta.Name }}}}"
+  podSelector:
+    matchLabels:
+      app: web
+  namespaceSelector:
+    matchLabels:
+      team: a
+  workloadSelectorTemplates:
+    - "k8s:ns:{{{{ .PodMeta.Namespace }}}}"
+  dnsNameTemplates:
+    - "{{{{ .PodMeta.Name }}}}.{{{{ .PodMeta.Namespace }}}}.example"
+  ttl: 1h
+"#,
+        class = c.class
+    ));
+    let mut op = Operator::spawn(c.dir.path(), "operator", &server, &c.config(""));
+    let parent = format!("spiffe://example.org/spire/agent/k8s_psat/{}/{node_uid}", c.cluster);
+    let id = |ns: &str, pod: &str| format!("spiffe://example.org/ns/{ns}/sa/default/{pod}");
+    let entry = |ns: &str, pod: &str, uid: &str| {
+        (id(ns, pod), parent.clone(), sel(&[&format!("k8s:ns:{ns}"), &format!("k8s:pod-uid:{uid}")]))
+    };
+
+    expect_entries(&server, &c.prefix, vec![entry(&a, "web-1", &web1)], "initial").await;
+    let e = server.entries(&c.prefix).await.into_values().next().unwrap();
+    assert_eq!(e.dns_names, vec![format!("web-1.{a}.example")]);
+    assert_eq!(e.x509_svid_ttl, 3600);
+    assert!(e.id.starts_with(&c.prefix));
+
+    // A pod label change selects db-1.
+    set_pod_labels(&c.k, &a, "db-1", &[("app", "web")]).await;
+    expect_entries(&server, &c.prefix, vec![entry(&a, "web-1", &web1), entry(&a, "db-1", &db1)], "pod label").await;
+
+    // A namespace label change selects web-2.
+    set_namespace_labels(&c.k, &b, &[("team", "a")]).await;
+    expect_entries(
+        &server,
+        &c.prefix,
+        vec![entry(&a, "web-1", &web1), entry(&a, "db-1", &db1), entry(&b, "web-2", &web2)],
+        "namespace label",
+    )
+    .await;
+
+    // Status counts reach the CR.
+    let status = eventually(T, "ClusterSPIFFEID status", || async {
+        let v = kubectl_get_json("clusterspiffeid", &csid);
+        (v["status"]["stats"]["entriesToSet"] == 3).then_some(v)
+    })
+    .await;
+    let stats = &status["status"]["stats"];
+    assert_eq!(stats["podsSelected"], 3, "{status}");
+    assert_eq!(stats["namespacesSelected"], 2, "{status}");
+    assert_eq!(stats["podEntryRenderFailures"], 0, "{status}");
+    let ready = &status["status"]["conditions"][0];
+    assert_eq!((ready["type"].as_str(), ready["status"].as_str()), (Some("Ready"), Some("True")), "{status}");
+
+    // Pod deletion removes its entry.
+    delete_pod_now(&c.k, &a, "web-1").await;
+    expect_entries(&server, &c.prefix, vec![entry(&a, "db-1", &db1), entry(&b, "web-2", &web2)], "pod deletion").await;
+    assert_manual_untouched(&server, &manual).await;
+
+    // The operator restarts: nothing is rewritten, duplicated or dropped.
+    let before = server.entries(&c.prefix).await;
+    op.stop();
+    let op2 = Operator::spawn(c.dir.path(), "operator-2", &server, &c.config(""));
+    eventually(T, "restarted operator ready", || async {
+        op2.metric("sigil_operator_reconcile_seconds_count{kind=\"full\"}").await.filter(|n| *n >= 1.0)
+    })
+    .await;
+    assert_eq!(server.entries(&c.prefix).await, before, "a restart must not rewrite entries");
+    assert_eq!(op2.metric("sigil_operator_entry_writes_total").await.unwrap_or(0.0), 0.0);
+
+    // Deleting the CR removes every entry it made, and only those.
+    kubectl_delete("clusterspiffeid", &csid);
+    expect_entries(&server, &c.prefix, vec![], "CR deletion").await;
+    assert_manual_untouched(&server, &manual).await;
+    delete_node(&c.k, &node).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the api tier: e2e/operator/run.sh"]
+async fn render_failures_go_to_status_and_events_not_a_crash() {
+    let c = ctx("render").await;
+    let server = Server::spawn(c.dir.path()).await;
+    let ns = c.ns("render");
+    create_namespace(&c.k, &ns, &[]).await;
+    let node = format!("node-{}", c.run);
+    create_node(&c.k, &node).await;
+    create_pod(&c.k, &ns, "p", &node, &[("app", "x")]).await;
+    let csid = format!("foreign-{}", c.run);
+    kubectl_apply(&format!(
+        r#"apiVersion: sigil.dev/v1alpha1
+kind: ClusterSPIFFEID
+metadata:
+  name: {csid}
+spec:
+  className: {class}
+  spiffeIDTemplate: "spiffe://other.org/{{{{ .PodMeta.Name }}}}"
+  namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {ns}
+"#,
+        class = c.class
+    ));
+    let op = Operator::spawn(c.dir.path(), "operator", &server, &c.config(""));
+    let status = eventually(T, "RenderFailed condition", || async {
+        let v = kubectl_get_json("clusterspiffeid", &csid);
+        (v["status"]["conditions"][0]["reason"] == "RenderFailed").then_some(v)
+    })
+    .await;
+    assert_eq!(status["status"]["stats"]["podEntryRenderFailures"], 1, "{status}");
+    let msg = status["status"]["conditions"][0]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("not in the trust domain example.org"), "{msg}");
+    let events = std::process::Command::new(kubectl())
+        .args(["get", "events", "-A", "--field-selector", &format!("involvedObject.name={csid}"), "-o", "json"])
+        .output()
+        .unwrap();
+    let events: serde_json::Value = serde_json::from_slice(&events.stdout).unwrap();
+    assert!(
+        events["items"].as_array().unwrap().iter().any(|e| e["reason"] == "RenderFailed"),
+        "a RenderFailed Event: {events}"
+    );
+    assert!(server.entries(&c.prefix).await.is_empty());
+    assert_eq!(op.metric("sigil_operator_render_failures ").await, Some(1.0));
+    kubectl_delete("clusterspiffeid", &csid);
+    delete_node(&c.k, &node).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the api tier: e2e/operator/run.sh"]
+async fn static_entries_and_federation_relationships() {
+    let c = ctx("static").await;
+    let server = Server::spawn(c.dir.path()).await;
+    let manual = manual_entry(&server).await;
+    let mut td_api = TrustDomainsClient::new(server.client.channel());
+    // A relationship made by hand: never touched by the operator.
+    td_api
+        .batch_create_federation_relationship(apb::BatchCreateFederationRelationshipRequest {
+            federation_relationships: vec![apb::FederationRelationship {
+                trust_domain: "manual.org".into(),
+                bundle_endpoint_url: "https://manual.org/bundle".into(),
+                profile: Some(apb::federation_relationship::Profile::HttpsWeb(apb::HttpsWebProfile {})),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap();
+    let (cse, fed, clash) = (format!("db-{}", c.run), format!("partner-{}", c.run), format!("clash-{}", c.run));
+    kubectl_apply(&format!(
+        r#"apiVersion: sigil.dev/v1alpha1
+kind: ClusterStaticEntry
+metadata:
+  name: {cse}
+spec:
+  className: {class}
+  spiffeID: spiffe://example.org/static/db
+  parentID: spiffe://example.org/spire/agent/join_token/x
+  selectors: ["unix:uid:1001", "unix:gid:1001"]
+  dnsNames: ["db.example"]
+  hint: db
+---
+apiVersion: sigil.dev/v1alpha1
+kind: ClusterFederatedTrustDomain
+metadata:
+  name: {fed}
+spec:
+  className: {class}
+  trustDomain: partner.org
+  bundleEndpointURL: https://partner.org:8443/bundle
+  bundleEndpointProfile:
+    type: https_spiffe
+    endpointSPIFFEID: spiffe://partner.org/spire/server
+---
+apiVersion: sigil.dev/v1alpha1
+kind: ClusterFederatedTrustDomain
+metadata:
+  name: {clash}
+spec:
+  className: {class}
+  trustDomain: manual.org
+  bundleEndpointURL: https://elsewhere.org/bundle
+  bundleEndpointProfile:
+    type: https_web
+"#,
+        class = c.class
+    ));
+    let _op = Operator::spawn(c.dir.path(), "operator", &server, &c.config(""));
+    expect_entries(
+        &server,
+        &c.prefix,
+        vec![(
+            "spiffe://example.org/static/db".into(),
+            "spiffe://example.org/spire/agent/join_token/x".into(),
+            sel(&["unix:gid:1001", "unix:uid:1001"]),
+        )],
+        "static entry",
+    )
+    .await;
+    let list = || {
+        let mut api = td_api.clone();
+        async move {
+            let r = api
+                .list_federation_relationships(apb::ListFederationRelationshipsRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            r.federation_relationships.into_iter().map(|r| (r.trust_domain.clone(), r)).collect::<BTreeMap<_, _>>()
+        }
+    };
+    let rels = eventually(T, "partner.org relationship", || async {
+        let l = list().await;
+        l.contains_key("partner.org").then_some(l)
+    })
+    .await;
+    let p = &rels["partner.org"];
+    assert_eq!(p.bundle_endpoint_url, "https://partner.org:8443/bundle");
+    assert_eq!(
+        p.profile,
+        Some(apb::federation_relationship::Profile::HttpsSpiffe(apb::HttpsSpiffeProfile {
+            endpoint_spiffe_id: "spiffe://partner.org/spire/server".into()
+        }))
+    );
+    assert_eq!(rels["manual.org"].bundle_endpoint_url, "https://manual.org/bundle", "hand-made relationship kept");
+    let status = eventually(T, "Conflict condition", || async {
+        let v = kubectl_get_json("clusterfederatedtrustdomain", &clash);
+        (v["status"]["conditions"][0]["reason"] == "Conflict").then_some(v)
+    })
+    .await;
+    assert!(status["status"]["conditions"][0]["message"].as_str().unwrap().contains("did not create"));
+    let ok = eventually(T, "static entry status", || async {
+        let v = kubectl_get_json("clusterstaticentry", &cse);
+        (v["status"]["set"] == true).then_some(v)
+    })
+    .await;
+    assert_eq!(ok["status"]["rendered"], true);
+
+    kubectl_delete("clusterstaticentry", &cse);
+    kubectl_delete("clusterfederatedtrustdomain", &fed);
+    kubectl_delete("clusterfederatedtrustdomain", &clash);
+    expect_entries(&server, &c.prefix, vec![], "static entry deleted").await;
+    eventually(T, "partner.org relationship removed", || async {
+        (!list().await.contains_key("partner.org")).then_some(())
+    })
+    .await;
+    assert!(list().await.contains_key("manual.org"), "hand-made relationship survives");
+    assert_manual_untouched(&server, &manual).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the api tier: e2e/operator/run.sh"]
+async fn leader_change_and_restart_neither_duplicate_nor_drop() {
+    let c = ctx("leader").await;
+    let server = Server::spawn(c.dir.path()).await;
+    let ns = c.ns("ha");
+    create_namespace(&c.k, &ns, &[]).await;
+    let node = format!("node-{}", c.run);
+    let node_uid = create_node(&c.k, &node).await;
+    let mut uids = BTreeMap::new();
+    for i in 0..20 {
+        let name = format!("p{i}");
+        uids.insert(name.clone(), create_pod(&c.k, &ns, &name, &node, &[("app", "ha")]).await);
+    }
+    let csid = format!("ha-{}", c.run);
+    kubectl_apply(&format!(
+        r#"apiVersion: sigil.dev/v1alpha1
+kind: ClusterSPIFFEID
+metadata:
+  name: {csid}
+spec:
+  className: {class}
+  spiffeIDTemplate: "spiffe://{{{{ .TrustDomain }}}}/ha/{{{{ .PodMeta.Name }}}}"
+  podSelector:
+    matchLabels:
+      app: ha
+"#,
+        class = c.class
+    ));
+    let lease = format!("lease-{}", c.run);
+    let le = format!(
+        "leaderElection:\n  leaderElect: true\n  resourceName: {lease}\n  resourceNamespace: default\n  leaseDuration: 4\n"
+    );
+    let mut a = Operator::spawn(c.dir.path(), "op-a", &server, &c.config(&le));
+    let mut b = Operator::spawn(c.dir.path(), "op-b", &server, &c.config(&le));
+    let parent = format!("spiffe://example.org/spire/agent/k8s_psat/{}/{node_uid}", c.cluster);
+    let want = |uids: &BTreeMap<String, String>| {
+        uids.iter()
+            .map(|(n, u)| (format!("spiffe://example.org/ha/{n}"), parent.clone(), sel(&[&format!("k8s:pod-uid:{u}")])))
+            .collect::<Vec<_>>()
+    };
+    expect_entries(&server, &c.prefix, want(&uids), "20 pods").await;
+    let before = server.entries(&c.prefix).await;
+
+    // Exactly one leader.
+    let (la, lb) = (a.is_leader().await, b.is_leader().await);
+    assert!(la ^ lb, "exactly one leader: a={la} b={lb}");
+    let (leader, follower) = if la { (&mut a, &mut b) } else { (&mut b, &mut a) };
+    assert_eq!(follower.metric("sigil_operator_entry_writes_total").await.unwrap_or(0.0), 0.0, "the follower wrote");
+
+    // The leader dies without releasing the lease; the follower takes over after the lease expires.
+    leader.kill_hard();
+    eventually(Duration::from_secs(30), "follower becomes leader", || async {
+        follower.is_leader().await.then_some(())
+    })
+    .await;
+    // Full pass after takeover: nothing rewritten.
+    assert_eq!(server.entries(&c.prefix).await, before, "takeover must not rewrite or duplicate entries");
+    // Changes keep flowing through the new leader.
+    delete_pod_now(&c.k, &ns, "p0").await;
+    uids.remove("p0");
+    uids.insert("p20".into(), create_pod(&c.k, &ns, "p20", &node, &[("app", "ha")]).await);
+    expect_entries(&server, &c.prefix, want(&uids), "after takeover").await;
+    let after = server.entries(&c.prefix).await;
+    let ids: BTreeSet<_> = after.values().map(identity).collect();
+    assert_eq!(ids.len(), after.len(), "no duplicate identities");
+    for (id, e) in &before {
+        if let Some(now) = after.get(id) {
+            assert_eq!(now.revision, e.revision, "{id} was rewritten");
+        }
+    }
+    follower.stop();
+    kubectl_delete("clusterspiffeid", &csid);
+    delete_node(&c.k, &node).await;
+}
