@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
@@ -676,9 +678,44 @@ impl ClusterStaticEntrySpec {
     }
 }
 
-/// The three CRDs, in a fixed order.
+/// The three CRDs, in a fixed order, with descriptions unwrapped (see [`unwrap_description`]).
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![ClusterSPIFFEID::crd(), ClusterFederatedTrustDomain::crd(), ClusterStaticEntry::crd()]
+    let mut crds = vec![ClusterSPIFFEID::crd(), ClusterFederatedTrustDomain::crd(), ClusterStaticEntry::crd()];
+    for crd in &mut crds {
+        for version in &mut crd.spec.versions {
+            if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+                unwrap_descriptions(schema);
+            }
+        }
+    }
+    crds
+}
+
+/// Joins the lines of each paragraph of a doc comment (rustfmt wraps them; `kubectl explain` wraps again, so
+/// the hard breaks would show mid-sentence). Paragraphs (blank lines) are kept.
+pub fn unwrap_description(text: &str) -> String {
+    text.split("\n\n")
+        .map(|paragraph| paragraph.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" "))
+        .filter(|paragraph| !paragraph.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+fn unwrap_descriptions(schema: &mut JSONSchemaProps) {
+    if let Some(description) = schema.description.as_mut() {
+        *description = unwrap_description(description);
+    }
+    for property in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        unwrap_descriptions(property);
+    }
+    match schema.items.as_mut() {
+        Some(JSONSchemaPropsOrArray::Schema(items)) => unwrap_descriptions(items),
+        Some(JSONSchemaPropsOrArray::Schemas(list)) => list.iter_mut().for_each(unwrap_descriptions),
+        None => {}
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(extra)) = schema.additional_properties.as_mut() {
+        unwrap_descriptions(extra);
+    }
 }
 
 /// One file of the `crds/` directory.
@@ -780,7 +817,6 @@ fn first_differing_line(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps;
 
     const S: u64 = 1_000_000_000;
 
@@ -1134,10 +1170,7 @@ mod tests {
                         Some("string") => assert!(prop.max_length.is_some(), "{path}: CEL on unbounded string"),
                         Some("array") => {
                             assert!(prop.max_items.is_some(), "{path}: CEL on unbounded array");
-                            let Some(
-                                k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray::Schema(items),
-                            ) = &prop.items
-                            else {
+                            let Some(JSONSchemaPropsOrArray::Schema(items)) = &prop.items else {
                                 panic!("{path}: array without items");
                             };
                             assert!(items.max_length.is_some(), "{path}: CEL on unbounded items");
@@ -1232,6 +1265,29 @@ mod tests {
         assert_eq!(spec.x509_svid_ttl.unwrap().to_duration(), Ok(Duration::from_secs(7200)));
         let back: ClusterStaticEntrySpec = serde_json::from_value(entry.clone()).unwrap();
         assert_eq!(serde_json::to_value(&back).unwrap(), entry);
+    }
+
+    #[test]
+    fn descriptions_are_unwrapped_but_keep_paragraphs() {
+        let table: &[(&str, &str)] = &[
+            ("one line", "one line"),
+            ("wrapped\nline", "wrapped line"),
+            ("  indented\n  lines  ", "indented lines"),
+            ("first\nparagraph\n\nsecond", "first paragraph\n\nsecond"),
+            ("", ""),
+        ];
+        for (input, expected) in table {
+            assert_eq!(unwrap_description(input), *expected, "{input:?}");
+        }
+        for crd in crds() {
+            let mut wrapped = Vec::new();
+            walk("", &spec_schema(&crd, "spec"), &mut |path, prop| {
+                if prop.description.as_deref().is_some_and(|d| d.replace("\n\n", "").contains('\n')) {
+                    wrapped.push(path.to_string());
+                }
+            });
+            assert!(wrapped.is_empty(), "{}: {wrapped:?}", crd.spec.names.kind);
+        }
     }
 
     #[test]
