@@ -133,11 +133,13 @@ pub fn agent_identities<'a>(
     ids
 }
 
-/// Entries indexed by parent ID, so authorization walks only the agent's subtree.
+/// Entries indexed by parent ID, so authorization walks only the agent's subtree, and by SPIFFE ID, so a
+/// single entry's authorization walks only its ancestry.
 #[derive(Debug, Default, Clone)]
 pub struct EntryIndex {
     by_id: HashMap<String, RegistrationEntry>,
     children: HashMap<SpiffeId, BTreeSet<String>>,
+    by_spiffe_id: HashMap<SpiffeId, BTreeSet<String>>,
     aliases: BTreeSet<String>,
 }
 
@@ -170,6 +172,7 @@ impl EntryIndex {
     pub fn upsert(&mut self, entry: RegistrationEntry) {
         self.remove(&entry.id);
         self.children.entry(entry.parent_id.clone()).or_default().insert(entry.id.clone());
+        self.by_spiffe_id.entry(entry.spiffe_id.clone()).or_default().insert(entry.id.clone());
         if entry.is_node_alias() {
             self.aliases.insert(entry.id.clone());
         }
@@ -182,6 +185,12 @@ impl EntryIndex {
             set.remove(id);
             if set.is_empty() {
                 self.children.remove(&old.parent_id);
+            }
+        }
+        if let Some(set) = self.by_spiffe_id.get_mut(&old.spiffe_id) {
+            set.remove(id);
+            if set.is_empty() {
+                self.by_spiffe_id.remove(&old.spiffe_id);
             }
         }
         self.aliases.remove(id);
@@ -219,6 +228,55 @@ impl EntryIndex {
             }
         }
         out.into_iter().filter_map(|id| self.by_id.get(id)).collect()
+    }
+
+    /// The entry `entry_id` if [`authorized_for`](Self::authorized_for) would include it, found by walking *up*
+    /// from the entry's parent instead of down the agent's whole subtree: cost follows the entry's ancestry,
+    /// not the number of entries the agent is authorized for.
+    pub fn is_authorized(
+        &self,
+        agent_id: &SpiffeId,
+        node_selectors: &BTreeSet<Selector>,
+        entry_id: &str,
+        now_unix: i64,
+    ) -> Option<&RegistrationEntry> {
+        let entry = self.by_id.get(entry_id)?;
+        if entry.is_expired(now_unix) {
+            return None;
+        }
+        self.reaches_identity(&entry.parent_id, agent_id, node_selectors, now_unix).then_some(entry)
+    }
+
+    /// True when `start` is one of the agent's identities, or the SPIFFE ID of a live entry whose parent
+    /// (transitively) is. This is exactly the set of parent IDs `authorized_for` expands from.
+    fn reaches_identity(
+        &self,
+        start: &SpiffeId,
+        agent_id: &SpiffeId,
+        node_selectors: &BTreeSet<Selector>,
+        now_unix: i64,
+    ) -> bool {
+        if start == agent_id {
+            return true; // the common case: a workload entry parented to the agent itself
+        }
+        let mut visited: HashSet<&SpiffeId> = HashSet::new();
+        let mut stack: Vec<&SpiffeId> = vec![start];
+        while let Some(current) = stack.pop() {
+            if !visited.insert(current) {
+                continue; // cycles in a hand-made entry tree must not loop forever
+            }
+            if current == agent_id {
+                return true;
+            }
+            let holders = || self.by_spiffe_id.get(current).into_iter().flatten().filter_map(|id| self.by_id.get(id));
+            // An identity via a matching alias entry; as in `agent_identities`, the alias's expiry does not matter.
+            if holders().any(|e| e.is_node_alias() && all_present(&e.selectors, node_selectors)) {
+                return true;
+            }
+            // Otherwise `current` counts only as the SPIFFE ID of a live entry that is itself authorized.
+            stack.extend(holders().filter(|e| !e.is_expired(now_unix)).map(|e| &e.parent_id));
+        }
+        false
     }
 }
 
@@ -277,6 +335,155 @@ mod tests {
             let got = ids(&idx.authorized_for(&id(agent_id), sels, 0));
             assert_eq!(got, want.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "{agent_id}");
         }
+    }
+
+    #[test]
+    fn is_authorized_table() {
+        let agent = "spiffe://td/spire/agent/join_token/abc";
+        let other = "spiffe://td/spire/agent/join_token/zzz";
+        let server = "spiffe://td/spire/server";
+        let mut expired_alias = entry("old-alias", "spiffe://td/node/old", server, &["join_token:group:a"]);
+        expired_alias.entry_expiry = 50;
+        let mut expired_mid = entry("expired-mid", "spiffe://td/mid", agent, &["unix:uid:7"]);
+        expired_mid.entry_expiry = 50;
+        let idx = EntryIndex::new([
+            entry("direct", "spiffe://td/web", agent, &["unix:uid:1"]),
+            entry("other-agent", "spiffe://td/db", other, &["unix:uid:2"]),
+            entry("alias", "spiffe://td/node/group-a", server, &["join_token:group:a"]),
+            entry("via-alias", "spiffe://td/api", "spiffe://td/node/group-a", &["unix:uid:3"]),
+            entry("nested", "spiffe://td/api/child", "spiffe://td/api", &["unix:uid:4"]),
+            entry("deeper", "spiffe://td/api/child/x", "spiffe://td/api/child", &["unix:uid:4"]),
+            entry("cycle-a", "spiffe://td/c1", "spiffe://td/c2", &["unix:uid:5"]),
+            entry("cycle-b", "spiffe://td/c2", "spiffe://td/c1", &["unix:uid:6"]),
+            expired_alias,
+            entry("via-old-alias", "spiffe://td/old-child", "spiffe://td/node/old", &["unix:uid:8"]),
+            expired_mid,
+            entry("under-expired", "spiffe://td/mid/x", "spiffe://td/mid", &["unix:uid:9"]),
+            // A second, live holder of the same SPIFFE ID keeps the child reachable.
+            entry("mid-again", "spiffe://td/mid", other, &["unix:uid:7"]),
+        ]);
+        let none = BTreeSet::new();
+        let group: BTreeSet<Selector> = [Selector::parse("join_token:group:a").unwrap()].into();
+        let cases: &[(&str, &BTreeSet<Selector>, &str, Option<&str>)] = &[
+            (agent, &none, "direct", Some("spiffe://td/web")),
+            (agent, &none, "other-agent", None),
+            (agent, &none, "via-alias", None),
+            (agent, &group, "via-alias", Some("spiffe://td/api")),
+            (agent, &group, "nested", Some("spiffe://td/api/child")),
+            (agent, &group, "deeper", Some("spiffe://td/api/child/x")),
+            (agent, &group, "alias", None), // the alias entry itself is parented to the server, not the agent
+            (agent, &group, "cycle-a", None),
+            (agent, &group, "cycle-b", None),
+            (agent, &group, "via-old-alias", Some("spiffe://td/old-child")),
+            (agent, &group, "old-alias", None),
+            (agent, &none, "expired-mid", None),
+            (agent, &none, "under-expired", None),
+            (other, &none, "under-expired", Some("spiffe://td/mid/x")),
+            (agent, &none, "no-such-entry", None),
+            (other, &none, "other-agent", Some("spiffe://td/db")),
+        ];
+        for (agent_id, sels, entry_id, want) in cases {
+            let got = idx.is_authorized(&id(agent_id), sels, entry_id, 100).map(|e| e.spiffe_id.as_str().to_owned());
+            assert_eq!(got.as_deref(), *want, "{agent_id} {entry_id}");
+            let listed = idx.authorized_for(&id(agent_id), sels, 100).iter().any(|e| e.id == *entry_id);
+            assert_eq!(listed, want.is_some(), "authorized_for disagrees: {agent_id} {entry_id}");
+        }
+    }
+
+    /// Small deterministic PRNG (xorshift64*), so the random graphs are the same on every run.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n
+        }
+
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[self.below(items.len())]
+        }
+    }
+
+    #[test]
+    fn is_authorized_agrees_with_authorized_for_on_random_graphs() {
+        const SERVER: &str = "spiffe://td/spire/server";
+        let agents = ["spiffe://td/spire/agent/a0", "spiffe://td/spire/agent/a1", "spiffe://td/spire/agent/a2"];
+        let nodes = ["spiffe://td/n0", "spiffe://td/n1", "spiffe://td/n2", "spiffe://td/n3", "spiffe://td/n4"];
+        let node_sels = ["k8s_psat:cluster:a", "k8s_psat:cluster:b", "k8s_psat:node:c"];
+        let sel_sets: Vec<BTreeSet<Selector>> = [&[][..], &[0], &[0, 1], &[1, 2], &[0, 1, 2]]
+            .iter()
+            .map(|ix| ix.iter().map(|i| Selector::parse(node_sels[*i]).unwrap()).collect())
+            .collect();
+        let mut spiffe_pool: Vec<&str> = nodes.to_vec();
+        spiffe_pool.push(agents[1]); // an entry may even carry an agent's ID
+        let mut parent_pool: Vec<&str> = nodes.to_vec();
+        parent_pool.extend(agents);
+        parent_pool.extend([SERVER, SERVER]);
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let (mut yes, mut no, mut deep) = (0usize, 0usize, 0usize);
+        for graph in 0..1500 {
+            let count = 1 + rng.below(10);
+            let mut entries: Vec<RegistrationEntry> = (0..count)
+                .map(|i| {
+                    let parent = rng.pick(&parent_pool);
+                    let mut sels: Vec<&str> = node_sels.iter().copied().filter(|_| rng.below(2) == 0).collect();
+                    if parent != SERVER || sels.is_empty() {
+                        sels = vec!["unix:uid:1"];
+                    }
+                    let mut e = entry(&format!("e{i}"), rng.pick(&spiffe_pool), parent, &sels);
+                    e.entry_expiry = [0, 0, 0, 50, 100, 150][rng.below(6)];
+                    e
+                })
+                .collect();
+            let mut idx = EntryIndex::new(entries.clone());
+            // Mutate through upsert/remove so the secondary indexes are exercised, then compare with a fresh build.
+            for _ in 0..rng.below(4) {
+                let victim = rng.below(entries.len());
+                if rng.below(3) == 0 {
+                    idx.remove(&entries[victim].id);
+                    entries.remove(victim);
+                    if entries.is_empty() {
+                        break;
+                    }
+                } else {
+                    entries[victim].spiffe_id = id(rng.pick(&spiffe_pool));
+                    entries[victim].parent_id = id(rng.pick(&parent_pool));
+                    idx.upsert(entries[victim].clone());
+                }
+            }
+            let fresh = EntryIndex::new(entries.clone());
+            let mut query: Vec<String> = (0..count).map(|i| format!("e{i}")).collect();
+            query.push("missing".into());
+            for agent in agents {
+                for sels in &sel_sets {
+                    for now in [0, 100, 200] {
+                        let want: BTreeSet<&str> =
+                            fresh.authorized_for(&id(agent), sels, now).iter().map(|e| e.id.as_str()).collect();
+                        for q in &query {
+                            let got = idx.is_authorized(&id(agent), sels, q, now);
+                            assert_eq!(
+                                got.is_some(),
+                                want.contains(q.as_str()),
+                                "graph {graph}: agent {agent} sels {sels:?} now {now} entry {q}\n{entries:#?}"
+                            );
+                            if let Some(e) = got {
+                                assert_eq!(e.id, *q);
+                                yes += 1;
+                                if e.parent_id.as_str() != agent {
+                                    deep += 1;
+                                }
+                            } else {
+                                no += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // The generator must produce every kind of answer, or the agreement above proves little.
+        assert!(yes > 1000 && no > 1000 && deep > 500, "yes {yes} no {no} deep {deep}");
     }
 
     #[test]
