@@ -298,6 +298,30 @@ impl ServerState {
         self.index().authorized_for(agent_id, &selectors, now_unix()).into_iter().cloned().collect()
     }
 
+    /// Resolves requested entry IDs against what `agent` may sign, under one read lock: item `i` is
+    /// `Some(pick(entry))` when the agent is authorized for `entry_ids[i]` (the rule of
+    /// [`authorized_entries`](Self::authorized_entries), checked per entry by walking up its ancestry), else
+    /// `None`. Only what `pick` extracts is copied out, never the agent's whole entry set.
+    pub fn resolve_authorized<'a, T>(
+        &self,
+        agent: &AttestedAgent,
+        entry_ids: impl IntoIterator<Item = &'a str>,
+        mut pick: impl FnMut(&RegistrationEntry) -> T,
+    ) -> Vec<Option<T>> {
+        let selectors: BTreeSet<Selector> = agent.selectors.iter().cloned().collect();
+        let now = now_unix();
+        let idx = self.index();
+        entry_ids
+            .into_iter()
+            .map(|id| idx.is_authorized(&agent.spiffe_id, &selectors, id, now).map(&mut pick))
+            .collect()
+    }
+
+    /// One entry `agent` may sign, if it is authorized for it (see [`resolve_authorized`](Self::resolve_authorized)).
+    pub fn authorized_entry(&self, agent: &AttestedAgent, entry_id: &str) -> Option<RegistrationEntry> {
+        self.resolve_authorized(agent, [entry_id], RegistrationEntry::clone).into_iter().next().flatten()
+    }
+
     // ----- federated bundles -----
 
     pub async fn set_federated_bundle(&self, bundle: Bundle) -> Result<Bundle, StateError> {

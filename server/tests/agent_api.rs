@@ -150,6 +150,107 @@ async fn batch_signing_signs_only_authorized_entries() {
 }
 
 #[tokio::test]
+async fn batch_and_jwt_follow_aliases_and_nesting_and_keep_request_order() {
+    let s = TestServer::start("").await;
+    let token = AgentsClient::new(s.admin().await)
+        .create_join_token(apb::CreateJoinTokenRequest {
+            ttl: 0,
+            agent_alias_spiffe_id: "spiffe://example.org/host/a".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let svc = sigil_proto::types::Entry {
+        spiffe_id: "spiffe://example.org/svc".into(),
+        parent_id: "spiffe://example.org/host/a".into(),
+        selectors: vec![sigil_proto::types::Selector { r#type: "unix".into(), value: "uid:7".into() }],
+        dns_names: vec!["svc.example.org".into()],
+        x509_svid_ttl: 600,
+        ..Default::default()
+    };
+    let svc = EntriesClient::new(s.admin().await)
+        .batch_create_entry(apb::BatchCreateEntryRequest { entries: vec![svc] })
+        .await
+        .unwrap()
+        .into_inner()
+        .results
+        .remove(0)
+        .entry
+        .unwrap();
+    let inner = s.create_entry("spiffe://example.org/svc/inner", "spiffe://example.org/svc", &["unix:uid:8"]).await;
+    let theirs = s
+        .create_entry("spiffe://example.org/theirs", "spiffe://example.org/spire/agent/join_token/zz", &["unix:uid:1"])
+        .await;
+    let mut agent = attest(s.server.agent_addr, &token).await.unwrap();
+    let ids = [theirs.id.as_str(), inner.id.as_str(), "nope", svc.id.as_str(), inner.id.as_str()];
+    let params = ids
+        .iter()
+        .map(|id| pb::batch_new_x509_svid_request::Param { entry_id: id.to_string(), csr: csr().0 })
+        .collect();
+    let resp = agent.client.batch_new_x509_svid(pb::BatchNewX509SvidRequest { params }).await.unwrap().into_inner();
+    assert_eq!(resp.results.iter().map(|r| r.entry_id.as_str()).collect::<Vec<_>>(), ids);
+    assert_eq!(
+        resp.results.iter().map(|r| r.code).collect::<Vec<_>>(),
+        [Code::PermissionDenied as i32, 0, Code::PermissionDenied as i32, 0, 0]
+    );
+    assert_eq!(resp.results[0].message, format!("entry {:?} is not authorized for this agent", theirs.id));
+    assert_eq!(resp.results[2].message, "entry \"nope\" is not authorized for this agent");
+    let now = sigil_server::state::now_unix();
+    let signed_ids: Vec<String> = [1, 3, 4]
+        .iter()
+        .map(|i| {
+            let svid = resp.results[*i].svid.as_ref().unwrap();
+            assert_eq!(
+                svid.spiffe_id,
+                sigil_core::x509::verify_x509_svid(&svid.cert_chain, &s.bundle(), now).unwrap().as_str()
+            );
+            svid.spiffe_id.clone()
+        })
+        .collect();
+    assert_eq!(
+        signed_ids,
+        ["spiffe://example.org/svc/inner", "spiffe://example.org/svc", "spiffe://example.org/svc/inner"]
+    );
+    // The entry's DNS names and TTL reach the certificate.
+    let svc_svid = resp.results[3].svid.as_ref().unwrap();
+    let (_, leaf) = x509_parser::parse_x509_certificate(&svc_svid.cert_chain[0]).unwrap();
+    let dns: Vec<String> = leaf
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dns, ["svc.example.org"]);
+    assert!((svc_svid.expires_at - now - 600).abs() <= 5, "expires_at {} now {now}", svc_svid.expires_at);
+
+    let jwt = agent
+        .client
+        .new_jwt_svid(pb::NewJwtSvidRequest { entry_id: inner.id.clone(), audience: vec!["db".into()] })
+        .await
+        .unwrap()
+        .into_inner();
+    let bundle = s.bundle();
+    let lookup = |td: &sigil_core::TrustDomain| (td == &bundle.trust_domain).then(|| (*bundle).clone());
+    let v = sigil_core::jwt::validate_jwt_svid(&jwt.token, "db", &lookup, now).unwrap();
+    assert_eq!(v.spiffe_id.as_str(), "spiffe://example.org/svc/inner");
+    let err = agent
+        .client
+        .new_jwt_svid(pb::NewJwtSvidRequest { entry_id: theirs.id.clone(), audience: vec!["db".into()] })
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(err.message(), format!("entry {:?} is not authorized for this agent", theirs.id));
+}
+
+#[tokio::test]
 async fn garbage_csr_gets_invalid_argument_not_a_panic() {
     let s = TestServer::start("").await;
     let mut agent = attest(s.server.agent_addr, &s.join_token().await).await.unwrap();

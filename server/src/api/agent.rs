@@ -2,7 +2,7 @@
 //! agent's X509-SVID (verified against the current bundle during the handshake) and a live, unbanned agent
 //! record.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +62,23 @@ impl AgentApi {
             .map_err(|e| Status::invalid_argument(format!("csr: {e}")))?;
         self.state.metrics.x509_svids_signed.inc();
         Ok(issued)
+    }
+}
+
+/// What signing one CSR needs from its (authorized) entry.
+struct SignTarget {
+    spiffe_id: SpiffeId,
+    dns_names: Vec<String>,
+    ttl: Option<Duration>,
+}
+
+impl SignTarget {
+    fn of(entry: &RegistrationEntry) -> Self {
+        Self {
+            spiffe_id: entry.spiffe_id.clone(),
+            dns_names: entry.dns_names.clone(),
+            ttl: (entry.x509_svid_ttl > 0).then(|| Duration::from_secs(entry.x509_svid_ttl.into())),
+        }
     }
 }
 
@@ -169,22 +186,27 @@ impl node_server::Node for AgentApi {
         if params.len() > 1000 {
             return Err(Status::invalid_argument("params: at most 1000 CSRs per batch"));
         }
-        let authorized: Arc<HashMap<String, RegistrationEntry>> =
-            Arc::new(self.state.authorized_entries(&agent.spiffe_id).into_iter().map(|e| (e.id.clone(), e)).collect());
+        // Authorize every CSR under one read lock of the index, walking up from each requested entry;
+        // only what signing needs is copied out.
+        let targets = self.state.resolve_authorized(&agent, params.iter().map(|p| p.entry_id.as_str()), SignTarget::of);
+        let total = params.len();
         // Signing is CPU-bound: spread the batch over the cores, off the async runtime.
-        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(params.len().max(1));
-        let chunk = params.len().div_ceil(workers).max(1);
+        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(total.max(1));
+        let chunk = total.div_ceil(workers).max(1);
+        let mut jobs = params.into_iter().zip(targets);
         let mut tasks = vec![];
-        for part in params.chunks(chunk) {
-            let part = part.to_vec();
+        loop {
+            let part: Vec<_> = jobs.by_ref().take(chunk).collect();
+            if part.is_empty() {
+                break;
+            }
             let state = self.state.clone();
-            let authorized = authorized.clone();
             tasks.push(tokio::task::spawn_blocking(move || {
                 let now = now_unix();
                 let ca = state.ca();
                 part.into_iter()
-                    .map(|p| {
-                        let Some(entry) = authorized.get(&p.entry_id) else {
+                    .map(|(p, target)| {
+                        let Some(target) = target else {
                             return pb::batch_new_x509_svid_response::Result {
                                 code: tonic::Code::PermissionDenied as i32,
                                 message: format!("entry {:?} is not authorized for this agent", p.entry_id),
@@ -192,13 +214,12 @@ impl node_server::Node for AgentApi {
                                 svid: None,
                             };
                         };
-                        let ttl = (entry.x509_svid_ttl > 0).then(|| Duration::from_secs(entry.x509_svid_ttl.into()));
-                        match ca.sign_x509_svid_csr(&p.csr, &entry.spiffe_id, &entry.dns_names, ttl, now) {
+                        match ca.sign_x509_svid_csr(&p.csr, &target.spiffe_id, &target.dns_names, target.ttl, now) {
                             Ok(issued) => pb::batch_new_x509_svid_response::Result {
                                 code: 0,
                                 message: String::new(),
                                 entry_id: p.entry_id,
-                                svid: Some(svid_pb(&entry.spiffe_id, issued)),
+                                svid: Some(svid_pb(&target.spiffe_id, issued)),
                             },
                             Err(e) => pb::batch_new_x509_svid_response::Result {
                                 code: tonic::Code::InvalidArgument as i32,
@@ -211,7 +232,7 @@ impl node_server::Node for AgentApi {
                     .collect::<Vec<_>>()
             }));
         }
-        let mut results = Vec::with_capacity(params.len());
+        let mut results = Vec::with_capacity(total);
         for t in tasks {
             results.extend(t.await.map_err(|e| Status::internal(format!("signing task failed: {e}")))?);
         }
@@ -229,10 +250,9 @@ impl node_server::Node for AgentApi {
         if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
             return Err(Status::invalid_argument("audience: at least one non-empty audience is required"));
         }
-        let entry =
-            self.state.authorized_entries(&agent.spiffe_id).into_iter().find(|e| e.id == req.entry_id).ok_or_else(
-                || Status::permission_denied(format!("entry {:?} is not authorized for this agent", req.entry_id)),
-            )?;
+        let entry = self.state.authorized_entry(&agent, &req.entry_id).ok_or_else(|| {
+            Status::permission_denied(format!("entry {:?} is not authorized for this agent", req.entry_id))
+        })?;
         let ttl = (entry.jwt_svid_ttl > 0).then(|| Duration::from_secs(entry.jwt_svid_ttl.into()));
         let (token, expires_at) = self
             .state
