@@ -62,7 +62,8 @@ async fn main() {
     // --- the cluster's objects ---
     let started = Instant::now();
     let ns_names: Vec<String> = (0..namespaces).map(|i| format!("bench-{run}-{i}")).collect();
-    futures::stream::iter(ns_names.iter().map(|n| create_namespace(&k, n, &[("bench", "true")])))
+    let ns_labels = [("bench-run", run.as_str())];
+    futures::stream::iter(ns_names.iter().map(|n| create_namespace(&k, n, &ns_labels)))
         .buffer_unordered(16)
         .collect::<Vec<_>>()
         .await;
@@ -101,6 +102,9 @@ spec:
   podSelector:
     matchLabels:
       app: bench
+  namespaceSelector:
+    matchLabels:
+      bench-run: "{run}"
   dnsNameTemplates:
     - "v{{{{ index .PodMeta.Labels \"v\" }}}}.{{{{ .PodMeta.Name }}}}.example"
 "#
@@ -186,4 +190,17 @@ spec:
     let reqs = op.metric("sigil_operator_kube_requests_total").await.unwrap_or(0.0);
     println!("Kubernetes API requests in total since operator start: {reqs}");
     kubectl_delete("clusterspiffeid", &format!("bench-{run}"));
+    // Pods go at once (no kubelet at this tier to confirm a graceful deletion); namespaces stay, since the
+    // api tier runs no namespace controller to finish deleting them.
+    drop(op);
+    futures::stream::iter(ns_names.iter().map(|ns| {
+        let api = Api::<Pod>::namespaced(k.clone(), ns);
+        async move {
+            let dp = kube::api::DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
+            let _ = api.delete_collection(&dp, &Default::default()).await;
+        }
+    }))
+    .buffer_unordered(8)
+    .collect::<Vec<_>>()
+    .await;
 }

@@ -71,13 +71,15 @@ pub enum Update {
 
 // ----- converting watched objects -----
 
-fn strip_meta(mut meta: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Value {
-    // Big and never useful in templates; dropping them keeps memory low at 10k+ pods.
+/// Metadata without managedFields and the last-applied annotation: big, and never useful in templates.
+fn strip_meta(
+    mut meta: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
     meta.managed_fields = None;
     if let Some(a) = meta.annotations.as_mut() {
         a.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
-    serde_json::to_value(&meta).unwrap_or(Value::Null)
+    meta
 }
 
 fn pod_from_k8s(p: K8sPod) -> Option<world::Pod> {
@@ -86,8 +88,8 @@ fn pod_from_k8s(p: K8sPod) -> Option<world::Pod> {
     let name = p.metadata.name.clone()?;
     let labels = p.metadata.labels.clone().unwrap_or_default().into_iter().collect();
     let node_name = p.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty());
-    let spec = serde_json::to_value(&p.spec).unwrap_or(Value::Null);
-    Some(world::Pod { uid, namespace, name, node_name, labels, meta: strip_meta(p.metadata), spec })
+    let spec = world::json_text(&p.spec);
+    Some(world::Pod { uid, namespace, name, node_name, labels, meta: world::json_text(&strip_meta(p.metadata)), spec })
 }
 
 fn node_from_k8s(n: K8sNode) -> Option<world::Node> {
@@ -96,7 +98,7 @@ fn node_from_k8s(n: K8sNode) -> Option<world::Node> {
     // Heartbeats bump the resourceVersion; without it an unchanged node compares equal and re-renders nothing.
     meta.resource_version = None;
     let spec = serde_json::to_value(&n.spec).unwrap_or(Value::Null);
-    Some(world::Node { name, meta: strip_meta(meta), spec })
+    Some(world::Node { name, meta: serde_json::to_value(strip_meta(meta)).unwrap_or(Value::Null), spec })
 }
 
 fn slice_update(s: EndpointSlice) -> Option<(String, Update)> {
@@ -201,8 +203,9 @@ pub fn start_watches(
     tx: &mpsc::Sender<Update>,
     m: &Metrics,
 ) -> BTreeSet<Kind> {
-    // Lists come from the API server's watch cache (resourceVersion=0): fast, and no load on etcd.
-    let wc = || watcher::Config::default().any_semantic();
+    // Paginated lists (500 objects a page): a single unpaginated list of 10k pods would hold the whole
+    // response in memory at once, and the operator's peak RSS is what it keeps afterwards.
+    let wc = || watcher::Config::default().page_size(500);
     let mut kinds = BTreeSet::new();
     let r = config.reconcile;
     if r.cluster_spiffe_ids {

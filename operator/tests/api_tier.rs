@@ -205,6 +205,67 @@ spec:
     assert_eq!(server.entries(&c.prefix).await, before, "a restart must not rewrite entries");
     assert_eq!(op2.metric("sigil_operator_entry_writes_total").await.unwrap_or(0.0), 0.0);
 
+    // Drift: an entry of ours deleted behind the operator's back comes back at the next full pass (5 s).
+    let victim = before.values().find(|e| e.spiffe_id.to_string() == id(&b, "web-2")).unwrap().clone();
+    server.client.delete(std::slice::from_ref(&victim.id)).await.unwrap();
+    eventually(T, "drift repaired", || async {
+        let now = server.entries(&c.prefix).await;
+        now.get(&victim.id).map(|e| identity(e) == identity(&victim)).filter(|ok| *ok)
+    })
+    .await;
+    assert!(op2.metric("sigil_operator_drift_repaired_total").await.unwrap_or(0.0) >= 1.0, "repair is counted");
+
+    // autoPopulateDNSNames: an EndpointSlice naming web-2 adds the Service's DNS names.
+    kubectl_apply(&format!(
+        r#"apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: websvc-abc
+  namespace: {b}
+  labels:
+    kubernetes.io/service-name: websvc
+addressType: IPv4
+endpoints:
+  - addresses: ["10.0.0.9"]
+    targetRef: {{kind: Pod, name: web-2, namespace: {b}, uid: {web2}}}
+"#
+    ));
+    kubectl_apply(&format!(
+        r#"apiVersion: sigil.dev/v1alpha1
+kind: ClusterSPIFFEID
+metadata:
+  name: {csid}
+spec:
+  className: {class}
+  spiffeIDTemplate: "spiffe://{{{{ .TrustDomain }}}}/ns/{{{{ .PodMeta.Namespace }}}}/sa/{{{{ .PodSpec.ServiceAccountName }}}}/{{{{ .PodMeta.Name }}}}"
+  podSelector:
+    matchLabels:
+      app: web
+  namespaceSelector:
+    matchLabels:
+      team: a
+  workloadSelectorTemplates:
+    - "k8s:ns:{{{{ .PodMeta.Namespace }}}}"
+  dnsNameTemplates:
+    - "{{{{ .PodMeta.Name }}}}.{{{{ .PodMeta.Namespace }}}}.example"
+  autoPopulateDNSNames: true
+  ttl: 1h
+"#,
+        class = c.class
+    ));
+    let want_dns = vec![
+        format!("web-2.{b}.example"),
+        "websvc".to_string(),
+        format!("websvc.{b}"),
+        format!("websvc.{b}.svc"),
+        format!("websvc.{b}.svc.cluster.local"),
+    ];
+    eventually(T, "service DNS names", || async {
+        let now = server.entries(&c.prefix).await;
+        now.values().find(|e| e.spiffe_id.to_string() == id(&b, "web-2") && e.dns_names == want_dns).map(|_| ())
+    })
+    .await;
+
     // Deleting the CR removes every entry it made, and only those.
     kubectl_delete("clusterspiffeid", &csid);
     expect_entries(&server, &c.prefix, vec![], "CR deletion").await;
