@@ -60,6 +60,10 @@ tier "test cluster: api tier smoke (etcd + kube-apiserver)"
 e2e/smoke/run.sh --tier api
 passed+=(cluster-api)
 
+tier "operator on the api tier: CRDs and examples, entries follow pods/labels/namespaces/CRs, leader change"
+e2e/operator/run.sh
+passed+=(operator-api)
+
 tier "test cluster: node tier smoke (kubelet, containerd, CNI, kube-proxy, CoreDNS)"
 e2e/smoke/run.sh --tier node
 passed+=(cluster-node)
