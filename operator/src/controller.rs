@@ -300,6 +300,15 @@ struct StatusCache {
     announced: HashMap<String, Vec<String>>,
 }
 
+impl StatusCache {
+    fn forget(&mut self, kind: &'static str, name: &str) {
+        self.written.remove(&(kind, name.to_string()));
+        if kind == "csid" {
+            self.announced.remove(name);
+        }
+    }
+}
+
 pub struct Controller {
     world: World,
     client: AdminClient,
@@ -404,6 +413,7 @@ impl Controller {
             }
             Update::PolicyGone(name) => {
                 self.invalid.remove(&invalid_key("csid", &name));
+                self.status.forget("csid", &name);
                 self.policies.remove(&name);
                 self.world.delete_policy(&name);
             }
@@ -432,11 +442,15 @@ impl Controller {
             }
             Update::StaticGone(name) => {
                 self.invalid.remove(&invalid_key("cse", &name));
+                self.status.forget("cse", &name);
                 self.statics.remove(&name);
                 self.world.delete_static(&name);
             }
             Update::Federation(cr) => self.federation.upsert(*cr, self.world.settings()),
-            Update::FederationGone(name) => self.federation.delete(&name),
+            Update::FederationGone(name) => {
+                self.status.forget("cftd", &name);
+                self.federation.delete(&name);
+            }
             Update::Synced(kind) => {
                 self.waiting_for.remove(&kind);
                 if self.waiting_for.is_empty() {
@@ -693,6 +707,10 @@ impl Controller {
         let names: Vec<String> = self.policies.keys().cloned().collect();
         for name in names {
             let Some(cr) = self.policies.get(&name) else { continue };
+            // Another operator (another className) owns this one's status.
+            if !self.world.settings().owns_class(cr.spec.class_name.as_deref()) {
+                continue;
+            }
             let generation = cr.metadata.generation;
             let previous = cr.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
             let (stats, ready) = match self.invalid.get(&("csid", name.clone())) {
@@ -736,6 +754,9 @@ impl Controller {
         let names: Vec<String> = self.statics.keys().cloned().collect();
         for name in names {
             let Some(cr) = self.statics.get(&name) else { continue };
+            if !self.world.settings().owns_class(cr.spec.class_name.as_deref()) {
+                continue;
+            }
             let generation = cr.metadata.generation;
             let previous = cr.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
             let (st, ready) = match self.invalid.get(&("cse", name.clone())) {
@@ -747,7 +768,7 @@ impl Controller {
                     } else if st.masked {
                         Err(("Masked", "an older object declares the same entry".to_string()))
                     } else if !st.rendered {
-                        Err(("NotOurClass", "className does not match this operator".to_string()))
+                        Err(("Pending", "not reconciled yet".to_string()))
                     } else {
                         Ok("entry set".to_string())
                     };
