@@ -60,6 +60,27 @@ pub enum EntryError {
 }
 
 impl RegistrationEntry {
+    /// An entry with just its identity, parent and selectors: every other field is zero or empty (no ID
+    /// yet, server-default TTLs, no DNS names, no federation, not admin or downstream, no expiry).
+    pub fn new(spiffe_id: SpiffeId, parent_id: SpiffeId, selectors: Vec<Selector>) -> Self {
+        Self {
+            id: String::new(),
+            spiffe_id,
+            parent_id,
+            selectors,
+            x509_svid_ttl: 0,
+            jwt_svid_ttl: 0,
+            dns_names: Vec::new(),
+            federates_with: Vec::new(),
+            admin: false,
+            downstream: false,
+            hint: String::new(),
+            entry_expiry: 0,
+            revision: 0,
+            created_at: 0,
+        }
+    }
+
     /// Checks the fields a client supplies. IDs are already typed; this adds the rules that need context.
     pub fn validate(&self, td: &TrustDomain) -> Result<(), EntryError> {
         if self.selectors.is_empty() {
@@ -305,6 +326,14 @@ mod tests {
             revision: 0,
             created_at: 0,
         }
+    }
+
+    #[test]
+    fn new_sets_only_identity_parent_and_selectors() {
+        let sels = vec![Selector::parse("unix:uid:1").unwrap()];
+        let e = RegistrationEntry::new(id("spiffe://td/a"), id("spiffe://td/p"), sels.clone());
+        assert_eq!(e, entry("", "spiffe://td/a", "spiffe://td/p", &["unix:uid:1"]));
+        assert_eq!((e.spiffe_id.to_string(), e.selectors), ("spiffe://td/a".to_string(), sels));
     }
 
     fn ids(v: &[&RegistrationEntry]) -> Vec<String> {

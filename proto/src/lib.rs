@@ -2,6 +2,7 @@
 //!
 //! - [`workload`]: the SPIFFE Workload API, wire-exact (no proto package: `/SpiffeWorkloadAPI/<Method>`).
 //! - [`types`], [`admin`], [`agent`]: Sigil's own APIs (`sigil.*.v1`).
+//! - [`convert`]: the wire <-> `sigil-core` conversions every crate uses.
 //! - [`csi::v1`], [`pluginregistration`]: CSI v1 and the kubelet plugin registration API (wire-exact).
 #![allow(missing_debug_implementations, clippy::all)]
 
@@ -9,6 +10,8 @@
 pub mod workload {
     tonic::include_proto!("_");
 }
+
+pub mod convert;
 
 /// Module tree mirroring the proto packages, so generated cross-package paths resolve.
 pub mod sigil {
