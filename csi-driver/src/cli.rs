@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
 use crate::RunConfig;
 use crate::service::DriverConfig;
@@ -10,14 +10,7 @@ use crate::service::DriverConfig;
 /// Flags that take no value (for the single-dash normalizer).
 pub const BOOL_FLAGS: &[&str] = &["no-register"];
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use sigil_telemetry::LogFormat;
 
 /// `sigil-csi-driver`: bind-mounts the agent's Workload API socket directory into pods.
 #[derive(Debug, Parser)]

@@ -3,19 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use sigil_csi_driver::cli::{BOOL_FLAGS, Cli, LogFormat};
-
-fn init_logging(level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn")));
-    // Colours only on a terminal: in a container, `kubectl logs` would show raw escape codes.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
+use sigil_csi_driver::cli::{BOOL_FLAGS, Cli};
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -42,7 +30,7 @@ async fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
-    init_logging(&cli.log_level, cli.log_format);
+    sigil_telemetry::init_logging(&cli.log_level, cli.log_format, &[]);
     let cfg = match cli.run_config() {
         Ok(c) => c,
         Err(e) => {

@@ -119,11 +119,7 @@ pub struct Overrides {
     pub health_port: Option<u16>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use sigil_telemetry::LogFormat;
 
 /// How the agent authenticates the server before it has a stored bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,10 +189,13 @@ impl AgentConfig {
             (None, true) => Bootstrap::Insecure,
             (None, false) => Bootstrap::StoredOnly,
         };
+        // The agent has always also taken the upper-case spellings.
         let log_format = match o.log_format.or(a.log_format).as_deref().unwrap_or("text") {
-            "text" | "TEXT" => LogFormat::Text,
-            "json" | "JSON" => LogFormat::Json,
-            other => return Err(field("log_format", format!("{other:?}: expected text or json"))),
+            "TEXT" => LogFormat::Text,
+            "JSON" => LogFormat::Json,
+            other => {
+                LogFormat::parse(other).map_err(|e| field("log_format", format!("{:?}: expected text or json", e.0)))?
+            }
         };
         let log_level = o.log_level.or(a.log_level).unwrap_or_else(|| "info".into()).to_lowercase();
         if !["trace", "debug", "info", "warn", "error"].contains(&log_level.as_str()) {
@@ -297,6 +296,29 @@ bind_port = 9999
         }
         let ok = AgentConfig::resolve(FileConfig::default(), Overrides { insecure_bootstrap: true, ..base() }).unwrap();
         assert_eq!(ok.bootstrap, Bootstrap::Insecure);
+    }
+
+    #[test]
+    fn log_format_values_and_message() {
+        let cases: &[(Option<&str>, Result<LogFormat, &str>)] = &[
+            (None, Ok(LogFormat::Text)),
+            (Some("text"), Ok(LogFormat::Text)),
+            (Some("TEXT"), Ok(LogFormat::Text)),
+            (Some("json"), Ok(LogFormat::Json)),
+            (Some("JSON"), Ok(LogFormat::Json)),
+            (Some("Json"), Err(r#"config field `log_format`: "Json": expected text or json"#)),
+            (Some("xml"), Err(r#"config field `log_format`: "xml": expected text or json"#)),
+        ];
+        for (value, want) in cases {
+            let o = Overrides {
+                trust_domain: Some("example.org".into()),
+                server_address: Some("127.0.0.1".into()),
+                log_format: value.map(str::to_owned),
+                ..Default::default()
+            };
+            let got = AgentConfig::resolve(FileConfig::default(), o).map(|c| c.log_format).map_err(|e| e.to_string());
+            assert_eq!(got, want.map_err(str::to_owned), "{value:?}");
+        }
     }
 
     #[test]

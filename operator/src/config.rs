@@ -115,11 +115,7 @@ pub struct Overrides {
     pub log_format: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use sigil_telemetry::LogFormat;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reconcile {
@@ -242,11 +238,8 @@ impl OperatorConfig {
             o.health_probe_bind_address.or(file.health.and_then(|h| h.health_probe_bind_address)),
             ":8083",
         )?;
-        let log_format = match o.log_format.or(file.log_format).as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => return Err(field("logFormat", format!("{other:?} is not text or json"))),
-        };
+        let log_format = LogFormat::parse(o.log_format.or(file.log_format).as_deref().unwrap_or("text"))
+            .map_err(|e| field("logFormat", format!("{:?} is not text or json", e.0)))?;
         let class_name = file.class_name.filter(|c| !c.is_empty());
         Ok(Self {
             settings: Settings {
@@ -338,6 +331,22 @@ reconcile:
         assert_eq!(c.metrics_addr, Some("127.0.0.1:8082".parse().unwrap()));
         assert!(c.settings.is_ignored_namespace("local-path-storage"));
         assert!(!c.settings.is_ignored_namespace("kube-system-2"));
+    }
+
+    #[test]
+    fn log_format_values_and_message() {
+        let cases: &[(Option<&str>, Result<LogFormat, &str>)] = &[
+            (None, Ok(LogFormat::Text)),
+            (Some("text"), Ok(LogFormat::Text)),
+            (Some("json"), Ok(LogFormat::Json)),
+            (Some("JSON"), Err(r#"logFormat: "JSON" is not text or json"#)),
+            (Some("xml"), Err(r#"logFormat: "xml" is not text or json"#)),
+        ];
+        for (value, want) in cases {
+            let o = Overrides { log_format: value.map(str::to_owned), ..Default::default() };
+            let got = OperatorConfig::resolve(minimal(), o, None).map(|c| c.log_format).map_err(|e| e.to_string());
+            assert_eq!(got, want.map_err(str::to_owned), "{value:?}");
+        }
     }
 
     #[test]

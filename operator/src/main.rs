@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use prometheus_client::registry::Registry;
-use sigil_operator::config::{FileConfig, LogFormat, OperatorConfig, Overrides};
+use sigil_operator::config::{FileConfig, OperatorConfig, Overrides};
 use sigil_operator::controller::{Controller, start_watches};
 use sigil_operator::metrics::{Health, Metrics, labels};
 use sigil_operator::server_client::AdminClient;
@@ -42,18 +42,6 @@ struct Cli {
     log_level: Option<String>,
     #[arg(long = "logFormat")]
     log_format: Option<String>,
-}
-
-fn init_logging(level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn,kube=warn"))
-    });
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
 }
 
 /// A kube client whose requests are counted by method (`watch` for watch requests).
@@ -96,7 +84,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let resolv = std::fs::read_to_string("/etc/resolv.conf").ok();
     let config = OperatorConfig::resolve(file, overrides, resolv.as_deref())?;
-    init_logging(&config.log_level, config.log_format);
+    sigil_telemetry::init_logging(&config.log_level, config.log_format, &["kube=warn"]);
 
     let metrics = Metrics::default();
     let mut registry = Registry::default();

@@ -91,11 +91,7 @@ pub struct Overrides {
     pub health_port: Option<u16>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use sigil_telemetry::LogFormat;
 
 /// Resolved, validated configuration.
 #[derive(Debug, Clone)]
@@ -152,13 +148,8 @@ impl ServerConfig {
             .ok_or_else(|| field("trust_domain", "is required (or pass -trustDomain)"))?;
         let trust_domain = TrustDomain::new(&td_raw).map_err(|e| field("trust_domain", e.to_string()))?;
         let bind_address = parse_ip("bind_address", o.bind_address.or(s.bind_address).as_deref().unwrap_or("0.0.0.0"))?;
-        let log_format = match o.log_format.or(s.log_format).as_deref().unwrap_or("text") {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            other => {
-                return Err(field("log_format", format!("{other:?} is not one of text, json")));
-            }
-        };
+        let log_format = LogFormat::parse(o.log_format.or(s.log_format).as_deref().unwrap_or("text"))
+            .map_err(|e| field("log_format", format!("{:?} is not one of text, json", e.0)))?;
         let log_level = o.log_level.or(s.log_level).unwrap_or_else(|| "info".into()).to_lowercase();
         if !["trace", "debug", "info", "warn", "error"].contains(&log_level.as_str()) {
             return Err(field("log_level", format!("{log_level:?} is not one of trace, debug, info, warn, error")));
@@ -321,6 +312,26 @@ mod tests {
             let file = FileConfig::parse(text).unwrap();
             let err = ServerConfig::resolve(file, Overrides::default()).unwrap_err().to_string();
             assert!(err.contains(name), "{text:?} -> {err}");
+        }
+    }
+
+    #[test]
+    fn log_format_values_and_message() {
+        let cases: &[(Option<&str>, Result<LogFormat, &str>)] = &[
+            (None, Ok(LogFormat::Text)),
+            (Some("text"), Ok(LogFormat::Text)),
+            (Some("json"), Ok(LogFormat::Json)),
+            (Some("JSON"), Err(r#"config field `log_format`: "JSON" is not one of text, json"#)),
+            (Some("xml"), Err(r#"config field `log_format`: "xml" is not one of text, json"#)),
+        ];
+        for (value, want) in cases {
+            let o = Overrides {
+                trust_domain: Some("td".into()),
+                log_format: value.map(str::to_owned),
+                ..Default::default()
+            };
+            let got = ServerConfig::resolve(FileConfig::default(), o).map(|c| c.log_format).map_err(|e| e.to_string());
+            assert_eq!(got, want.map_err(str::to_owned), "{value:?}");
         }
     }
 

@@ -5,19 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sigil_server::cli::args::{Cli, Command, RunArgs, normalize_args};
-use sigil_server::config::{FileConfig, LogFormat, Overrides, ServerConfig};
-
-fn init_logging(level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn")));
-    // Colours only on a terminal: in a container, `kubectl logs` would show raw escape codes.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
+use sigil_server::config::{FileConfig, Overrides, ServerConfig};
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let file = match &args.config {
@@ -35,7 +23,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         health_port: args.health_port,
     };
     let config = ServerConfig::resolve(file, overrides)?;
-    init_logging(&config.log_level, config.log_format);
+    sigil_telemetry::init_logging(&config.log_level, config.log_format, &[]);
     let server = sigil_server::run::start(config).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
