@@ -1,8 +1,12 @@
-//! Conversions between wire types and core types. Every inbound conversion validates and returns a
-//! `Status::invalid_argument` whose message names the field, so bad input never reaches the datastore.
+//! The server's side of the wire <-> core conversions. The conversions themselves are
+//! [`sigil_proto::convert`]'s; here every inbound one returns `Status::invalid_argument` whose message names
+//! the field, so bad input never reaches the datastore, plus the checks that are the server's own (entry
+//! IDs, CA certificates) and the datastore-only types (agents, datastore errors).
 
-use sigil_core::bundle::{Bundle, JwtAuthority};
+use sigil_core::bundle::Bundle;
 use sigil_core::{RegistrationEntry, Selector, SpiffeId, TrustDomain};
+use sigil_proto::convert::{self, ConvertError};
+pub use sigil_proto::convert::{bundle_to_pb, entry_to_pb, selector_to_pb};
 use sigil_proto::types as pb;
 use tonic::Status;
 
@@ -16,12 +20,13 @@ pub fn trust_domain(field: &str, v: &str) -> Result<TrustDomain, Status> {
     TrustDomain::new(v).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
 }
 
-pub fn selector_from_pb(s: &pb::Selector) -> Result<Selector, Status> {
-    Selector::new(&s.r#type, &s.value).map_err(|e| Status::invalid_argument(format!("selectors: {e}")))
+/// Wire values the server can't use are the client's error: `InvalidArgument` with the conversion's text.
+fn invalid(e: ConvertError) -> Status {
+    Status::invalid_argument(e.to_string())
 }
 
-pub fn selector_to_pb(s: &Selector) -> pb::Selector {
-    pb::Selector { r#type: s.kind().to_owned(), value: s.value().to_owned() }
+pub fn selector_from_pb(s: &pb::Selector) -> Result<Selector, Status> {
+    convert::selector_from_pb(s).map_err(invalid)
 }
 
 /// The longest entry ID a client may choose, in bytes (SPIRE refuses `len(EntryId) > 255`).
@@ -45,99 +50,20 @@ pub fn entry_id(field: &str, v: &str) -> Result<(), Status> {
     Ok(())
 }
 
-fn ttl(field: &str, v: i32) -> Result<u32, Status> {
-    u32::try_from(v).map_err(|_| Status::invalid_argument(format!("{field}: must not be negative")))
-}
-
 /// A client-supplied entry. `id`, `revision` and `created_at` are kept as given (the datastore decides).
 pub fn entry_from_pb(e: &pb::Entry) -> Result<RegistrationEntry, Status> {
-    let mut selectors = e.selectors.iter().map(selector_from_pb).collect::<Result<Vec<_>, _>>()?;
-    selectors.sort();
-    selectors.dedup();
-    let federates_with =
-        e.federates_with.iter().map(|td| trust_domain("federates_with", td)).collect::<Result<Vec<_>, _>>()?;
-    Ok(RegistrationEntry {
-        id: e.id.clone(),
-        spiffe_id: spiffe_id("spiffe_id", &e.spiffe_id)?,
-        parent_id: spiffe_id("parent_id", &e.parent_id)?,
-        selectors,
-        x509_svid_ttl: ttl("x509_svid_ttl", e.x509_svid_ttl)?,
-        jwt_svid_ttl: ttl("jwt_svid_ttl", e.jwt_svid_ttl)?,
-        dns_names: e.dns_names.clone(),
-        federates_with,
-        admin: e.admin,
-        downstream: e.downstream,
-        hint: e.hint.clone(),
-        entry_expiry: e.expires_at,
-        revision: e.revision,
-        created_at: e.created_at,
-    })
+    convert::entry_from_pb(e).map_err(invalid)
 }
 
-pub fn entry_to_pb(e: &RegistrationEntry) -> pb::Entry {
-    pb::Entry {
-        id: e.id.clone(),
-        spiffe_id: e.spiffe_id.to_string(),
-        parent_id: e.parent_id.to_string(),
-        selectors: e.selectors.iter().map(selector_to_pb).collect(),
-        x509_svid_ttl: i32::try_from(e.x509_svid_ttl).unwrap_or(i32::MAX),
-        jwt_svid_ttl: i32::try_from(e.jwt_svid_ttl).unwrap_or(i32::MAX),
-        dns_names: e.dns_names.clone(),
-        federates_with: e.federates_with.iter().map(|td| td.name().to_owned()).collect(),
-        admin: e.admin,
-        downstream: e.downstream,
-        hint: e.hint.clone(),
-        expires_at: e.entry_expiry,
-        revision: e.revision,
-        created_at: e.created_at,
-    }
-}
-
-pub fn bundle_to_pb(b: &Bundle) -> pb::Bundle {
-    pb::Bundle {
-        trust_domain: b.trust_domain.name().to_owned(),
-        x509_authorities: b.x509_authorities.clone(),
-        jwt_authorities: b
-            .jwt_authorities
-            .iter()
-            .map(|k| pb::JwtKey {
-                key_id: k.key_id.clone(),
-                public_key: k.public_key_spki_der.clone(),
-                expires_at: k.expires_at,
-            })
-            .collect(),
-        sequence_number: b.sequence,
-        refresh_hint: b.refresh_hint_secs.map(|s| i64::try_from(s).unwrap_or(i64::MAX)).unwrap_or(0),
-    }
-}
-
+/// A client-supplied bundle: the shared conversion plus the server's rule that every X.509 authority is a
+/// CA certificate it would accept (checked after the trust domain, before the JWT authorities).
 pub fn bundle_from_pb(b: &pb::Bundle) -> Result<Bundle, Status> {
-    let trust_domain = trust_domain("bundle.trust_domain", &b.trust_domain)?;
+    trust_domain("bundle.trust_domain", &b.trust_domain)?;
     for (i, der) in b.x509_authorities.iter().enumerate() {
         sigil_core::x509::check_ca_cert(der)
             .map_err(|e| Status::invalid_argument(format!("bundle.x509_authorities[{i}]: {e}")))?;
     }
-    let jwt_authorities = b
-        .jwt_authorities
-        .iter()
-        .map(|k| {
-            if k.key_id.is_empty() {
-                return Err(Status::invalid_argument("bundle.jwt_authorities: key_id is required"));
-            }
-            Ok(JwtAuthority {
-                key_id: k.key_id.clone(),
-                public_key_spki_der: k.public_key.clone(),
-                expires_at: k.expires_at,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Bundle {
-        trust_domain,
-        x509_authorities: b.x509_authorities.clone(),
-        jwt_authorities,
-        sequence: b.sequence_number,
-        refresh_hint_secs: u64::try_from(b.refresh_hint).ok().filter(|s| *s > 0),
-    })
+    convert::bundle_from_pb(b).map_err(invalid)
 }
 
 pub fn agent_to_pb(a: &AttestedAgent) -> pb::Agent {
@@ -170,6 +96,52 @@ pub fn datastore_status(e: crate::datastore::DatastoreError) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The server's messages, exactly as before the conversions moved to `sigil_proto::convert`.
+    #[test]
+    fn refusals_keep_the_server_messages() {
+        let entry = || pb::Entry {
+            spiffe_id: "spiffe://td/w".into(),
+            parent_id: "spiffe://td/p".into(),
+            selectors: vec![pb::Selector { r#type: "unix".into(), value: "uid:1".into() }],
+            ..Default::default()
+        };
+        assert!(entry_from_pb(&entry()).is_ok());
+        let entries: Vec<(pb::Entry, &str)> = vec![
+            (pb::Entry { x509_svid_ttl: -1, ..entry() }, "x509_svid_ttl: must not be negative"),
+            (pb::Entry { jwt_svid_ttl: -1, ..entry() }, "jwt_svid_ttl: must not be negative"),
+            (pb::Entry { spiffe_id: "x".into(), ..entry() }, "spiffe_id: "),
+            (pb::Entry { parent_id: "x".into(), ..entry() }, "parent_id: "),
+            (pb::Entry { federates_with: vec!["A B".into()], ..entry() }, "federates_with: "),
+            (pb::Entry { selectors: vec![pb::Selector::default()], spiffe_id: "x".into(), ..entry() }, "selectors: "),
+        ];
+        for (input, text) in entries {
+            let s = entry_from_pb(&input).unwrap_err();
+            assert_eq!(s.code(), tonic::Code::InvalidArgument, "{text}");
+            assert!(s.message().starts_with(text), "{text}: {}", s.message());
+        }
+        let no_kid = pb::JwtKey { key_id: String::new(), public_key: vec![1], expires_at: 0 };
+        let bundle = || pb::Bundle { trust_domain: "td".into(), ..Default::default() };
+        assert!(bundle_from_pb(&bundle()).is_ok());
+        let bundles: Vec<(pb::Bundle, &str)> = vec![
+            (
+                pb::Bundle { trust_domain: String::new(), x509_authorities: vec![vec![1]], ..bundle() },
+                "bundle.trust_domain: ",
+            ),
+            (
+                pb::Bundle { x509_authorities: vec![vec![1]], jwt_authorities: vec![no_kid.clone()], ..bundle() },
+                "bundle.x509_authorities[0]: ",
+            ),
+            (pb::Bundle { jwt_authorities: vec![no_kid], ..bundle() }, "bundle.jwt_authorities: key_id is required"),
+        ];
+        for (input, text) in bundles {
+            let s = bundle_from_pb(&input).unwrap_err();
+            assert_eq!(s.code(), tonic::Code::InvalidArgument, "{text}");
+            assert!(s.message().starts_with(text), "{text}: {}", s.message());
+        }
+        let s = selector_from_pb(&pb::Selector { r#type: "unix".into(), value: String::new() }).unwrap_err();
+        assert!(s.message().starts_with("selectors: "), "{}", s.message());
+    }
 
     /// SPIRE's rule: at most 255 bytes of A-Z a-z 0-9 '-' '.' '_' (empty = generated).
     #[test]
