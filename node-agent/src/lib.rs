@@ -9,7 +9,6 @@ pub mod attest;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod convert;
 pub mod health;
 pub mod manager;
 pub mod metrics;

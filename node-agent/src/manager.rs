@@ -14,10 +14,10 @@ use rand::Rng;
 use sigil_core::bundle::Bundle;
 use sigil_core::{RegistrationEntry, SpiffeId};
 use sigil_proto::agent as pb;
+use sigil_proto::convert;
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
-use crate::convert;
 use crate::metrics::Metrics;
 use crate::state::{CachedSvid, Snapshot};
 

@@ -16,12 +16,12 @@ use sigil_core::bundle::Bundle;
 use sigil_core::{SpiffeId, TrustDomain};
 use sigil_proto::agent as pb;
 use sigil_proto::agent::node_client::NodeClient;
+use sigil_proto::convert;
 use sigil_tls::ServerCheck;
 use tokio::sync::watch;
 use tonic::Status;
 use tonic::transport::Channel;
 
-use crate::convert;
 use crate::manager::{SignResult, SvidSigner, new_key_and_csr, now_unix, validity};
 
 /// The file in `data_dir` holding the agent SVID, key and bundle.
