@@ -13,6 +13,7 @@ use sigil_core::bundle::Bundle;
 use sigil_core::{SpiffeId, TrustDomain};
 use sigil_proto::admin as apb;
 use sigil_proto::admin::trust_domains_client::TrustDomainsClient;
+use sigil_proto::convert::bundle_to_pb;
 use sigil_proto::types as tpb;
 
 use crate::compile::rank;
@@ -58,24 +59,6 @@ pub fn compile(cr: &ClusterFederatedTrustDomain, own: &TrustDomain) -> Result<De
         }
     };
     Ok(Desired { trust_domain, bundle_endpoint_url: s.bundle_endpoint_url.clone(), endpoint_spiffe_id, bundle })
-}
-
-fn bundle_to_pb(b: &Bundle) -> tpb::Bundle {
-    tpb::Bundle {
-        trust_domain: b.trust_domain.name().to_owned(),
-        x509_authorities: b.x509_authorities.clone(),
-        jwt_authorities: b
-            .jwt_authorities
-            .iter()
-            .map(|a| tpb::JwtKey {
-                key_id: a.key_id.clone(),
-                public_key: a.public_key_spki_der.clone(),
-                expires_at: a.expires_at,
-            })
-            .collect(),
-        sequence_number: b.sequence,
-        refresh_hint: b.refresh_hint_secs.map_or(0, |s| i64::try_from(s).unwrap_or(i64::MAX)),
-    }
 }
 
 fn to_pb(d: &Desired, marker: &str) -> apb::FederationRelationship {

@@ -4,9 +4,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use hyper_util::rt::TokioIo;
-use sigil_core::{RegistrationEntry, Selector, SpiffeId, TrustDomain};
+use sigil_core::RegistrationEntry;
 use sigil_proto::admin as apb;
 use sigil_proto::admin::entries_client::EntriesClient;
+use sigil_proto::convert::{ConvertError, entry_to_pb};
 use sigil_proto::types as tpb;
 use tonic::transport::{Channel, Endpoint};
 
@@ -18,8 +19,8 @@ pub const WRITE_BATCH: usize = 500;
 pub enum ClientError {
     #[error("admin API {call}: {status}")]
     Rpc { call: &'static str, status: String },
-    #[error("the server returned an entry the operator can't read: {0}")]
-    BadEntry(String),
+    #[error("the server returned an entry the operator can't read: entry {id:?}: {error}")]
+    BadEntry { id: String, error: ConvertError },
 }
 
 fn rpc(call: &'static str) -> impl FnOnce(tonic::Status) -> ClientError {
@@ -118,6 +119,12 @@ impl AdminClient {
     }
 }
 
+/// An entry the server returned, as a core entry (the operator only reads what the server validated, so
+/// a refusal here means the two disagree on the wire format).
+fn entry_from_pb(e: &tpb::Entry) -> Result<RegistrationEntry, ClientError> {
+    sigil_proto::convert::entry_from_pb(e).map_err(|error| ClientError::BadEntry { id: e.id.clone(), error })
+}
+
 fn result(status: Option<apb::Status>, entry: Option<tpb::Entry>) -> Result<WriteResult, ClientError> {
     match status {
         Some(s) if s.code != 0 => Ok(WriteResult::Failed { code: s.code, message: s.message }),
@@ -125,55 +132,32 @@ fn result(status: Option<apb::Status>, entry: Option<tpb::Entry>) -> Result<Writ
     }
 }
 
-pub fn entry_to_pb(e: &RegistrationEntry) -> tpb::Entry {
-    tpb::Entry {
-        id: e.id.clone(),
-        spiffe_id: e.spiffe_id.to_string(),
-        parent_id: e.parent_id.to_string(),
-        selectors: e
-            .selectors
-            .iter()
-            .map(|s| tpb::Selector { r#type: s.kind().into(), value: s.value().into() })
-            .collect(),
-        x509_svid_ttl: i32::try_from(e.x509_svid_ttl).unwrap_or(i32::MAX),
-        jwt_svid_ttl: i32::try_from(e.jwt_svid_ttl).unwrap_or(i32::MAX),
-        dns_names: e.dns_names.clone(),
-        federates_with: e.federates_with.iter().map(|td| td.name().to_owned()).collect(),
-        admin: e.admin,
-        downstream: e.downstream,
-        hint: e.hint.clone(),
-        expires_at: e.entry_expiry,
-        revision: e.revision,
-        created_at: e.created_at,
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-pub fn entry_from_pb(e: &tpb::Entry) -> Result<RegistrationEntry, ClientError> {
-    let bad = |what: &str, err: &dyn std::fmt::Display| ClientError::BadEntry(format!("entry {}: {what}: {err}", e.id));
-    let mut selectors = e
-        .selectors
-        .iter()
-        .map(|s| Selector::new(&s.r#type, &s.value).map_err(|err| bad("selector", &err)))
-        .collect::<Result<Vec<_>, _>>()?;
-    selectors.sort();
-    Ok(RegistrationEntry {
-        id: e.id.clone(),
-        spiffe_id: SpiffeId::new(&e.spiffe_id).map_err(|err| bad("spiffe_id", &err))?,
-        parent_id: SpiffeId::new(&e.parent_id).map_err(|err| bad("parent_id", &err))?,
-        selectors,
-        x509_svid_ttl: u32::try_from(e.x509_svid_ttl).unwrap_or(0),
-        jwt_svid_ttl: u32::try_from(e.jwt_svid_ttl).unwrap_or(0),
-        dns_names: e.dns_names.clone(),
-        federates_with: e
-            .federates_with
-            .iter()
-            .map(|td| TrustDomain::new(td).map_err(|err| bad("federates_with", &err)))
-            .collect::<Result<Vec<_>, _>>()?,
-        admin: e.admin,
-        downstream: e.downstream,
-        hint: e.hint.clone(),
-        entry_expiry: e.expires_at,
-        revision: e.revision,
-        created_at: e.created_at,
-    })
+    #[test]
+    fn results_read_entries_with_the_shared_conversion() {
+        let good = tpb::Entry {
+            id: "op.1".into(),
+            spiffe_id: "spiffe://td/w".into(),
+            parent_id: "spiffe://td/p".into(),
+            ..Default::default()
+        };
+        match result(None, Some(good.clone())).unwrap() {
+            WriteResult::Ok(Some(e)) => {
+                assert_eq!((e.id.as_str(), e.spiffe_id.to_string()), ("op.1", "spiffe://td/w".into()))
+            }
+            other => panic!("{other:?}"),
+        }
+        let failed = apb::Status { code: 6, message: "exists".into() };
+        assert_eq!(result(Some(failed), None).unwrap(), WriteResult::Failed { code: 6, message: "exists".into() });
+        let bad = tpb::Entry { x509_svid_ttl: -1, ..good };
+        match result(None, Some(bad)).unwrap_err() {
+            ClientError::BadEntry { id, error } => {
+                assert_eq!((id.as_str(), error.field), ("op.1", "x509_svid_ttl"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

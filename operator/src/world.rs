@@ -1121,22 +1121,11 @@ mod tests {
     #[test]
     fn static_entries_declare_one_entry() {
         let mut w = World::new(settings());
-        let entry = RegistrationEntry {
-            id: String::new(),
-            spiffe_id: SpiffeId::new("spiffe://example.org/db").unwrap(),
-            parent_id: SpiffeId::new("spiffe://example.org/spire/agent/join_token/x").unwrap(),
-            selectors: vec![Selector::parse("unix:uid:1000").unwrap()],
-            x509_svid_ttl: 0,
-            jwt_svid_ttl: 0,
-            dns_names: vec![],
-            federates_with: vec![],
-            admin: false,
-            downstream: false,
-            hint: String::new(),
-            entry_expiry: 0,
-            revision: 0,
-            created_at: 0,
-        };
+        let entry = RegistrationEntry::new(
+            SpiffeId::new("spiffe://example.org/db").unwrap(),
+            SpiffeId::new("spiffe://example.org/spire/agent/join_token/x").unwrap(),
+            vec![Selector::parse("unix:uid:1000").unwrap()],
+        );
         w.upsert_static(StaticEntry { name: "db".into(), rank: rank(1, "u"), class_name: None, entry: entry.clone() });
         let st = w.static_stats("db");
         assert!(st.rendered && st.set && !st.masked, "{st:?}");
