@@ -68,20 +68,12 @@ fn identities(entries: &HashMap<String, RegistrationEntry>) -> Vec<(String, Stri
 
 async fn manual_entry(server: &Server) -> RegistrationEntry {
     let e = RegistrationEntry {
-        id: String::new(),
-        spiffe_id: SpiffeId::new("spiffe://example.org/manual").unwrap(),
-        parent_id: SpiffeId::new("spiffe://example.org/spire/agent/join_token/abc").unwrap(),
-        selectors: vec![Selector::parse("unix:uid:1000").unwrap()],
-        x509_svid_ttl: 0,
-        jwt_svid_ttl: 0,
-        dns_names: vec![],
-        federates_with: vec![],
-        admin: false,
-        downstream: false,
         hint: "made by hand".into(),
-        entry_expiry: 0,
-        revision: 0,
-        created_at: 0,
+        ..RegistrationEntry::new(
+            SpiffeId::new("spiffe://example.org/manual").unwrap(),
+            SpiffeId::new("spiffe://example.org/spire/agent/join_token/abc").unwrap(),
+            vec![Selector::parse("unix:uid:1000").unwrap()],
+        )
     };
     match server.client.create(&[e]).await.unwrap().pop().unwrap() {
         sigil_operator::server_client::WriteResult::Ok(Some(stored)) => *stored,
