@@ -111,8 +111,10 @@ async fn pod_entries_follow_pods_labels_namespaces_and_crs() {
     let server = Server::spawn(c.dir.path()).await;
     let manual = manual_entry(&server).await;
     let (a, b) = (c.ns("team-a"), c.ns("team-b"));
-    create_namespace(&c.k, &a, &[("team", "a")]).await;
-    create_namespace(&c.k, &b, &[("team", "b")]).await;
+    // Label values are per run: namespaces outlive a run at this tier (no namespace controller).
+    let (team_a, team_b) = (format!("a-{}", c.run), format!("b-{}", c.run));
+    create_namespace(&c.k, &a, &[("team", &team_a)]).await;
+    create_namespace(&c.k, &b, &[("team", &team_b)]).await;
     let node = format!("node-{}", c.run);
     let node_uid = create_node(&c.k, &node).await;
     let web1 = create_pod(&c.k, &a, "web-1", &node, &[("app", "web")]).await;
@@ -132,7 +134,7 @@ spec:
       app: web
   namespaceSelector:
     matchLabels:
-      team: a
+      team: {team_a}
   workloadSelectorTemplates:
     - "k8s:ns:{{{{ .PodMeta.Namespace }}}}"
   dnsNameTemplates:
@@ -159,7 +161,7 @@ spec:
     expect_entries(&server, &c.prefix, vec![entry(&a, "web-1", &web1), entry(&a, "db-1", &db1)], "pod label").await;
 
     // A namespace label change selects web-2.
-    set_namespace_labels(&c.k, &b, &[("team", "a")]).await;
+    set_namespace_labels(&c.k, &b, &[("team", &team_a)]).await;
     expect_entries(
         &server,
         &c.prefix,
@@ -235,7 +237,7 @@ spec:
       app: web
   namespaceSelector:
     matchLabels:
-      team: a
+      team: {team_a}
   workloadSelectorTemplates:
     - "k8s:ns:{{{{ .PodMeta.Namespace }}}}"
   dnsNameTemplates:
@@ -506,6 +508,85 @@ spec:
         }
     }
     follower.stop();
+    kubectl_delete("clusterspiffeid", &csid);
+    delete_node(&c.k, &node).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the api tier: e2e/operator/run.sh"]
+async fn runs_with_least_privilege_rbac() {
+    let c = ctx("rbac").await;
+    let server = Server::spawn(c.dir.path()).await;
+    // operator/deploy/rbac.yaml as shipped, in its namespace.
+    let ns_yaml = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: sigil-system\n";
+    kubectl_apply(ns_yaml);
+    let rbac = std::fs::read_to_string(workspace_root().join("operator/deploy/rbac.yaml")).unwrap();
+    kubectl_apply(&rbac);
+    let token = kubectl_ok(&["-n", "sigil-system", "create", "token", "sigil-operator", "--duration", "1h"]);
+    let kubeconfig = token_kubeconfig(c.dir.path(), token.trim());
+    // The ServiceAccount must not be able to do more than the rules say.
+    let can = |verb: &str, what: &str| {
+        kubectl_ok(&["--kubeconfig", kubeconfig.to_str().unwrap(), "auth", "can-i", verb, what, "--all-namespaces"])
+            .trim()
+            .to_string()
+    };
+    let can_not = |verb: &str, what: &str| {
+        let out = std::process::Command::new(kubectl())
+            .args(["--kubeconfig", kubeconfig.to_str().unwrap(), "auth", "can-i", verb, what, "--all-namespaces"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(can("watch", "pods"), "yes");
+    assert_eq!(can_not("create", "pods"), "no");
+    assert_eq!(can_not("get", "secrets"), "no");
+    assert_eq!(can_not("update", "clusterspiffeids.sigil.dev"), "no", "spec is read-only for the operator");
+
+    let ns = c.ns("rbac");
+    create_namespace(&c.k, &ns, &[]).await;
+    let node = format!("node-{}", c.run);
+    let node_uid = create_node(&c.k, &node).await;
+    let uid = create_pod(&c.k, &ns, "app", &node, &[("app", "rbac")]).await;
+    let csid = format!("rbac-{}", c.run);
+    kubectl_apply(&format!(
+        r#"apiVersion: sigil.dev/v1alpha1
+kind: ClusterSPIFFEID
+metadata:
+  name: {csid}
+spec:
+  className: {class}
+  spiffeIDTemplate: "spiffe://{{{{ .TrustDomain }}}}/rbac/{{{{ .PodMeta.Name }}}}"
+  podSelector:
+    matchLabels:
+      app: rbac
+"#,
+        class = c.class
+    ));
+    let lease = format!("lease-{}", c.run);
+    let le =
+        format!("leaderElection:\n  leaderElect: true\n  resourceName: {lease}\n  resourceNamespace: sigil-system\n");
+    let op = Operator::spawn_env(
+        c.dir.path(),
+        "operator",
+        &server,
+        &c.config(&le),
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    );
+    let parent = format!("spiffe://example.org/spire/agent/k8s_psat/{}/{node_uid}", c.cluster);
+    expect_entries(
+        &server,
+        &c.prefix,
+        vec![("spiffe://example.org/rbac/app".into(), parent, sel(&[&format!("k8s:pod-uid:{uid}")]))],
+        "entry made under the ServiceAccount",
+    )
+    .await;
+    eventually(T, "status written under the ServiceAccount", || async {
+        let v = kubectl_get_json("clusterspiffeid", &csid);
+        (v["status"]["stats"]["entriesToSet"] == 1).then_some(())
+    })
+    .await;
+    let log = op.log_text();
+    assert!(!log.contains("forbidden"), "the operator hit a permission error:\n{log}");
     kubectl_delete("clusterspiffeid", &csid);
     delete_node(&c.k, &node).await;
 }

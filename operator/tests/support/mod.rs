@@ -118,6 +118,11 @@ pub struct Operator {
 impl Operator {
     /// Starts `sigil-operator` with this YAML config (the socket path, metrics and health ports are added).
     pub fn spawn(dir: &Path, name: &str, server: &Server, config_yaml: &str) -> Operator {
+        Self::spawn_env(dir, name, server, config_yaml, &[])
+    }
+
+    /// As [`Operator::spawn`], with extra environment (e.g. another KUBECONFIG).
+    pub fn spawn_env(dir: &Path, name: &str, server: &Server, config_yaml: &str, env: &[(&str, &str)]) -> Operator {
         let metrics_port = free_port();
         let config = dir.join(format!("{name}.yaml"));
         let yaml = format!(
@@ -130,6 +135,7 @@ impl Operator {
             .arg("-config")
             .arg(&config)
             .env("RUST_LOG", "info,sigil_operator=debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -325,6 +331,48 @@ pub fn kubectl_get_json(kind: &str, name: &str) -> serde_json::Value {
     let out = Command::new(kubectl()).args(["get", kind, name, "-o", "json"]).output().unwrap();
     assert!(out.status.success(), "kubectl get {kind} {name}: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `kubectl` output (stdout) of a command that must succeed.
+pub fn kubectl_ok(args: &[&str]) -> String {
+    let out = Command::new(kubectl()).args(args).output().unwrap();
+    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A kubeconfig for the same API server that authenticates with a bearer token (a ServiceAccount's).
+pub fn token_kubeconfig(dir: &Path, token: &str) -> PathBuf {
+    let server = kubectl_ok(&["config", "view", "--raw", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}"]);
+    let ca_data = kubectl_ok(&[
+        "config",
+        "view",
+        "--raw",
+        "--minify",
+        "-o",
+        "jsonpath={.clusters[0].cluster.certificate-authority-data}",
+    ]);
+    let ca = if ca_data.is_empty() {
+        let path = kubectl_ok(&[
+            "config",
+            "view",
+            "--raw",
+            "--minify",
+            "-o",
+            "jsonpath={.clusters[0].cluster.certificate-authority}",
+        ]);
+        format!("certificate-authority: {path}")
+    } else {
+        format!("certificate-authority-data: {ca_data}")
+    };
+    let path = dir.join("sa.kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    {ca}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n"
+        ),
+    )
+    .unwrap();
+    path
 }
 
 /// The identity of an entry, as the server's uniqueness rule sees it.
