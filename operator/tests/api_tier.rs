@@ -104,6 +104,32 @@ async fn expect_entries(server: &Server, prefix: &str, want: Vec<(String, String
     assert!(r.is_ok(), "{what}: entries are\n{last:#?}\nwant\n{want:#?}");
 }
 
+/// The ClusterSPIFFEID of the "follow" test: app=web pods in namespaces labelled team=<team>.
+fn web_csid(name: &str, class: &str, team: &str, auto_populate_dns_names: bool) -> String {
+    format!(
+        r#"apiVersion: sigil.dev/v1alpha1
+kind: ClusterSPIFFEID
+metadata:
+  name: {name}
+spec:
+  className: {class}
+  spiffeIDTemplate: "spiffe://{{{{ .TrustDomain }}}}/ns/{{{{ .PodMeta.Namespace }}}}/sa/{{{{ .PodSpec.ServiceAccountName }}}}/{{{{ .PodMeta.Name }}}}"
+  podSelector:
+    matchLabels:
+      app: web
+  namespaceSelector:
+    matchLabels:
+      team: {team}
+  workloadSelectorTemplates:
+    - "k8s:ns:{{{{ .PodMeta.Namespace }}}}"
+  dnsNameTemplates:
+    - "{{{{ .PodMeta.Name }}}}.{{{{ .PodMeta.Namespace }}}}.example"
+  autoPopulateDNSNames: {auto_populate_dns_names}
+  ttl: 1h
+"#
+    )
+}
+
 #[tokio::test]
 #[ignore = "needs the api tier: e2e/operator/run.sh"]
 async fn pod_entries_follow_pods_labels_namespaces_and_crs() {
@@ -121,28 +147,7 @@ async fn pod_entries_follow_pods_labels_namespaces_and_crs() {
     let db1 = create_pod(&c.k, &a, "db-1", &node, &[("app", "db")]).await;
     let web2 = create_pod(&c.k, &b, "web-2", &node, &[("app", "web")]).await;
     let csid = format!("web-{}", c.run);
-    kubectl_apply(&format!(
-        r#"apiVersion: sigil.dev/v1alpha1
-kind: ClusterSPIFFEID
-metadata:
-  name: {csid}
-spec:
-  className: {class}
-  spiffeIDTemplate: "spiffe://{{{{ .TrustDomain }}}}/ns/{{{{ .PodMeta.Namespace }}}}/sa/{{{{ .PodSpec.ServiceAccountName }}}}/{{{{ .PodMeta.Name }}}}"
-  podSelector:
-    matchLabels:
-      app: web
-  namespaceSelector:
-    matchLabels:
-      team: {team_a}
-  workloadSelectorTemplates:
-    - "k8s:ns:{{{{ .PodMeta.Namespace }}}}"
-  dnsNameTemplates:
-    - "{{{{ .PodMeta.Name }}}}.{{{{ .PodMeta.Namespace }}}}.example"
-  ttl: 1h
-"#,
-        class = c.class
-    ));
+    kubectl_apply(&web_csid(&csid, &c.class, &team_a, false));
     let mut op = Operator::spawn(c.dir.path(), "operator", &server, &c.config(""));
     let parent = format!("spiffe://example.org/spire/agent/k8s_psat/{}/{node_uid}", c.cluster);
     let id = |ns: &str, pod: &str| format!("spiffe://example.org/ns/{ns}/sa/default/{pod}");
@@ -224,29 +229,7 @@ endpoints:
     targetRef: {{kind: Pod, name: web-2, namespace: {b}, uid: {web2}}}
 "#
     ));
-    kubectl_apply(&format!(
-        r#"apiVersion: sigil.dev/v1alpha1
-kind: ClusterSPIFFEID
-metadata:
-  name: {csid}
-spec:
-  className: {class}
-  spiffeIDTemplate: "spiffe://{{{{ .TrustDomain }}}}/ns/{{{{ .PodMeta.Namespace }}}}/sa/{{{{ .PodSpec.ServiceAccountName }}}}/{{{{ .PodMeta.Name }}}}"
-  podSelector:
-    matchLabels:
-      app: web
-  namespaceSelector:
-    matchLabels:
-      team: {team_a}
-  workloadSelectorTemplates:
-    - "k8s:ns:{{{{ .PodMeta.Namespace }}}}"
-  dnsNameTemplates:
-    - "{{{{ .PodMeta.Name }}}}.{{{{ .PodMeta.Namespace }}}}.example"
-  autoPopulateDNSNames: true
-  ttl: 1h
-"#,
-        class = c.class
-    ));
+    kubectl_apply(&web_csid(&csid, &c.class, &team_a, true));
     let want_dns = vec![
         format!("web-2.{b}.example"),
         "websvc".to_string(),
