@@ -36,22 +36,7 @@ fn sels(items: &[&str]) -> Vec<Selector> {
 }
 
 fn entry(spiffe: &str, parent: &str, selectors: &[&str]) -> RegistrationEntry {
-    RegistrationEntry {
-        id: String::new(),
-        spiffe_id: id(spiffe),
-        parent_id: id(parent),
-        selectors: sels(selectors),
-        x509_svid_ttl: 0,
-        jwt_svid_ttl: 0,
-        dns_names: vec![],
-        federates_with: vec![],
-        admin: false,
-        downstream: false,
-        hint: String::new(),
-        entry_expiry: 0,
-        revision: 0,
-        created_at: 0,
-    }
+    sigil_core::RegistrationEntry::new(id(spiffe), id(parent), sels(selectors))
 }
 
 /// An entry with every field set to a non-default value.

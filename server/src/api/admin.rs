@@ -303,22 +303,7 @@ impl agents_server::Agents for AdminApi {
             let agent_id = crate::api::agent::join_token_agent_id(&self.state.trust_domain, &token)?;
             let sel = sigil_core::Selector::new("spiffe_id", agent_id.as_str())
                 .map_err(|e| Status::internal(e.to_string()))?;
-            let entry = sigil_core::RegistrationEntry {
-                id: String::new(),
-                spiffe_id: alias,
-                parent_id: agent_id,
-                selectors: vec![sel],
-                x509_svid_ttl: 0,
-                jwt_svid_ttl: 0,
-                dns_names: vec![],
-                federates_with: vec![],
-                admin: false,
-                downstream: false,
-                hint: String::new(),
-                entry_expiry: 0,
-                revision: 0,
-                created_at: 0,
-            };
+            let entry = sigil_core::RegistrationEntry::new(alias, agent_id, vec![sel]);
             if let Some(Err(e)) = self.state.create_entries(vec![entry]).await.into_iter().next() {
                 return Err(datastore_status(e));
             }

@@ -1154,22 +1154,11 @@ mod tests {
     async fn no_orphan_rows() {
         let dir = tempfile::tempdir().unwrap();
         let ds = SqliteDatastore::open(&dir.path().join("ds.sqlite3")).await.unwrap();
-        let e = RegistrationEntry {
-            id: String::new(),
-            spiffe_id: SpiffeId::new("spiffe://td/web").unwrap(),
-            parent_id: SpiffeId::new("spiffe://td/agent").unwrap(),
-            selectors: sels(&["a:1", "b:2", "c:3"]),
-            x509_svid_ttl: 0,
-            jwt_svid_ttl: 0,
-            dns_names: vec![],
-            federates_with: vec![],
-            admin: false,
-            downstream: false,
-            hint: String::new(),
-            entry_expiry: 0,
-            revision: 0,
-            created_at: 0,
-        };
+        let e = sigil_core::RegistrationEntry::new(
+            SpiffeId::new("spiffe://td/web").unwrap(),
+            SpiffeId::new("spiffe://td/agent").unwrap(),
+            sels(&["a:1", "b:2", "c:3"]),
+        );
         let created = ds.create_entry(e).await.unwrap();
         assert_eq!(rows(&ds, "entry_selectors").await, 3);
         let fewer = RegistrationEntry { selectors: sels(&["a:1"]), ..created.clone() };
