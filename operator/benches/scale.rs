@@ -90,7 +90,7 @@ async fn main() {
     let server = Server::spawn(dir.path()).await;
     let class = format!("bench-{run}");
     let cluster = format!("b{run}");
-    let prefix = format!("sigil.{cluster}.");
+    let prefix = format!("sigil.{cluster}.{class}.");
     kubectl_apply(&format!(
         r#"apiVersion: sigil.dev/v1alpha1
 kind: ClusterSPIFFEID

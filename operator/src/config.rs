@@ -185,12 +185,18 @@ impl OperatorConfig {
             .iter()
             .map(|p| regex::Regex::new(&format!("^(?:{p})$")).map_err(|e| field("ignoreNamespaces", e)))
             .collect::<Result<Vec<_>, _>>()?;
+        let class_name = file.class_name.filter(|c| !c.is_empty());
+        // Cluster and class both go into the default prefix: two operators writing to one server (two clusters,
+        // or two classes in one cluster) must never see each other's entries as their own.
         let entry_id_prefix = match file.entry_id_prefix {
             Some(p) => p,
-            None => format!(
-                "sigil.{}.",
-                cluster_name.chars().map(|c| if is_entry_id_char(c) { c } else { '_' }).collect::<String>()
-            ),
+            None => {
+                let clean = |s: &str| s.chars().map(|c| if is_entry_id_char(c) { c } else { '_' }).collect::<String>();
+                match &class_name {
+                    None => format!("sigil.{}.", clean(&cluster_name)),
+                    Some(class) => format!("sigil.{}.{}.", clean(&cluster_name), clean(class)),
+                }
+            }
         };
         if entry_id_prefix.is_empty() {
             return Err(field("entryIDPrefix", "must not be empty: it is how the operator knows its own entries"));
@@ -240,7 +246,6 @@ impl OperatorConfig {
         )?;
         let log_format = LogFormat::parse(o.log_format.or(file.log_format).as_deref().unwrap_or("text"))
             .map_err(|e| field("logFormat", format!("{:?} is not text or json", e.0)))?;
-        let class_name = file.class_name.filter(|c| !c.is_empty());
         Ok(Self {
             settings: Settings {
                 trust_domain,
@@ -347,6 +352,14 @@ reconcile:
             let got = OperatorConfig::resolve(minimal(), o, None).map(|c| c.log_format).map_err(|e| e.to_string());
             assert_eq!(got, want.map_err(str::to_owned), "{value:?}");
         }
+    }
+
+    #[test]
+    fn default_prefix_names_cluster_and_class() {
+        let mut f = minimal();
+        f.class_name = Some("team a".into());
+        let c = OperatorConfig::resolve(f, Overrides::default(), None).unwrap();
+        assert_eq!(c.settings.entry_id_prefix, "sigil.demo.team_a.");
     }
 
     #[test]

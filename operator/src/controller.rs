@@ -89,7 +89,10 @@ fn pod_from_k8s(p: K8sPod) -> Option<world::Pod> {
     let labels = p.metadata.labels.clone().unwrap_or_default().into_iter().collect();
     let node_name = p.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty());
     let spec = world::json_text(&p.spec);
-    Some(world::Pod { uid, namespace, name, node_name, labels, meta: world::json_text(&strip_meta(p.metadata)), spec })
+    let mut metadata = p.metadata;
+    // Every status update bumps it; without it an unchanged pod compares equal and re-renders nothing.
+    metadata.resource_version = None;
+    Some(world::Pod { uid, namespace, name, node_name, labels, meta: world::json_text(&strip_meta(metadata)), spec })
 }
 
 fn node_from_k8s(n: K8sNode) -> Option<world::Node> {
@@ -143,10 +146,13 @@ fn spawn_watch<K>(
             match ev {
                 Ok(Event::Init) => seen.clear(),
                 Ok(Event::InitApply(o)) => {
-                    if let Some(k) = key(&o) {
-                        seen.insert(k);
+                    // An object that no longer maps to an update (e.g. a slice without its service label) is
+                    // not "seen", so InitDone reports it gone if it was known.
+                    let k = key(&o);
+                    if let Some(u) = apply(o) {
+                        seen.extend(k);
+                        out.push(u);
                     }
-                    out.extend(apply(o));
                 }
                 Ok(Event::InitDone) => {
                     for k in known.difference(&seen) {
@@ -159,10 +165,19 @@ fn spawn_watch<K>(
                     }
                 }
                 Ok(Event::Apply(o)) => {
-                    if let Some(k) = key(&o) {
-                        known.insert(k);
+                    let k = key(&o);
+                    match (apply(o), k) {
+                        (Some(u), k) => {
+                            known.extend(k);
+                            out.push(u);
+                        }
+                        (None, Some(k)) => {
+                            if known.remove(&k) {
+                                out.push(gone(k));
+                            }
+                        }
+                        (None, None) => {}
                     }
-                    out.extend(apply(o));
                 }
                 Ok(Event::Delete(o)) => {
                     if let Some(k) = key(&o) {
@@ -321,7 +336,13 @@ pub struct Controller {
     current: HashMap<String, RegistrationEntry>,
     /// A full pass is due (startup, new leadership, a failed write, the gc interval).
     full_due: bool,
+    /// After a failed list, no new attempt before this.
+    full_retry_at: Option<Instant>,
     first_full_done: bool,
+    /// Leadership as last seen; writes stop between batches when it is lost.
+    leader: watch::Receiver<bool>,
+    /// Something that status depends on changed since the last status pass.
+    status_dirty: bool,
     waiting_for: BTreeSet<Kind>,
     /// ClusterSPIFFEIDs and ClusterStaticEntries whose spec could not be compiled, with the reason.
     invalid: BTreeMap<(&'static str, String), String>,
@@ -337,6 +358,17 @@ impl std::fmt::Debug for Controller {
     }
 }
 
+/// What the controller learns from outside its own loop.
+#[derive(Debug)]
+pub struct Signals {
+    /// The watches whose initial lists must arrive before anything is written.
+    pub waiting_for: BTreeSet<Kind>,
+    /// Whether this replica holds the lease.
+    pub leader: watch::Receiver<bool>,
+    /// This replica's name (Events' reporting instance).
+    pub identity: String,
+}
+
 impl Controller {
     pub fn new(
         config: OperatorConfig,
@@ -344,14 +376,13 @@ impl Controller {
         kube: Client,
         metrics: Metrics,
         health: Arc<Health>,
-        waiting_for: BTreeSet<Kind>,
-        identity: String,
+        Signals { waiting_for, leader, identity }: Signals,
     ) -> Self {
         let recorder =
             Recorder::new(kube.clone(), Reporter { controller: "sigil-operator".into(), instance: Some(identity) });
         let federation = FederationState::new(
             config.settings.trust_domain.clone(),
-            config.settings.cluster_name.clone(),
+            crate::federation::managed_by_marker(&config.settings.cluster_name, config.settings.class_name.as_deref()),
             config.reconcile.cluster_federated_trust_domains,
         );
         Self {
@@ -364,7 +395,10 @@ impl Controller {
             gc_interval: config.gc_interval,
             current: HashMap::new(),
             full_due: true,
+            full_retry_at: None,
             first_full_done: false,
+            leader,
+            status_dirty: true,
             waiting_for,
             invalid: BTreeMap::new(),
             policies: BTreeMap::new(),
@@ -375,6 +409,7 @@ impl Controller {
     }
 
     fn apply(&mut self, u: Update) {
+        self.status_dirty = true;
         let invalid_key = |kind: &'static str, name: &str| (kind, name.to_string());
         match u {
             Update::Namespace(n) => self.world.upsert_namespace(n),
@@ -404,9 +439,9 @@ impl Controller {
                         self.world.upsert_policy(p);
                     }
                     Err(e) => {
-                        tracing::warn!(clusterspiffeid = %name, error = %e, "invalid ClusterSPIFFEID; it selects nothing");
+                        // The last valid spec (if any) stays in effect: a typo must not delete live identities.
+                        tracing::warn!(clusterspiffeid = %name, error = %e, "invalid ClusterSPIFFEID; keeping the last valid spec");
                         self.invalid.insert(invalid_key("csid", &name), e.to_string());
-                        self.world.delete_policy(&name);
                     }
                 }
                 self.policies.insert(name, *cr);
@@ -433,9 +468,8 @@ impl Controller {
                         self.world.upsert_static(s);
                     }
                     Err(e) => {
-                        tracing::warn!(clusterstaticentry = %name, error = %e, "invalid ClusterStaticEntry");
+                        tracing::warn!(clusterstaticentry = %name, error = %e, "invalid ClusterStaticEntry; keeping the last valid spec");
                         self.invalid.insert(invalid_key("cse", &name), e.to_string());
-                        self.world.delete_static(&name);
                     }
                 }
                 self.statics.insert(name, *cr);
@@ -462,12 +496,8 @@ impl Controller {
     }
 
     /// The main loop; returns when `shutdown` fires.
-    pub async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<Update>,
-        mut leader: watch::Receiver<bool>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Update>, mut shutdown: watch::Receiver<bool>) {
+        let mut leader = self.leader.clone();
         let mut gc = tokio::time::interval(self.gc_interval);
         gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut status_tick = tokio::time::interval(Duration::from_secs(1));
@@ -495,6 +525,9 @@ impl Controller {
                     if now && !is_leader {
                         tracing::info!("became leader; running a full pass");
                         self.full_due = true;
+                        // Another leader may have written statuses since: compare against nothing.
+                        self.status = StatusCache::default();
+                        self.status_dirty = true;
                     } else if !now && is_leader {
                         tracing::warn!("lost leadership; no more writes");
                     }
@@ -517,8 +550,9 @@ impl Controller {
             } else {
                 self.incremental_pass().await;
             }
-            if status_due {
+            if status_due && self.status_dirty {
                 status_due = false;
+                self.status_dirty = false;
                 self.write_statuses().await;
             }
         }
@@ -527,6 +561,7 @@ impl Controller {
     async fn incremental_pass(&mut self) {
         let dirty = self.world.take_dirty();
         if dirty.is_empty() {
+            self.federation_pass(false).await;
             return;
         }
         let started = Instant::now();
@@ -537,6 +572,9 @@ impl Controller {
     }
 
     async fn full_pass(&mut self) {
+        if self.full_retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
         let started = Instant::now();
         self.world.take_dirty();
         let prefix = self.world.settings().entry_id_prefix.clone();
@@ -561,12 +599,14 @@ impl Controller {
                 }
                 self.current = current;
                 self.full_due = false;
+                self.full_retry_at = None;
                 self.execute(plan).await;
                 self.first_full_done = true;
             }
             Err(e) => {
                 self.metrics.error("list");
-                tracing::warn!(error = %e, "cannot list the server's entries; retrying at the next interval");
+                self.full_retry_at = Some(Instant::now() + Duration::from_secs(2));
+                tracing::warn!(error = %e, "cannot list the server's entries; retrying in 2 s");
             }
         }
         self.federation_pass(true).await;
@@ -587,7 +627,12 @@ impl Controller {
     }
 
     async fn execute(&mut self, plan: Plan) {
+        self.status_dirty |= !plan.is_empty();
         for chunk in plan.delete.chunks(WRITE_BATCH) {
+            if !*self.leader.borrow() {
+                tracing::warn!("lost leadership during a pass; the rest is left to the new leader");
+                return;
+            }
             match self.client.delete(chunk).await {
                 Ok(results) => {
                     for (id, r) in chunk.iter().zip(results) {
@@ -608,6 +653,10 @@ impl Controller {
             }
         }
         for chunk in plan.create.chunks(WRITE_BATCH) {
+            if !*self.leader.borrow() {
+                tracing::warn!("lost leadership during a pass; the rest is left to the new leader");
+                return;
+            }
             match self.client.create(chunk).await {
                 Ok(results) => {
                     for (e, r) in chunk.iter().zip(results) {
@@ -634,6 +683,10 @@ impl Controller {
             }
         }
         for chunk in plan.update.chunks(WRITE_BATCH) {
+            if !*self.leader.borrow() {
+                tracing::warn!("lost leadership during a pass; the rest is left to the new leader");
+                return;
+            }
             match self.client.update(chunk).await {
                 Ok(results) => {
                     for (e, r) in chunk.iter().zip(results) {
@@ -671,6 +724,7 @@ impl Controller {
         if !self.federation.enabled() || !(full || self.federation.is_dirty()) {
             return;
         }
+        self.status_dirty = true;
         if let Err(e) = self.federation.reconcile(&self.client, full).await {
             self.metrics.error("federation");
             tracing::warn!(error = %e, "federation relationships: will retry");
@@ -714,7 +768,10 @@ impl Controller {
             let generation = cr.metadata.generation;
             let previous = cr.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
             let (stats, ready) = match self.invalid.get(&("csid", name.clone())) {
-                Some(reason) => (world::PolicyStats::default(), Err(("InvalidSpec", reason.clone()))),
+                Some(reason) => (
+                    self.world.policy_stats(&name),
+                    Err(("InvalidSpec", format!("{reason} (the last valid spec, if any, stays in effect)"))),
+                ),
                 None => {
                     let st = self.world.policy_stats(&name);
                     let ready = if st.pod_entry_render_failures > 0 {
@@ -760,7 +817,10 @@ impl Controller {
             let generation = cr.metadata.generation;
             let previous = cr.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
             let (st, ready) = match self.invalid.get(&("cse", name.clone())) {
-                Some(reason) => (world::StaticStats::default(), Err(("InvalidSpec", reason.clone()))),
+                Some(reason) => (
+                    self.world.static_stats(&name),
+                    Err(("InvalidSpec", format!("{reason} (the last valid spec, if any, stays in effect)"))),
+                ),
                 None => {
                     let st = self.world.static_stats(&name);
                     let ready = if let Some(f) = &st.failure {

@@ -109,6 +109,8 @@ pub struct FederationPlan {
     pub delete: Vec<String>,
     /// CR name -> Ok(message) or Err((reason, message)); `Ok` is provisional until the write succeeds.
     pub outcome: BTreeMap<String, Result<String, (&'static str, String)>>,
+    /// Trust domain -> the CR that won it (write failures are reported on that one).
+    pub owners: BTreeMap<String, String>,
 }
 
 /// One CR as the plan sees it.
@@ -153,6 +155,7 @@ pub fn plan(declared: &[Declared], server: &[apb::FederationRelationship], marke
     let by_td: BTreeMap<&str, &apb::FederationRelationship> =
         server.iter().map(|r| (r.trust_domain.as_str(), r)).collect();
     for (td, d) in &winners {
+        out.owners.insert(td.clone(), d.name.clone());
         let Ok(desired) = &d.desired else { continue };
         let want = to_pb(desired, marker);
         match by_td.get(td.as_str()) {
@@ -185,6 +188,15 @@ pub fn plan(declared: &[Declared], server: &[apb::FederationRelationship], marke
     out
 }
 
+/// The `managed_by` value of an operator: cluster and className, so neither two clusters nor two classes
+/// sharing a server ever delete each other's relationships.
+pub fn managed_by_marker(cluster_name: &str, class_name: Option<&str>) -> String {
+    match class_name {
+        None => format!("sigil-operator/{cluster_name}"),
+        Some(class) => format!("sigil-operator/{cluster_name}/{class}"),
+    }
+}
+
 /// What a ClusterFederatedTrustDomain's status should say.
 #[derive(Debug, Clone)]
 pub struct CrStatus {
@@ -208,15 +220,9 @@ pub struct FederationState {
 }
 
 impl FederationState {
-    pub fn new(own: TrustDomain, cluster_name: String, enabled: bool) -> Self {
-        Self {
-            own,
-            marker: format!("sigil-operator/{cluster_name}"),
-            enabled,
-            crs: BTreeMap::new(),
-            outcome: BTreeMap::new(),
-            dirty: true,
-        }
+    /// `marker` is what this operator writes into `managed_by` (see [`managed_by_marker`]).
+    pub fn new(own: TrustDomain, marker: String, enabled: bool) -> Self {
+        Self { own, marker, enabled, crs: BTreeMap::new(), outcome: BTreeMap::new(), dirty: true }
     }
 
     pub fn enabled(&self) -> bool {
@@ -291,12 +297,8 @@ impl FederationState {
         }
         let declared: Vec<Declared> = self.crs.values().map(|(d, _, _)| d.clone()).collect();
         let mut p = plan(&declared, &server, &self.marker);
-        let name_of = |td: &str| {
-            declared
-                .iter()
-                .find(|d| d.desired.as_ref().is_ok_and(|x| x.trust_domain.name() == td))
-                .map(|d| d.name.clone())
-        };
+        let owners = p.owners.clone();
+        let name_of = |td: &str| owners.get(td).cloned();
         if !p.delete.is_empty() {
             api.batch_delete_federation_relationship(apb::BatchDeleteFederationRelationshipRequest {
                 trust_domains: p.delete.clone(),
@@ -390,6 +392,23 @@ mod tests {
         );
         assert_eq!(p.delete, vec!["stale.org".to_string()], "hand-made and other clusters' relationships stay");
         assert!(p.outcome.values().all(Result::is_ok), "{:?}", p.outcome);
+    }
+
+    #[test]
+    fn markers_name_cluster_and_class() {
+        assert_eq!(managed_by_marker("prod", None), "sigil-operator/prod");
+        assert_eq!(managed_by_marker("prod", Some("a")), "sigil-operator/prod/a");
+        assert_ne!(managed_by_marker("prod", Some("a")), managed_by_marker("prod", Some("b")));
+    }
+
+    #[test]
+    fn failures_are_reported_on_the_winning_cr() {
+        let decl = vec![
+            declared("young", 5, Ok(desired("p.org", "https://young/b", None))),
+            declared("old", 1, Ok(desired("p.org", "https://old/b", None))),
+        ];
+        let p = plan(&decl, &[], MARKER);
+        assert_eq!(p.owners.get("p.org").map(String::as_str), Some("old"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use prometheus_client::registry::Registry;
 use sigil_operator::config::{FileConfig, OperatorConfig, Overrides};
-use sigil_operator::controller::{Controller, start_watches};
+use sigil_operator::controller::{Controller, Signals, start_watches};
 use sigil_operator::metrics::{Health, Metrics, labels};
 use sigil_operator::server_client::AdminClient;
 use tokio::sync::{mpsc, watch};
@@ -139,8 +139,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let controller = Controller::new(config, admin, kube, metrics, health, kinds, id);
-    let mut main = tokio::spawn(controller.run(rx, leader_rx, shutdown_rx));
+    let controller = Controller::new(
+        config,
+        admin,
+        kube,
+        metrics,
+        health,
+        Signals { waiting_for: kinds, leader: leader_rx, identity: id },
+    );
+    let mut main = tokio::spawn(controller.run(rx, shutdown_rx));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

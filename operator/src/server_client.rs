@@ -61,10 +61,18 @@ impl AdminClient {
         EntriesClient::new(self.channel.clone()).max_decoding_message_size(256 * 1024 * 1024)
     }
 
-    /// Every entry whose ID starts with `prefix`, by ID.
+    /// Every entry this operator made under `prefix` (see [`crate::world::is_own_entry_id`]), by ID.
     pub async fn list_entries_with_prefix(
         &self,
         prefix: &str,
+    ) -> Result<HashMap<String, RegistrationEntry>, ClientError> {
+        self.list_entries_where(|id| crate::world::is_own_entry_id(prefix, id)).await
+    }
+
+    /// Every entry whose ID passes `keep`, by ID.
+    pub async fn list_entries_where(
+        &self,
+        keep: impl Fn(&str) -> bool,
     ) -> Result<HashMap<String, RegistrationEntry>, ClientError> {
         let mut out = HashMap::new();
         let mut token = String::new();
@@ -76,7 +84,7 @@ impl AdminClient {
                 .map_err(rpc("ListEntries"))?
                 .into_inner();
             for e in resp.entries {
-                if e.id.starts_with(prefix) {
+                if keep(&e.id) {
                     let entry = entry_from_pb(&e)?;
                     out.insert(entry.id.clone(), entry);
                 }

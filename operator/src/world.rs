@@ -472,6 +472,8 @@ impl World {
                 set.remove(&source);
                 if set.is_empty() {
                     self.declared_by_id.remove(&d.entry.id);
+                    // Nobody declares it any more: a refused write of it is no longer anyone's failure.
+                    self.write_failures.remove(&d.entry.id);
                 }
             }
         }
@@ -699,6 +701,13 @@ impl World {
     }
 }
 
+/// Whether an entry ID is one this operator makes: exactly the prefix plus 32 lowercase hex digits. A plain
+/// prefix test would claim `sigil.prod.eu.<hex>` for the operator whose prefix is `sigil.prod.`.
+pub fn is_own_entry_id(prefix: &str, id: &str) -> bool {
+    id.strip_prefix(prefix)
+        .is_some_and(|rest| rest.len() == 32 && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
 /// Compact JSON text of a value, as [`Pod`] keeps it.
 pub fn json_text(v: &impl serde::Serialize) -> Box<str> {
     serde_json::to_string(v).unwrap_or_else(|_| "null".to_string()).into_boxed_str()
@@ -910,6 +919,26 @@ mod tests {
         assert_eq!(id.len(), PREFIX.len() + 32);
         assert_eq!(w.policy_stats("default").pods_selected, 1);
         assert_eq!(w.policy_stats("default").entries_to_set, 1);
+    }
+
+    #[test]
+    fn own_entry_ids_are_exactly_prefix_and_hash() {
+        let hex = "0123456789abcdef0123456789abcdef";
+        let cases = [
+            (format!("sigil.prod.{hex}"), true),
+            (format!("sigil.prod.eu.{hex}"), false),
+            (format!("sigil.prod.{}", &hex[1..]), false),
+            (format!("sigil.prod.{hex}0"), false),
+            (format!("sigil.prod.{}", hex.to_uppercase()), false),
+            ("sigil.prod.".to_string(), false),
+            (format!("other.{hex}"), false),
+        ];
+        for (id, want) in cases {
+            assert_eq!(is_own_entry_id("sigil.prod.", &id), want, "{id}");
+        }
+        let w = world_with_pod();
+        let id = w.declared_ids().next().unwrap();
+        assert!(is_own_entry_id(PREFIX, id), "what entry_id makes is recognised");
     }
 
     #[test]

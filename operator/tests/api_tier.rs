@@ -30,9 +30,11 @@ async fn ctx(name: &str) -> Ctx {
     let k = kube().await;
     install_crds();
     let cluster = format!("c{run}");
+    let class = format!("{name}-{run}");
     Ctx {
-        class: format!("{name}-{run}"),
-        prefix: format!("sigil.{cluster}."),
+        // The default prefix names cluster and class.
+        prefix: format!("sigil.{cluster}.{class}."),
+        class,
         cluster,
         run,
         dir: tempfile::tempdir().unwrap(),
@@ -242,6 +244,23 @@ endpoints:
         now.values().find(|e| e.spiffe_id.to_string() == id(&b, "web-2") && e.dns_names == want_dns).map(|_| ())
     })
     .await;
+
+    // An edit the schema can't catch (a bad label-selector operator) is reported and the last valid spec
+    // stays in effect: a typo must not delete live identities.
+    let kept = server.entries(&c.prefix).await;
+    let bad = web_csid(&csid, &c.class, &team_a, true).replace(
+        "  podSelector:\n    matchLabels:\n      app: web\n",
+        "  podSelector:\n    matchExpressions:\n      - {key: app, operator: Bogus}\n",
+    );
+    assert!(bad.contains("Bogus"));
+    kubectl_apply(&bad);
+    let status = eventually(T, "InvalidSpec condition", || async {
+        let v = kubectl_get_json("clusterspiffeid", &csid);
+        (v["status"]["conditions"][0]["reason"] == "InvalidSpec").then_some(v)
+    })
+    .await;
+    assert!(status["status"]["conditions"][0]["message"].as_str().unwrap().contains("Bogus"), "{status}");
+    assert_eq!(identities(&server.entries(&c.prefix).await), identities(&kept), "entries kept");
 
     // Deleting the CR removes every entry it made, and only those.
     kubectl_delete("clusterspiffeid", &csid);

@@ -85,7 +85,7 @@ impl Server {
         let client = AdminClient::new(&socket);
         let s = Server { child, socket, client };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while s.client.list_entries_with_prefix("").await.is_err() {
+        while s.client.list_entries_where(|_| true).await.is_err() {
             assert!(
                 Instant::now() < deadline,
                 "sigil-server did not come up; see {}",
@@ -98,7 +98,7 @@ impl Server {
 
     /// The server's entries whose ID starts with `prefix`.
     pub async fn entries(&self, prefix: &str) -> HashMap<String, RegistrationEntry> {
-        self.client.list_entries_with_prefix(prefix).await.unwrap()
+        self.client.list_entries_where(|id| id.starts_with(prefix)).await.unwrap()
     }
 }
 
