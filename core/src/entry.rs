@@ -124,6 +124,14 @@ impl RegistrationEntry {
     }
 }
 
+/// The longest entry ID, in bytes (SPIRE refuses `len(EntryId) > 255`).
+pub const MAX_ENTRY_ID_LEN: usize = 255;
+
+/// Whether SPIRE allows this character in an entry ID (`validEntryIDChars`: `A-Z a-z 0-9 - . _`).
+pub fn is_entry_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')
+}
+
 /// A DNS SAN: labels of letters, digits and '-', optionally a leading `*.` wildcard, at most 253 bytes.
 pub fn is_valid_dns_name(name: &str) -> bool {
     let body = name.strip_prefix("*.").unwrap_or(name);

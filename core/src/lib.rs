@@ -11,6 +11,7 @@
 pub mod bundle;
 pub mod cli;
 pub mod entry;
+pub mod federation;
 pub mod id;
 pub mod jwt;
 pub mod selector;

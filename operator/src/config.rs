@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use sigil_core::TrustDomain;
+use sigil_core::entry::is_entry_id_char;
 
 use crate::crd::parse_go_duration;
 use crate::template::Template;
@@ -144,11 +145,6 @@ pub struct OperatorConfig {
     pub health_addr: Option<SocketAddr>,
     pub log_level: String,
     pub log_format: LogFormat,
-}
-
-/// Characters SPIRE allows in entry IDs.
-fn is_entry_id_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')
 }
 
 fn bind(name: &'static str, v: Option<String>, default: &str) -> Result<Option<SocketAddr>, ConfigError> {

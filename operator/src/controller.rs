@@ -104,9 +104,9 @@ fn node_from_k8s(n: K8sNode) -> Option<world::Node> {
     Some(world::Node { name, meta: serde_json::to_value(strip_meta(meta)).unwrap_or(Value::Null), spec })
 }
 
-fn slice_update(s: EndpointSlice) -> Option<(String, Update)> {
+fn slice_update(s: EndpointSlice) -> Option<Update> {
+    let key = ns_slice_key(&s)?;
     let namespace = s.metadata.namespace.clone()?;
-    let key = format!("{namespace}/{}", s.metadata.name.clone()?);
     let service = s.metadata.labels.as_ref()?.get("kubernetes.io/service-name")?.clone();
     let pod_uids = s
         .endpoints
@@ -115,10 +115,9 @@ fn slice_update(s: EndpointSlice) -> Option<(String, Update)> {
         .filter(|r| r.kind.as_deref() == Some("Pod"))
         .filter_map(|r| r.uid.clone())
         .collect();
-    Some((key.clone(), Update::Slice { key, namespace, service, pod_uids }))
+    Some(Update::Slice { key, namespace, service, pod_uids })
 }
 
-/// Runs a watch forever, turning its events into updates. Relists after a disconnect remove what vanished.
 /// How one kind of object becomes updates: its key, its update, and the update when it is gone.
 struct Mapping<K> {
     key: fn(&K) -> Option<String>,
@@ -126,6 +125,7 @@ struct Mapping<K> {
     gone: fn(String) -> Update,
 }
 
+/// Runs a watch forever, turning its events into updates. Relists after a disconnect remove what vanished.
 fn spawn_watch<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -268,7 +268,7 @@ pub fn start_watches(
             Kind::EndpointSlice,
             tx.clone(),
             m.clone(),
-            Mapping { key: ns_slice_key, apply: |s| slice_update(s).map(|(_, u)| u), gone: Update::SliceGone },
+            Mapping { key: ns_slice_key, apply: slice_update, gone: Update::SliceGone },
         );
         spawn_watch(
             Api::<ClusterSPIFFEID>::all(client.clone()),

@@ -39,16 +39,9 @@ pub fn compile(cr: &ClusterFederatedTrustDomain, own: &TrustDomain) -> Result<De
     if &trust_domain == own {
         return Err(format!("trustDomain: {trust_domain} is this server's own trust domain"));
     }
-    let url = url::Url::parse(&s.bundle_endpoint_url).map_err(|e| format!("bundleEndpointURL: {e}"))?;
-    if url.scheme() != "https" {
-        return Err("bundleEndpointURL: scheme must be https".into());
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err("bundleEndpointURL: needs a host".into());
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("bundleEndpointURL: must not contain user info".into());
-    }
+    // The server's own rule (SPIRE's), so a CR is refused here exactly when the server would refuse it.
+    sigil_core::federation::check_bundle_endpoint_url(&s.bundle_endpoint_url)
+        .map_err(|e| format!("bundleEndpointURL: {e}"))?;
     let endpoint_spiffe_id = s.endpoint_spiffe_id().map_err(|e| e.to_string())?;
     let bundle = match s.trust_domain_bundle.as_deref().filter(|b| !b.trim().is_empty()) {
         None => None,
@@ -297,8 +290,6 @@ impl FederationState {
         }
         let declared: Vec<Declared> = self.crs.values().map(|(d, _, _)| d.clone()).collect();
         let mut p = plan(&declared, &server, &self.marker);
-        let owners = p.owners.clone();
-        let name_of = |td: &str| owners.get(td).cloned();
         if !p.delete.is_empty() {
             api.batch_delete_federation_relationship(apb::BatchDeleteFederationRelationshipRequest {
                 trust_domains: p.delete.clone(),
@@ -306,6 +297,8 @@ impl FederationState {
             .await
             .map_err(rpc("BatchDeleteFederationRelationship"))?;
         }
+        // (status, trust domain) of every create and update, checked together below.
+        let mut written: Vec<(Option<apb::Status>, String)> = vec![];
         if !p.create.is_empty() {
             let results = api
                 .batch_create_federation_relationship(apb::BatchCreateFederationRelationshipRequest {
@@ -315,13 +308,7 @@ impl FederationState {
                 .map_err(rpc("BatchCreateFederationRelationship"))?
                 .into_inner()
                 .results;
-            for (r, want) in results.iter().zip(&p.create) {
-                if let Some(s) = r.status.as_ref().filter(|s| s.code != 0)
-                    && let Some(name) = name_of(&want.trust_domain)
-                {
-                    p.outcome.insert(name, Err(("WriteFailed", s.message.clone())));
-                }
-            }
+            written.extend(results.into_iter().map(|r| r.status).zip(p.create.iter().map(|w| w.trust_domain.clone())));
         }
         if !p.update.is_empty() {
             let results = api
@@ -332,12 +319,13 @@ impl FederationState {
                 .map_err(rpc("BatchUpdateFederationRelationship"))?
                 .into_inner()
                 .results;
-            for (r, want) in results.iter().zip(&p.update) {
-                if let Some(s) = r.status.as_ref().filter(|s| s.code != 0)
-                    && let Some(name) = name_of(&want.trust_domain)
-                {
-                    p.outcome.insert(name, Err(("WriteFailed", s.message.clone())));
-                }
+            written.extend(results.into_iter().map(|r| r.status).zip(p.update.iter().map(|w| w.trust_domain.clone())));
+        }
+        for (status, td) in written {
+            if let Some(s) = status.filter(|s| s.code != 0)
+                && let Some(name) = p.owners.get(&td)
+            {
+                p.outcome.insert(name.clone(), Err(("WriteFailed", s.message)));
             }
         }
         self.outcome = p.outcome;

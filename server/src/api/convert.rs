@@ -29,8 +29,7 @@ pub fn selector_from_pb(s: &pb::Selector) -> Result<Selector, Status> {
     convert::selector_from_pb(s).map_err(invalid)
 }
 
-/// The longest entry ID a client may choose, in bytes (SPIRE refuses `len(EntryId) > 255`).
-pub const MAX_ENTRY_ID_LEN: usize = 255;
+pub use sigil_core::entry::MAX_ENTRY_ID_LEN;
 
 /// Checks a client-chosen entry ID by SPIRE's rule (`validEntryIDChars` and the length check in
 /// `validateRegistrationEntry`, pkg/server/datastore/sqlstore/sqlstore.go): at most 255 bytes, only the
@@ -42,7 +41,7 @@ pub fn entry_id(field: &str, v: &str) -> Result<(), Status> {
             v.len()
         )));
     }
-    if let Some(c) = v.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))) {
+    if let Some(c) = v.chars().find(|c| !sigil_core::entry::is_entry_id_char(*c)) {
         return Err(Status::invalid_argument(format!(
             "{field}: entry ID contains invalid characters ({c:?}); only A-Z a-z 0-9 '-' '.' '_' are allowed"
         )));

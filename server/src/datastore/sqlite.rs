@@ -32,8 +32,7 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// How long a statement waits for a lock held by another connection (e.g. an operator's `sqlite3` shell).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The longest entry ID a client may choose.
-const MAX_ENTRY_ID_LEN: usize = 255;
+use sigil_core::entry::MAX_ENTRY_ID_LEN;
 
 const ENTRY_COLUMNS: &str = "e.id, e.spiffe_id, e.parent_id, e.selectors, e.x509_svid_ttl, e.jwt_svid_ttl, \
      e.dns_names, e.federates_with, e.admin, e.downstream, e.hint, e.entry_expiry, e.revision, e.created_at";
