@@ -177,9 +177,11 @@ fn renew_at(identity: &StoredIdentity) -> i64 {
 
 impl LoopCtx {
     fn install(&self, identity: &StoredIdentity) -> Result<(), NodeError> {
+        // Stored before first use: once the server has seen a renewed SVID it refuses the previous one, so
+        // a restart must find the new one on disk.
+        identity.save(&self.config.data_dir)?;
         self.bundle_tx.send_replace(Arc::new(identity.bundle.clone()));
-        self.conn.set_identity(identity)?;
-        identity.save(&self.config.data_dir)
+        self.conn.set_identity(identity)
     }
 
     /// Attests with the configured join token, retrying while the server is unreachable.

@@ -1,8 +1,10 @@
 //! The SPIFFE Workload API on a Unix socket (checklist D and E).
 //!
-//! Every accepted connection is tied to its peer at once: SO_PEERCRED gives the pid, and `/proc/<pid>` is
-//! opened before the first request is read ([`PeerConn`]). Each RPC then attests the caller from that
-//! handle and re-checks the process start time (PID reuse -> `Unauthenticated`).
+//! Every accepted connection is tied to its peer at once: SO_PEERCRED gives the pid and the connect-time
+//! uid/gid, and the process is recorded before the first request is read ([`PeerConn`],
+//! [`ProcHandle::open`]). Each RPC attests the caller from that accept-time record and first checks that
+//! the pid still is that process: PID reuse, an exec or changed credentials -> `Unauthenticated` (see
+//! `crate::attest`).
 //!
 //! Status codes: missing `workload.spiffe.io: true` header -> `InvalidArgument`; agent not synced yet ->
 //! `Unavailable`; no matching entry -> `PermissionDenied` (also for the bundle streams, as SPIRE does
@@ -38,8 +40,8 @@ pub const SECURITY_HEADER: &str = "workload.spiffe.io";
 /// Errors setting up the Workload API endpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
-    #[error("creating socket directory {path}: {source}")]
-    Dir { path: PathBuf, source: io::Error },
+    #[error("Workload API {0}")]
+    Dir(#[from] sigil_tls::SocketDirError),
     #[error("binding Workload API socket {path}: {source}")]
     Bind { path: PathBuf, source: io::Error },
     #[error("setting permissions on {path}: {source}")]
@@ -114,16 +116,13 @@ impl AsyncWrite for PeerConn {
     }
 }
 
-/// Binds the Workload API socket: the directory is created with mode 0755, a stale socket is replaced,
-/// and the socket gets mode 0777 so any local process can connect (identity is checked per call).
+/// Binds the Workload API socket: the directory is created with mode 0755 (an existing one must be safe:
+/// see [`sigil_tls::socket_dir`]), a stale socket is replaced, and the socket gets mode 0777 so any local
+/// process can connect (identity is checked per call).
 pub fn bind_socket(path: &Path) -> Result<UnixListener, EndpointError> {
     use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir).map_err(|source| EndpointError::Dir { path: dir.to_owned(), source })?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-            .map_err(|source| EndpointError::Permissions { path: dir.to_owned(), source })?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        sigil_tls::prepare_socket_dir(dir, false)?;
     }
     match std::fs::remove_file(path) {
         Ok(()) => {}
@@ -294,9 +293,7 @@ impl WorkloadApi {
             info.process.as_ref().map_err(|e| Status::unauthenticated(format!("cannot identify caller: {e}")))?;
         match attest_process(&self.attestors, process).await {
             Ok(s) => Ok(s),
-            Err(
-                e @ (AttestError::PidReused { .. } | AttestError::ProcessGone { .. } | AttestError::NoPeerCredentials),
-            ) => Err(Status::unauthenticated(e.to_string())),
+            Err(e) if e.is_unauthenticated() => Err(Status::unauthenticated(e.to_string())),
             Err(e) => {
                 tracing::warn!(pid = process.pid(), error = %e, "workload attestation failed");
                 Err(Status::internal(format!("workload attestation failed: {e}")))
@@ -519,7 +516,7 @@ pub async fn serve(
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sigil_proto::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    tonic::transport::Server::builder()
+    sigil_tls::unix_server()
         .add_service(api.into_service())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
