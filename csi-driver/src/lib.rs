@@ -142,7 +142,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()> + Send + 'st
     let csi_listener = bind_unix(&cfg.csi_socket_path)?;
     tracing::info!(socket = %cfg.csi_socket_path.display(), name = %cfg.driver.name, node_id = %cfg.driver.node_id,
         socket_dir = %cfg.driver.socket_dir.display(), "serving CSI");
-    let csi = tonic::transport::Server::builder()
+    let csi = sigil_tls::unix_server()
         .add_service(IdentityServer::new(driver.clone()))
         .add_service(NodeServer::new(driver.clone()))
         .add_service(ControllerServer::new(driver))
@@ -156,7 +156,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()> + Send + 'st
             let listener = bind_unix(&path)?;
             tracing::info!(socket = %path.display(), %endpoint, "serving kubelet plugin registration");
             let registrar = Registrar { name: cfg.driver.name.clone(), endpoint };
-            tonic::transport::Server::builder()
+            sigil_tls::unix_server()
                 .add_service(RegistrationServer::new(registrar))
                 .serve_with_incoming_shutdown(sigil_tls::unix_incoming(listener), shutdown)
                 .await

@@ -26,6 +26,8 @@ pub enum RunError {
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("admin socket {path}: {source}")]
     AdminSocket { path: PathBuf, source: std::io::Error },
+    #[error("admin socket: {0}")]
+    SocketDir(#[from] sigil_tls::SocketDirError),
     #[error("agent API listener {addr}: {source}")]
     AgentListener { addr: SocketAddr, source: std::io::Error },
     #[error("health listener {addr}: {source}")]
@@ -103,8 +105,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, RunError> {
 
     // Admin API on the Unix socket.
     let sock = config.socket_path.clone();
-    if let Some(parent) = sock.parent() {
-        ensure_private_dir(parent)?;
+    if let Some(parent) = sock.parent().filter(|p| !p.as_os_str().is_empty()) {
+        // Nobody but root and the server may be able to replace the socket, or even reach it.
+        sigil_tls::prepare_socket_dir(parent, true)?;
     }
     if sock.exists() {
         std::fs::remove_file(&sock).map_err(|source| RunError::AdminSocket { path: sock.clone(), source })?;
@@ -120,7 +123,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, RunError> {
         .build_v1()
         .ok();
     let mut rx = shutdown_rx.clone();
-    let admin_router = tonic::transport::Server::builder()
+    let admin_router = sigil_tls::unix_server()
         .add_service(entries_server::EntriesServer::with_interceptor(admin.clone(), check))
         .add_service(agents_server::AgentsServer::with_interceptor(admin.clone(), check))
         .add_service(bundles_server::BundlesServer::with_interceptor(admin.clone(), check))

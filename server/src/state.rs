@@ -57,6 +57,21 @@ pub struct ServerState {
     ready: std::sync::atomic::AtomicBool,
 }
 
+/// Why an agent's call is refused (answered with `PermissionDenied`, except datastore failures).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentAuthError {
+    #[error("agent {0} is not attested (evicted?): attest again")]
+    NotAttested(SpiffeId),
+    #[error("agent {0} is banned")]
+    Banned(SpiffeId),
+    #[error(
+        "agent {id}: SVID serial {serial} is not the agent's current SVID (it was renewed since, or never issued to this agent)"
+    )]
+    NotCurrentSvid { id: SpiffeId, serial: String },
+    #[error(transparent)]
+    Datastore(DatastoreError),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error(transparent)]
@@ -258,11 +273,85 @@ impl ServerState {
         v
     }
 
-    /// Records a (re-)attested agent or a renewed SVID.
-    pub async fn upsert_agent(&self, agent: AttestedAgent) -> Result<(), DatastoreError> {
+    /// Records a (re-)attested agent: a new record, or a fresh SVID for an existing one (a ban is kept).
+    pub async fn record_attested_agent(&self, agent: AttestedAgent) -> Result<(), DatastoreError> {
         let _guard = self.write_lock.lock().await;
         let exists = self.agents.read().unwrap_or_else(|p| p.into_inner()).contains_key(&agent.spiffe_id);
         let stored = if exists { self.ds.update_agent(agent).await? } else { self.ds.create_agent(agent).await? };
+        self.agents.write().unwrap_or_else(|p| p.into_inner()).insert(stored.spiffe_id.clone(), stored);
+        Ok(())
+    }
+
+    /// The record of the agent presenting an SVID with `serial` (hex). Only the agent's current SVID is
+    /// accepted, and a renewed one not yet used: presenting that one makes it the current SVID, and the old
+    /// one stops working (SPIRE's new_cert_serial_number). So a copy of an agent SVID is useless once the
+    /// agent has renewed and moved on, and an evicted or banned agent is refused.
+    pub async fn authenticate_agent(&self, id: &SpiffeId, serial: &str) -> Result<AttestedAgent, AgentAuthError> {
+        let agent = self.accepted_agent(id, serial)?;
+        if agent.cert_serial == serial {
+            return Ok(agent);
+        }
+        // The renewed SVID's first use: promote it, re-checking under the write lock (an eviction, a ban or
+        // another promotion may have come in between).
+        let _guard = self.write_lock.lock().await;
+        let agent = self.accepted_agent(id, serial)?;
+        if agent.cert_serial == serial {
+            return Ok(agent);
+        }
+        let promoted = AttestedAgent {
+            cert_serial: agent.new_cert_serial.clone(),
+            cert_expires_at: agent.new_cert_expires_at,
+            new_cert_serial: String::new(),
+            new_cert_expires_at: 0,
+            updated_at: now_unix(),
+            ..agent
+        };
+        let stored = self.ds.update_agent(promoted).await.map_err(|e| match e {
+            DatastoreError::NotFound(_) => AgentAuthError::NotAttested(id.clone()),
+            e => AgentAuthError::Datastore(e),
+        })?;
+        self.agents.write().unwrap_or_else(|p| p.into_inner()).insert(stored.spiffe_id.clone(), stored.clone());
+        tracing::info!(agent = %id, serial, "agent switched to its renewed SVID; the previous one is no longer accepted");
+        Ok(stored)
+    }
+
+    /// The cached record, if `serial` is its current or its pending SVID.
+    fn accepted_agent(&self, id: &SpiffeId, serial: &str) -> Result<AttestedAgent, AgentAuthError> {
+        let agent = self.agent(id).ok_or_else(|| AgentAuthError::NotAttested(id.clone()))?;
+        if agent.banned {
+            return Err(AgentAuthError::Banned(id.clone()));
+        }
+        let current = !agent.cert_serial.is_empty() && agent.cert_serial == serial;
+        let pending = !agent.new_cert_serial.is_empty() && agent.new_cert_serial == serial;
+        if !current && !pending {
+            return Err(AgentAuthError::NotCurrentSvid { id: id.clone(), serial: serial.to_owned() });
+        }
+        Ok(agent)
+    }
+
+    /// Records a renewed agent SVID as pending (see [`authenticate_agent`](Self::authenticate_agent)). The
+    /// check and the write are one step under the write lock that eviction and banning take too, so a
+    /// renewal that was in flight when the agent was evicted or banned fails instead of bringing the agent
+    /// back; it never creates a record.
+    pub async fn renew_agent(
+        &self,
+        id: &SpiffeId,
+        presented_serial: &str,
+        new_serial: String,
+        new_expires_at: i64,
+    ) -> Result<(), AgentAuthError> {
+        let _guard = self.write_lock.lock().await;
+        let agent = self.accepted_agent(id, presented_serial)?;
+        let renewed = AttestedAgent {
+            new_cert_serial: new_serial,
+            new_cert_expires_at: new_expires_at,
+            updated_at: now_unix(),
+            ..agent
+        };
+        let stored = self.ds.update_agent(renewed).await.map_err(|e| match e {
+            DatastoreError::NotFound(_) => AgentAuthError::NotAttested(id.clone()),
+            e => AgentAuthError::Datastore(e),
+        })?;
         self.agents.write().unwrap_or_else(|p| p.into_inner()).insert(stored.spiffe_id.clone(), stored);
         Ok(())
     }

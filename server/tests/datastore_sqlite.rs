@@ -70,6 +70,8 @@ fn agent(spiffe: &str) -> AttestedAgent {
         banned: false,
         created_at: 1_700_000_000,
         updated_at: 1_700_000_000,
+        new_cert_serial: "0d0e".into(),
+        new_cert_expires_at: 1_900_000_600,
     }
 }
 
@@ -519,6 +521,8 @@ async fn agents_ban_and_evict() {
     let renewed = AttestedAgent {
         cert_serial: "ffee".into(),
         cert_expires_at: 1_950_000_000,
+        new_cert_serial: String::new(),
+        new_cert_expires_at: 0,
         selectors: sels(&["k8s_psat:cluster:other"]),
         created_at: 1,
         updated_at: 1_700_000_500,

@@ -1,6 +1,7 @@
 //! The agent API (TLS on TCP). `Attest` needs only server-authenticated TLS; every other RPC requires the
-//! agent's X509-SVID (verified against the current bundle during the handshake) and a live, unbanned agent
-//! record.
+//! agent's X509-SVID (verified against the current bundle during the handshake), a live, unbanned agent
+//! record, and that the SVID is the agent's current one: after a renewal the agent's previous SVID stops
+//! working as soon as it presents the new one.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{self, datastore_status};
 use crate::datastore::{AttestedAgent, JoinTokenOutcome};
-use crate::state::{Change, ServerState, now_unix};
+use crate::state::{AgentAuthError, Change, ServerState, now_unix};
 
 /// Agent ID for a join token, exactly SPIRE's format: `spiffe://<td>/spire/agent/join_token/<token>`.
 pub fn join_token_agent_id(td: &TrustDomain, token: &str) -> Result<SpiffeId, Status> {
@@ -32,10 +33,12 @@ pub struct AgentApi {
 }
 
 impl AgentApi {
-    /// The calling agent's ID, if its connection carries a verified SVID of a live, unbanned agent.
-    fn authenticate<T>(&self, req: &Request<T>) -> Result<AttestedAgent, Status> {
+    /// The calling agent's record, if its connection carries a verified SVID of a live, unbanned agent and
+    /// that SVID is the agent's current one (see [`ServerState::authenticate_agent`]), and the serial of
+    /// the SVID it presented.
+    async fn authenticate<T>(&self, req: &Request<T>) -> Result<(AttestedAgent, String), Status> {
         let peer = req.extensions().get::<PeerIdentity>();
-        let id = peer.and_then(|p| p.spiffe_id.clone()).ok_or_else(|| {
+        let (id, serial) = peer.and_then(|p| Some((p.spiffe_id.clone()?, p.serial_hex.clone()?))).ok_or_else(|| {
             Status::unauthenticated("this call needs the agent's X509-SVID as TLS client certificate")
         })?;
         if !id.path().starts_with("/spire/agent/") || !id.is_member_of(&self.state.trust_domain) {
@@ -44,14 +47,8 @@ impl AgentApi {
                 self.state.trust_domain
             )));
         }
-        let agent = self
-            .state
-            .agent(&id)
-            .ok_or_else(|| Status::permission_denied(format!("agent {id} is not attested (evicted?): attest again")))?;
-        if agent.banned {
-            return Err(Status::permission_denied(format!("agent {id} is banned")));
-        }
-        Ok(agent)
+        let agent = self.state.authenticate_agent(&id, &serial).await.map_err(agent_auth_status)?;
+        Ok((agent, serial))
     }
 
     fn sign_agent_svid(&self, csr: &[u8], agent_id: &SpiffeId) -> Result<crate::ca::IssuedX509, Status> {
@@ -62,6 +59,13 @@ impl AgentApi {
             .map_err(|e| Status::invalid_argument(format!("csr: {e}")))?;
         self.state.metrics.x509_svids_signed.inc();
         Ok(issued)
+    }
+}
+
+fn agent_auth_status(e: AgentAuthError) -> Status {
+    match e {
+        AgentAuthError::Datastore(e) => datastore_status(e),
+        e => Status::permission_denied(e.to_string()),
     }
 }
 
@@ -129,7 +133,7 @@ impl node_server::Node for AgentApi {
         let issued = self.sign_agent_svid(&req.csr, &agent_id)?;
         let serial = issued.chain_der.first().and_then(|leaf| sigil_tls::serial_hex(leaf)).unwrap_or_default();
         self.state
-            .upsert_agent(AttestedAgent {
+            .record_attested_agent(AttestedAgent {
                 spiffe_id: agent_id.clone(),
                 attestation_type: "join_token".into(),
                 cert_serial: serial,
@@ -138,6 +142,8 @@ impl node_server::Node for AgentApi {
                 banned: false,
                 created_at: now,
                 updated_at: now,
+                new_cert_serial: String::new(),
+                new_cert_expires_at: 0,
             })
             .await
             .map_err(datastore_status)?;
@@ -153,13 +159,17 @@ impl node_server::Node for AgentApi {
         &self,
         req: Request<pb::RenewAgentSvidRequest>,
     ) -> Result<Response<pb::RenewAgentSvidResponse>, Status> {
-        let mut agent = self.authenticate(&req)?;
+        let (agent, presented) = self.authenticate(&req).await?;
         let issued = self.sign_agent_svid(&req.get_ref().csr, &agent.spiffe_id)?;
-        agent.cert_serial = issued.chain_der.first().and_then(|leaf| sigil_tls::serial_hex(leaf)).unwrap_or_default();
-        agent.cert_expires_at = issued.expires_at;
-        agent.updated_at = now_unix();
-        let id = agent.spiffe_id.clone();
-        self.state.upsert_agent(agent).await.map_err(datastore_status)?;
+        let serial = issued
+            .chain_der
+            .first()
+            .and_then(|leaf| sigil_tls::serial_hex(leaf))
+            .ok_or_else(|| Status::internal("the renewed agent SVID has no readable serial number"))?;
+        let id = agent.spiffe_id;
+        // Recorded only if the agent is still attested, unbanned and presenting an accepted SVID now: an
+        // eviction or ban while this call was signing wins.
+        self.state.renew_agent(&id, &presented, serial, issued.expires_at).await.map_err(agent_auth_status)?;
         Ok(Response::new(pb::RenewAgentSvidResponse { svid: Some(svid_pb(&id, issued)) }))
     }
 
@@ -169,7 +179,7 @@ impl node_server::Node for AgentApi {
         &self,
         req: Request<pb::SyncEntriesRequest>,
     ) -> Result<Response<Self::SyncEntriesStream>, Status> {
-        let agent = self.authenticate(&req)?;
+        let (agent, _) = self.authenticate(&req).await?;
         // Subscribe before the snapshot, so no change between the two is missed.
         let changes = self.state.subscribe();
         let (tx, rx) = mpsc::channel(16);
@@ -181,7 +191,7 @@ impl node_server::Node for AgentApi {
         &self,
         req: Request<pb::BatchNewX509SvidRequest>,
     ) -> Result<Response<pb::BatchNewX509SvidResponse>, Status> {
-        let agent = self.authenticate(&req)?;
+        let (agent, _) = self.authenticate(&req).await?;
         let params = req.into_inner().params;
         if params.len() > 1000 {
             return Err(Status::invalid_argument("params: at most 1000 CSRs per batch"));
@@ -245,7 +255,7 @@ impl node_server::Node for AgentApi {
         &self,
         req: Request<pb::NewJwtSvidRequest>,
     ) -> Result<Response<pb::NewJwtSvidResponse>, Status> {
-        let agent = self.authenticate(&req)?;
+        let (agent, _) = self.authenticate(&req).await?;
         let req = req.into_inner();
         if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
             return Err(Status::invalid_argument("audience: at least one non-empty audience is required"));

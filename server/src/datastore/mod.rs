@@ -79,10 +79,16 @@ pub struct Page {
 pub struct AttestedAgent {
     pub spiffe_id: SpiffeId,
     pub attestation_type: String,
-    /// Serial number of the agent's current SVID (hex).
+    /// Serial number of the agent's current SVID (hex): the only agent SVID the server accepts, besides a
+    /// renewed one not yet used.
     pub cert_serial: String,
     /// Unix seconds.
     pub cert_expires_at: i64,
+    /// Serial number of the SVID the last renewal issued, until the agent first presents it (then it
+    /// becomes `cert_serial`); empty when no renewal is pending (SPIRE's `new_cert_serial_number`).
+    pub new_cert_serial: String,
+    /// Unix seconds; 0 when no renewal is pending.
+    pub new_cert_expires_at: i64,
     /// Node selectors from attestation.
     pub selectors: Vec<Selector>,
     pub banned: bool,
@@ -146,8 +152,9 @@ pub trait Datastore: Send + Sync + fmt::Debug + 'static {
     /// Every agent, in SPIFFE ID order.
     async fn list_agents(&self) -> Result<Vec<AttestedAgent>>;
 
-    /// Updates attestation type, SVID serial and expiry and node selectors; `updated_at` is taken from the
-    /// agent (0 = now). `created_at` and `banned` are kept. `NotFound` when there is no such agent.
+    /// Updates attestation type, SVID serials and expiries and node selectors; `updated_at` is taken from the
+    /// agent (0 = now). `created_at` and `banned` are kept. `NotFound` when there is no such agent: an update
+    /// never re-creates an evicted agent.
     async fn update_agent(&self, agent: AttestedAgent) -> Result<AttestedAgent>;
 
     /// Evicts an agent: its row is deleted. `NotFound` when there is no such agent.

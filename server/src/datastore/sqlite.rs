@@ -23,8 +23,11 @@ use super::{AttestedAgent, Datastore, DatastoreError, EntryFilter, JoinTokenOutc
 use crate::federation::{BundleEndpointProfile, FederationRelationship};
 
 /// Schema migrations; migration `i` (0-based) brings the schema to version `i + 1`. Append only.
-const MIGRATIONS: &[&str] =
-    &[include_str!("migrations/0001_initial.sql"), include_str!("migrations/0002_federation_relationships.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0002_federation_relationships.sql"),
+    include_str!("migrations/0003_agent_new_cert.sql"),
+];
 
 /// The schema version this build writes (`PRAGMA user_version` after open).
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -37,8 +40,8 @@ use sigil_core::entry::MAX_ENTRY_ID_LEN;
 const ENTRY_COLUMNS: &str = "e.id, e.spiffe_id, e.parent_id, e.selectors, e.x509_svid_ttl, e.jwt_svid_ttl, \
      e.dns_names, e.federates_with, e.admin, e.downstream, e.hint, e.entry_expiry, e.revision, e.created_at";
 
-const AGENT_COLUMNS: &str =
-    "spiffe_id, attestation_type, cert_serial, cert_expires_at, selectors, banned, created_at, updated_at";
+const AGENT_COLUMNS: &str = "spiffe_id, attestation_type, cert_serial, cert_expires_at, selectors, banned, created_at, \
+     updated_at, new_cert_serial, new_cert_expires_at";
 
 /// The SQLite datastore. Cheap to share behind an `Arc`.
 pub struct SqliteDatastore {
@@ -507,6 +510,8 @@ struct AgentRow {
     banned: bool,
     created_at: i64,
     updated_at: i64,
+    new_cert_serial: String,
+    new_cert_expires_at: i64,
 }
 
 impl AgentRow {
@@ -520,6 +525,8 @@ impl AgentRow {
             banned: r.get(5)?,
             created_at: r.get(6)?,
             updated_at: r.get(7)?,
+            new_cert_serial: r.get(8)?,
+            new_cert_expires_at: r.get(9)?,
         })
     }
 
@@ -534,6 +541,8 @@ impl AgentRow {
             banned: self.banned,
             created_at: self.created_at,
             updated_at: self.updated_at,
+            new_cert_serial: self.new_cert_serial,
+            new_cert_expires_at: self.new_cert_expires_at,
         })
     }
 }
@@ -804,7 +813,8 @@ impl Datastore for SqliteDatastore {
             let agent = AttestedAgent { created_at, updated_at, ..agent };
             let inserted = conn.execute(
                 "INSERT INTO agents (spiffe_id, attestation_type, cert_serial, cert_expires_at, selectors, banned, \
-                 created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 created_at, updated_at, new_cert_serial, new_cert_expires_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     agent.spiffe_id.as_str(),
                     agent.attestation_type,
@@ -814,6 +824,8 @@ impl Datastore for SqliteDatastore {
                     agent.banned,
                     agent.created_at,
                     agent.updated_at,
+                    agent.new_cert_serial,
+                    agent.new_cert_expires_at,
                 ],
             );
             match inserted {
@@ -852,13 +864,15 @@ impl Datastore for SqliteDatastore {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let changed = tx.execute(
                 "UPDATE agents SET attestation_type = ?1, cert_serial = ?2, cert_expires_at = ?3, selectors = ?4, \
-                 updated_at = ?5 WHERE spiffe_id = ?6",
+                 updated_at = ?5, new_cert_serial = ?6, new_cert_expires_at = ?7 WHERE spiffe_id = ?8",
                 params![
                     agent.attestation_type,
                     agent.cert_serial,
                     agent.cert_expires_at,
                     to_json(&selector_strings(&agent.selectors))?,
                     updated_at,
+                    agent.new_cert_serial,
+                    agent.new_cert_expires_at,
                     agent.spiffe_id.as_str(),
                 ],
             )?;
