@@ -82,6 +82,11 @@ impl Stack {
 
     /// Starts the agent; with `token` it attests, without it must resume from its data dir.
     pub fn start_agent(&mut self, token: Option<&str>) {
+        self.start_agent_with(token, &[]);
+    }
+
+    /// [`Stack::start_agent`] with more command-line arguments (e.g. `-config FILE`).
+    pub fn start_agent_with(&mut self, token: Option<&str>, extra: &[&std::ffi::OsStr]) {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("agent.log")).unwrap();
         let mut cmd = Command::new(bin("sigil-agent"));
@@ -97,6 +102,7 @@ impl Stack {
         if let Some(t) = token {
             cmd.arg("-joinToken").arg(t);
         }
+        cmd.args(extra);
         self.agent = Some(cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap());
     }
 
@@ -147,19 +153,37 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// Server + agent, with the current uid registered as `spiffe://example.org/workload` (optionally a short TTL).
-pub fn stack(x509_ttl: Option<u32>) -> Stack {
+/// A running server with a join token generated (and the agent ID it will give), no agent yet.
+pub fn server_only() -> Stack {
     let dir = tempfile::tempdir().unwrap();
     let mut s =
         Stack { dir, port: free_port(), server: None, agent: None, token: String::new(), agent_id: String::new() };
     s.start_server();
-    let out = ok(s.server_cli(&["token", "generate"]));
-    s.token = out.trim().strip_prefix("Token: ").unwrap().to_owned();
+    s.token = s.generate_token();
     s.agent_id = format!("spiffe://{TD}/spire/agent/join_token/{}", s.token);
+    s
+}
+
+impl Stack {
+    /// `token generate`: a new join token.
+    pub fn generate_token(&self) -> String {
+        let out = ok(self.server_cli(&["token", "generate"]));
+        out.trim().strip_prefix("Token: ").unwrap().to_owned()
+    }
+}
+
+/// Server + agent, with the current uid registered as `spiffe://example.org/workload` (optionally a short TTL).
+pub fn stack(x509_ttl: Option<u32>) -> Stack {
+    stack_with(x509_ttl, &[])
+}
+
+/// [`stack`] with more arguments for the agent.
+pub fn stack_with(x509_ttl: Option<u32>, agent_args: &[&std::ffi::OsStr]) -> Stack {
+    let mut s = server_only();
     let uid = nix::unistd::getuid().as_raw();
     s.register("/workload", uid, x509_ttl);
     let token = s.token.clone();
-    s.start_agent(Some(&token));
+    s.start_agent_with(Some(&token), agent_args);
     wait_for("agent serving the workload's SVID", Duration::from_secs(60), || {
         s.agent_cli(&["api", "fetch", "x509"]).status.success()
     });
