@@ -33,6 +33,8 @@ pub enum Change {
     FederationRelationships(Vec<TrustDomain>),
     /// An agent was evicted or banned: its streams must end.
     AgentRevoked(SpiffeId),
+    /// An agent switched to its renewed SVID: streams opened with another SVID must end.
+    AgentSvidReplaced(SpiffeId),
 }
 
 pub fn now_unix() -> i64 {
@@ -311,6 +313,7 @@ impl ServerState {
             e => AgentAuthError::Datastore(e),
         })?;
         self.agents.write().unwrap_or_else(|p| p.into_inner()).insert(stored.spiffe_id.clone(), stored.clone());
+        self.notify(Change::AgentSvidReplaced(id.clone()));
         tracing::info!(agent = %id, serial, "agent switched to its renewed SVID; the previous one is no longer accepted");
         Ok(stored)
     }

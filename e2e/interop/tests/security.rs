@@ -297,7 +297,7 @@ fn hpack_bombs_get_the_right_http2_errors_with_bounded_memory_while_others_are_s
     let mut round = 0;
     while round < 3 || served.load(Ordering::SeqCst) < 5 {
         assert!(Instant::now() < deadline, "the bystander was served only {} times", served.load(Ordering::SeqCst));
-        std::thread::scope(|scope| {
+        let answers = std::thread::scope(|scope| {
             let mut handles = vec![];
             for (what, bomb, want) in &cases {
                 for _ in 0..4 {
@@ -305,21 +305,22 @@ fn hpack_bombs_get_the_right_http2_errors_with_bounded_memory_while_others_are_s
                     handles.push(scope.spawn(move || (*what, *want, send_bomb(&sock, bomb))));
                 }
             }
-            for h in handles {
-                let (what, want, got) = h.join().unwrap();
-                match want {
-                    Some(code) => assert_eq!(got.goaway, Some(code), "round {round}, {what}: {got:?}"),
-                    // Over the header list limit: h2 answers that request 431, the connection lives on.
-                    None => {
-                        assert!(got.refused_with_431(), "round {round}, {what}: {got:?}");
-                        assert!(got.ping_acked && got.goaway.is_none(), "round {round}, {what}: {got:?}");
-                    }
-                }
-            }
+            handles.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
         });
+        // Memory first: it is what the bombs were for.
         let hwm =
             vm_hwm(agent_pid).unwrap_or_else(|| panic!("the agent died in round {round}: {}", s.log("agent.log")));
         assert!(hwm < 64 << 20, "round {round}: agent peak RSS {} MiB (was {} MiB)", hwm >> 20, before >> 20);
+        for (what, want, got) in answers {
+            match want {
+                Some(code) => assert_eq!(got.goaway, Some(code), "round {round}, {what}: {got:?}"),
+                // Over the header list limit: h2 answers that request 431, the connection lives on.
+                None => {
+                    assert!(got.refused_with_431(), "round {round}, {what}: {got:?}");
+                    assert!(got.ping_acked && got.goaway.is_none(), "round {round}, {what}: {got:?}");
+                }
+            }
+        }
         round += 1;
     }
     stop.store(true, Ordering::SeqCst);
@@ -444,9 +445,16 @@ async fn an_agent_svid_stops_working_once_its_renewal_is_in_use() {
     assert_ne!(second.chain_der[0], first.chain_der[0]);
     assert_eq!(sync_status(&old).await, Code::Ok, "before the switch the old SVID still works");
 
-    // The agent switches: from now on only the new SVID is accepted.
+    // A thief's entry stream, opened with the old SVID while it was still current.
+    let mut thief_stream =
+        old.client().unwrap().sync_entries(sigil_proto::agent::SyncEntriesRequest {}).await.unwrap().into_inner();
+    assert!(thief_stream.message().await.unwrap().is_some());
+
+    // The agent switches: from now on only the new SVID is accepted, and the thief's stream ends.
     let new = agent_conn(&stack, &second);
     assert_eq!(sync_status(&new).await, Code::Ok);
+    let ended = tokio::time::timeout(Duration::from_secs(10), thief_stream.message()).await.unwrap();
+    assert_eq!(ended.unwrap_err().code(), Code::PermissionDenied);
     assert_eq!(sync_status(&old).await, Code::PermissionDenied, "a copy of the old SVID must be useless");
     let err = old
         .client()
@@ -472,6 +480,43 @@ async fn an_agent_svid_stops_working_once_its_renewal_is_in_use() {
     assert_eq!(sync_status(&old).await, Code::PermissionDenied);
     assert_eq!(sync_status(&new).await, Code::Ok);
     s.kill_server();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_real_agent_renews_its_svid_and_a_copy_of_the_old_one_is_refused() {
+    // Agent SVIDs of 30 s (40 s with the backdating): the agent renews about 10 s after attesting, and the
+    // first SVID is still valid for 20 s then, so only its serial can make the server refuse it.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("server.toml");
+    std::fs::write(&config, "[server]\nagent_ttl = \"30s\"\n").unwrap();
+    let s =
+        tokio::task::spawn_blocking(move || stack_with_args(None, &[OsStr::new("-config"), config.as_os_str()], &[]))
+            .await
+            .unwrap();
+    let data = s.dir.path().join("agent/data");
+    let stolen = StoredIdentity::load(&data, &td()).unwrap().unwrap();
+    let s = Arc::new(s);
+    let renewals = |s: &Stack| s.log("agent.log").matches("agent SVID renewed").count();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while renewals(&s) < 1 {
+        assert!(Instant::now() < deadline, "the agent did not renew: {}", s.log("agent.log"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The agent reconnects with its new SVID at once, which makes it the current one.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!(stolen.not_after > now + 5, "the first SVID must still be valid for this to mean anything");
+    // The agent kept working through the renewal, and was never taken for evicted.
+    let s2 = s.clone();
+    let fetched = tokio::task::spawn_blocking(move || s2.agent_cli(&["api", "fetch", "x509"])).await.unwrap();
+    assert!(text(&fetched).contains("spiffe://example.org/workload"), "{}", text(&fetched));
+    assert!(!s.log("agent.log").contains("no longer accepts this agent"), "{}", s.log("agent.log"));
+    // A copy of the first SVID (say, read off the node's disk earlier) is useless now...
+    assert_eq!(sync_status(&agent_conn(&s, &stolen)).await, Code::PermissionDenied);
+    // ... while the agent's current one works.
+    let current = StoredIdentity::load(&data, &td()).unwrap().unwrap();
+    assert_ne!(current.chain_der[0], stolen.chain_der[0]);
+    assert_eq!(sync_status(&agent_conn(&s, &current)).await, Code::Ok);
 }
 
 // ----- 4. socket folders under a shared directory -----

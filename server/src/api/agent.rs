@@ -179,11 +179,11 @@ impl node_server::Node for AgentApi {
         &self,
         req: Request<pb::SyncEntriesRequest>,
     ) -> Result<Response<Self::SyncEntriesStream>, Status> {
-        let (agent, _) = self.authenticate(&req).await?;
+        let (agent, serial) = self.authenticate(&req).await?;
         // Subscribe before the snapshot, so no change between the two is missed.
         let changes = self.state.subscribe();
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(run_sync(self.state.clone(), agent.spiffe_id, changes, tx));
+        tokio::spawn(run_sync(self.state.clone(), agent.spiffe_id, serial, changes, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -282,13 +282,29 @@ fn federated_for(state: &ServerState, entries: &BTreeMap<String, RegistrationEnt
     tds.into_iter().filter_map(|td| state.federated_bundle(td)).map(|b| convert::bundle_to_pb(&b)).collect()
 }
 
-/// One agent's sync stream: a full snapshot, then diffs as changes are announced.
+/// Whether `serial` (which authenticated a stream) is still the agent's current SVID.
+fn still_current(state: &ServerState, agent_id: &SpiffeId, serial: &str) -> bool {
+    state.agent(agent_id).is_some_and(|a| a.cert_serial == serial)
+}
+
+fn svid_replaced(agent_id: &SpiffeId) -> Status {
+    Status::permission_denied(format!("agent {agent_id} switched to a renewed SVID: this stream's SVID is replaced"))
+}
+
+/// One agent's sync stream: a full snapshot, then diffs as changes are announced. It ends when the agent is
+/// evicted or banned, or switches to a renewed SVID (streams opened with the old one end).
 async fn run_sync(
     state: Arc<ServerState>,
     agent_id: SpiffeId,
+    serial: String,
     mut changes: broadcast::Receiver<Change>,
     tx: mpsc::Sender<Result<pb::SyncEntriesUpdate, Status>>,
 ) {
+    // Replaced between authentication and the subscription: no notification would come.
+    if !still_current(&state, &agent_id, &serial) {
+        let _ = tx.send(Err(svid_replaced(&agent_id))).await;
+        return;
+    }
     state.metrics.agents_connected.inc();
     let snapshot: BTreeMap<String, RegistrationEntry> =
         state.authorized_entries(&agent_id).into_iter().map(|e| (e.id.clone(), e)).collect();
@@ -319,7 +335,13 @@ async fn run_sync(
                     tx.send(Err(Status::permission_denied(format!("agent {agent_id} was evicted or banned")))).await;
                 break;
             }
-            Ok(Change::AgentRevoked(_) | Change::FederationRelationships(_)) => continue,
+            Ok(Change::AgentSvidReplaced(id)) if id == agent_id && !still_current(&state, &agent_id, &serial) => {
+                let _ = tx.send(Err(svid_replaced(&agent_id))).await;
+                break;
+            }
+            Ok(Change::AgentRevoked(_) | Change::AgentSvidReplaced(_) | Change::FederationRelationships(_)) => {
+                continue;
+            }
             // Missed some announcements: recompute everything, the diff below makes it exact again.
             Err(broadcast::error::RecvError::Lagged(_)) => (true, true, true),
             Err(broadcast::error::RecvError::Closed) => break,

@@ -62,6 +62,11 @@ impl Stack {
     }
 
     pub fn start_server(&mut self) {
+        self.start_server_with(&[]);
+    }
+
+    /// [`Stack::start_server`] with more command-line arguments (e.g. `-config FILE`).
+    pub fn start_server_with(&mut self, extra: &[&std::ffi::OsStr]) {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("server.log")).unwrap();
         let child = Command::new(bin("sigil-server"))
@@ -72,6 +77,7 @@ impl Stack {
             .arg(self.dir.path().join("server/data"))
             .arg("-socketPath")
             .arg(self.server_sock())
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -155,10 +161,15 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 
 /// A running server with a join token generated (and the agent ID it will give), no agent yet.
 pub fn server_only() -> Stack {
+    server_only_with(&[])
+}
+
+/// [`server_only`] with more arguments for the server.
+pub fn server_only_with(server_args: &[&std::ffi::OsStr]) -> Stack {
     let dir = tempfile::tempdir().unwrap();
     let mut s =
         Stack { dir, port: free_port(), server: None, agent: None, token: String::new(), agent_id: String::new() };
-    s.start_server();
+    s.start_server_with(server_args);
     s.token = s.generate_token();
     s.agent_id = format!("spiffe://{TD}/spire/agent/join_token/{}", s.token);
     s
@@ -179,7 +190,16 @@ pub fn stack(x509_ttl: Option<u32>) -> Stack {
 
 /// [`stack`] with more arguments for the agent.
 pub fn stack_with(x509_ttl: Option<u32>, agent_args: &[&std::ffi::OsStr]) -> Stack {
-    let mut s = server_only();
+    stack_with_args(x509_ttl, &[], agent_args)
+}
+
+/// [`stack`] with more arguments for the server and the agent.
+pub fn stack_with_args(
+    x509_ttl: Option<u32>,
+    server_args: &[&std::ffi::OsStr],
+    agent_args: &[&std::ffi::OsStr],
+) -> Stack {
+    let mut s = server_only_with(server_args);
     let uid = nix::unistd::getuid().as_raw();
     s.register("/workload", uid, x509_ttl);
     let token = s.token.clone();
