@@ -9,7 +9,8 @@
 //! `status` ids must agree with the kernel's connect-time credentials, or the connection is refused.
 //!
 //! Attestors derive selectors from that accept-time image, never from what the pid is at the time of the
-//! call, and every call first checks that the pid still is that image ([`ProcHandle::verify`]): same start
+//! call, and every call checks, once the attestors ran, that the pid still is that image
+//! ([`ProcHandle::verify`]; what an attestor read live, such as `cgroup`, was then read from it): same start
 //! time (PID reuse), same ids (a setuid/setgid exec, or a privileged process that changed its
 //! credentials), same executable (any exec of another binary; a zombie has none). A descriptor inherited
 //! by a child, or kept while the connecting process exec'd a setuid program, therefore never yields more
@@ -452,13 +453,14 @@ impl WorkloadAttestor for UnixAttestor {
     }
 }
 
-/// Runs every attestor on an open process handle, after and before checking that the pid still is the
-/// process that connected ([`ProcHandle::verify`]).
+/// Runs every attestor on an open process handle, then checks that the pid still is the process that
+/// connected ([`ProcHandle::verify`]). Once, after: the changes it looks for (a new start time, new ids,
+/// another executable, no executable) do not undo themselves, so one that came before or during the
+/// attestors is still there.
 pub async fn attest_process(
     attestors: &[std::sync::Arc<dyn WorkloadAttestor>],
     process: &ProcHandle,
 ) -> Result<BTreeSet<Selector>, AttestError> {
-    process.verify()?;
     let mut selectors = BTreeSet::new();
     for a in attestors {
         selectors.extend(a.attest(process).await?);

@@ -2,8 +2,8 @@
 //!
 //! Every accepted connection is tied to its peer at once: SO_PEERCRED gives the pid and the connect-time
 //! uid/gid, and the process is recorded before the first request is read ([`PeerConn`],
-//! [`ProcHandle::open`]). Each RPC attests the caller from that accept-time record and first checks that
-//! the pid still is that process: PID reuse, an exec or changed credentials -> `Unauthenticated` (see
+//! [`ProcHandle::open`]). Each RPC attests the caller from that accept-time record and checks that the
+//! pid still is that process: PID reuse, an exec or changed credentials -> `Unauthenticated` (see
 //! `crate::attest`).
 //!
 //! Status codes: missing `workload.spiffe.io: true` header -> `InvalidArgument`; agent not synced yet ->

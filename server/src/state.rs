@@ -308,11 +308,7 @@ impl ServerState {
             updated_at: now_unix(),
             ..agent
         };
-        let stored = self.ds.update_agent(promoted).await.map_err(|e| match e {
-            DatastoreError::NotFound(_) => AgentAuthError::NotAttested(id.clone()),
-            e => AgentAuthError::Datastore(e),
-        })?;
-        self.agents.write().unwrap_or_else(|p| p.into_inner()).insert(stored.spiffe_id.clone(), stored.clone());
+        let stored = self.update_existing_agent(promoted).await?;
         self.notify(Change::AgentSvidReplaced(id.clone()));
         tracing::info!(agent = %id, serial, "agent switched to its renewed SVID; the previous one is no longer accepted");
         Ok(stored)
@@ -351,12 +347,18 @@ impl ServerState {
             updated_at: now_unix(),
             ..agent
         };
-        let stored = self.ds.update_agent(renewed).await.map_err(|e| match e {
-            DatastoreError::NotFound(_) => AgentAuthError::NotAttested(id.clone()),
+        self.update_existing_agent(renewed).await.map(drop)
+    }
+
+    /// Writes an agent record that must exist already, then caches it. The caller holds the write lock.
+    async fn update_existing_agent(&self, agent: AttestedAgent) -> Result<AttestedAgent, AgentAuthError> {
+        let id = agent.spiffe_id.clone();
+        let stored = self.ds.update_agent(agent).await.map_err(|e| match e {
+            DatastoreError::NotFound(_) => AgentAuthError::NotAttested(id),
             e => AgentAuthError::Datastore(e),
         })?;
-        self.agents.write().unwrap_or_else(|p| p.into_inner()).insert(stored.spiffe_id.clone(), stored);
-        Ok(())
+        self.agents.write().unwrap_or_else(|p| p.into_inner()).insert(stored.spiffe_id.clone(), stored.clone());
+        Ok(stored)
     }
 
     /// Evicts an agent: its record is deleted, so it must attest again.
