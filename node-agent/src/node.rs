@@ -154,6 +154,9 @@ impl StoredIdentity {
         file.write_all(text.as_bytes()).map_err(werr(&tmp))?;
         file.sync_all().map_err(werr(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(werr(&path))?;
+        // The rename itself must survive a power loss: the server refuses the previous SVID once the new
+        // one has been used.
+        std::fs::File::open(data_dir).and_then(|d| d.sync_all()).map_err(werr(data_dir))?;
         Ok(())
     }
 

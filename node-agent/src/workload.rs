@@ -121,7 +121,7 @@ impl AsyncWrite for PeerConn {
 /// process can connect (identity is checked per call).
 pub fn bind_socket(path: &Path) -> Result<UnixListener, EndpointError> {
     use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = path.parent() {
         sigil_tls::prepare_socket_dir(dir, false)?;
     }
     match std::fs::remove_file(path) {
@@ -282,8 +282,9 @@ impl WorkloadApi {
         SpiffeWorkloadApiServer::new(self)
     }
 
-    /// Header check and caller attestation.
-    async fn caller<T>(&self, req: &Request<T>) -> Result<BTreeSet<Selector>, Status> {
+    /// Header check and caller attestation: the selectors, and the process handle that streams check again
+    /// before each later message.
+    async fn caller<T>(&self, req: &Request<T>) -> Result<(BTreeSet<Selector>, Arc<ProcHandle>), Status> {
         check_header(req)?;
         let info = req
             .extensions()
@@ -292,7 +293,7 @@ impl WorkloadApi {
         let process =
             info.process.as_ref().map_err(|e| Status::unauthenticated(format!("cannot identify caller: {e}")))?;
         match attest_process(&self.attestors, process).await {
-            Ok(s) => Ok(s),
+            Ok(s) => Ok((s, process.clone())),
             Err(e) if e.is_unauthenticated() => Err(Status::unauthenticated(e.to_string())),
             Err(e) => {
                 tracing::warn!(pid = process.pid(), error = %e, "workload attestation failed");
@@ -308,7 +309,7 @@ impl WorkloadApi {
 
     /// Spawns a stream task: `compute` maps each snapshot to a message, an error to end with, or `None`
     /// (nothing to send yet). A message equal to the last one sent is not sent again.
-    fn watch_stream<T, F>(&self, first: T, compute: F) -> BoxStream<T>
+    fn watch_stream<T, F>(&self, process: Arc<ProcHandle>, first: T, compute: F) -> BoxStream<T>
     where
         T: PartialEq + Clone + Send + Sync + 'static,
         F: Fn(&Snapshot) -> Option<Result<T, Status>> + Send + 'static,
@@ -325,6 +326,11 @@ impl WorkloadApi {
                     let snap = rx.borrow_and_update().clone();
                     match compute(&snap) {
                         Some(Ok(msg)) if msg != last => {
+                            // Rotated keys go only to the process that opened the stream, as it was then.
+                            if let Err(e) = process.verify() {
+                                let _ = tx.send(Err(Status::unauthenticated(e.to_string()))).await;
+                                return;
+                            }
                             if tx.send(Ok(msg.clone())).await.is_err() {
                                 return;
                             }
@@ -386,9 +392,9 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<pb::X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let r = async {
-            let selectors = self.caller(&req).await?;
+            let (selectors, process) = self.caller(&req).await?;
             let first = self.first_x509(&selectors).await?;
-            Ok(self.watch_stream(first, move |snap| match snap.view(&selectors, now_unix(), false) {
+            Ok(self.watch_stream(process, first, move |snap| match snap.view(&selectors, now_unix(), false) {
                 View::Ready(v) => Some(Ok(x509_response(&v))),
                 View::NoIdentity => Some(Err(no_identity())),
                 View::NotReady | View::Waiting => None,
@@ -403,10 +409,11 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<pb::X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         let r = async {
-            let selectors = self.caller(&req).await?;
+            let (selectors, process) = self.caller(&req).await?;
             let first = x509_bundles_response(&bundles_of(&self.state.borrow(), &selectors)?);
-            Ok(self
-                .watch_stream(first, move |snap| Some(bundles_of(snap, &selectors).map(|b| x509_bundles_response(&b)))))
+            Ok(self.watch_stream(process, first, move |snap| {
+                Some(bundles_of(snap, &selectors).map(|b| x509_bundles_response(&b)))
+            }))
         }
         .await;
         self.counted("FetchX509Bundles", r).map(Response::new)
@@ -426,7 +433,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                         .map_err(|e| Status::invalid_argument(format!("invalid requested SPIFFE ID: {e}")))?,
                 ),
             };
-            let selectors = self.caller(&req).await?;
+            let (selectors, _) = self.caller(&req).await?;
             let snap = self.state.borrow().clone();
             if !snap.synced {
                 return Err(unavailable());
@@ -455,10 +462,11 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<pb::JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         let r = async {
-            let selectors = self.caller(&req).await?;
+            let (selectors, process) = self.caller(&req).await?;
             let first = jwt_bundles_response(&bundles_of(&self.state.borrow(), &selectors)?);
-            Ok(self
-                .watch_stream(first, move |snap| Some(bundles_of(snap, &selectors).map(|b| jwt_bundles_response(&b)))))
+            Ok(self.watch_stream(process, first, move |snap| {
+                Some(bundles_of(snap, &selectors).map(|b| jwt_bundles_response(&b)))
+            }))
         }
         .await;
         self.counted("FetchJWTBundles", r).map(Response::new)

@@ -105,7 +105,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, RunError> {
 
     // Admin API on the Unix socket.
     let sock = config.socket_path.clone();
-    if let Some(parent) = sock.parent().filter(|p| !p.as_os_str().is_empty()) {
+    if let Some(parent) = sock.parent() {
         // Nobody but root and the server may be able to replace the socket, or even reach it.
         sigil_tls::prepare_socket_dir(parent, true)?;
     }

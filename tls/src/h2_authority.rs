@@ -40,6 +40,9 @@ pub const HEADER_TABLE_SIZE: usize = 4_096;
 /// bytes than its RFC 7541 size, so a longer block can only decode to an over-size list (or be padding of
 /// table-size updates); it is a CONTINUATION flood and closes the connection, as h2 does.
 pub const MAX_HEADER_BLOCK: usize = MAX_HEADER_LIST_SIZE + 1_024;
+/// A block that decodes to more than this closes the connection (ENHANCE_YOUR_CALM), as h2 does past four
+/// times its list limit: decoding is bounded per block, and an abusive client pays a connection per block.
+pub const MAX_DECODED_BLOCK: usize = 4 * MAX_HEADER_LIST_SIZE;
 
 /// How much rewritten output one [`AuthorityFix::push`] produces before it leaves the remaining input
 /// buffered (the output of one block may add up to about twice [`MAX_HEADER_LIST_SIZE`] more).
@@ -71,8 +74,8 @@ pub enum ConnectionError {
     /// Frames out of sequence: CONTINUATION without HEADERS, other frames inside a header block, padding
     /// longer than the frame (PROTOCOL_ERROR, 0x1).
     Protocol,
-    /// A header block longer than [`MAX_HEADER_BLOCK`] (ENHANCE_YOUR_CALM, 0xb, h2's answer to a
-    /// CONTINUATION flood).
+    /// A header block longer than [`MAX_HEADER_BLOCK`], or decoding to more than [`MAX_DECODED_BLOCK`]
+    /// (ENHANCE_YOUR_CALM, 0xb, h2's answer to a CONTINUATION flood and to a way too large list).
     EnhanceYourCalm,
 }
 
@@ -327,9 +330,10 @@ impl AuthorityFix {
     /// Decodes one complete header block and writes it again as HEADERS (+ CONTINUATION) frames.
     ///
     /// The whole block is always decoded, so the decoder's table stays in step with the client's encoder,
-    /// but fields are re-encoded only until the list reaches [`MAX_HEADER_LIST_SIZE`]: the field that
-    /// reaches it is the last one forwarded, so the server sees a list at or over its limit and refuses
-    /// the stream, and the output stays under twice the limit.
+    /// but fields are re-encoded only until the forwarded list reaches [`MAX_HEADER_LIST_SIZE`]: the field
+    /// that reaches it is the last one forwarded, so the server sees a list at or over its limit and
+    /// refuses the stream (431), and the output stays under twice the limit. A block that decodes to more
+    /// than [`MAX_DECODED_BLOCK`] closes the connection instead.
     fn emit(
         &mut self,
         stream: u32,
@@ -341,20 +345,28 @@ impl AuthorityFix {
         let mut encoded = Vec::with_capacity(block.len().min(MAX_HEADER_LIST_SIZE) + 64);
         let mut rewrites = 0;
         let mut list_size = 0usize;
+        let mut decoded = 0usize;
         self.decoder
             .decode_with_cb(block, |name, value| {
+                decoded += name.len() + value.len() + 32;
                 if list_size >= MAX_HEADER_LIST_SIZE {
                     return;
                 }
+                // Sizes count what is forwarded, so the server's verdict matches the rewriter's.
+                let (name, value): (&[u8], &[u8]) =
+                    if name.as_ref() == b":authority" && http::uri::Authority::try_from(value.as_ref()).is_err() {
+                        rewrites += 1;
+                        (b":authority", b"localhost")
+                    } else {
+                        (&name, &value)
+                    };
                 list_size += name.len() + value.len() + 32;
-                if name.as_ref() == b":authority" && http::uri::Authority::try_from(value.as_ref()).is_err() {
-                    rewrites += 1;
-                    encode_literal(&mut encoded, b":authority", b"localhost");
-                } else {
-                    encode_literal(&mut encoded, &name, &value);
-                }
+                encode_literal(&mut encoded, name, value);
             })
             .map_err(|_| ConnectionError::Hpack)?;
+        if decoded > MAX_DECODED_BLOCK {
+            return Err(ConnectionError::EnhanceYourCalm);
+        }
         self.rewrites += rewrites;
         let mut first = Vec::with_capacity(encoded.len().min(MAX_FRAME_SIZE) + 5);
         if let Some(p) = priority {
@@ -664,8 +676,8 @@ mod tests {
 
     #[test]
     fn reference_bomb_is_cut_just_past_the_header_list_limit_and_the_connection_goes_on() {
-        // 4,000-byte entry + 12,000 references: 48 MB of header list in a 16 KB frame.
-        let bomb = reference_bomb(4_000, 12_000);
+        // 4,000-byte entry + 9 references: 40 KB of header list, between the limit and four times it.
+        let bomb = reference_bomb(4_000, 9);
         assert!(bomb.len() <= MAX_FRAME_SIZE);
         let mut input = PREFACE.to_vec();
         input.extend(headers_frame(1, FLAG_END_HEADERS | FLAG_END_STREAM, &bomb));
@@ -685,6 +697,7 @@ mod tests {
         // At or past the limit (the server refuses the stream), by at most the one field that crossed it.
         assert!((MAX_HEADER_LIST_SIZE..MAX_HEADER_LIST_SIZE + 4_100).contains(&size), "forwarded list {size}");
         assert!(first.iter().all(|(n, v)| n == "x-bomb" && v.len() == 4_000));
+        assert_eq!(first.len(), 5, "the fifth field crosses 16 KiB");
         let second = decode(&b[1].1, &mut server);
         assert_eq!(second.len(), 4);
         assert_eq!(second[3], ("x-bomb".into(), "a".repeat(4_000)));
@@ -722,7 +735,23 @@ mod tests {
         orphan.extend(continuation_frame(1, FLAG_END_HEADERS, &[0x82]));
         let mut bad_index = PREFACE.to_vec();
         bad_index.extend(headers_frame(1, FLAG_END_HEADERS, &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff]));
+        // 48 MB of references in one 16 KB frame, and the costlier kind: literals that copy a 4 KB name.
+        let mut many_refs = PREFACE.to_vec();
+        many_refs.extend(headers_frame(1, FLAG_END_HEADERS, &reference_bomb(4_000, 12_000)));
+        // A 4,000-byte name (empty value) into the table, then literals without indexing that take their
+        // name from it (dynamic index 62 in 4 prefix bits: 0x0f, 47) with an empty value.
+        let mut name_copies = vec![0x40];
+        encode_int(&mut name_copies, 0, 7, 4_000);
+        name_copies.extend(std::iter::repeat_n(b'n', 4_000));
+        name_copies.push(0x00);
+        while name_copies.len() + 3 <= MAX_FRAME_SIZE {
+            name_copies.extend_from_slice(&[0x0f, 47, 0x00]);
+        }
+        let mut name_copy_bomb = PREFACE.to_vec();
+        name_copy_bomb.extend(headers_frame(1, FLAG_END_HEADERS, &name_copies));
         let cases: Vec<(&str, Vec<u8>, ConnectionError)> = vec![
+            ("48 MB of references", many_refs, ConnectionError::EnhanceYourCalm),
+            ("5,000 literals naming a 4 KB entry", name_copy_bomb, ConnectionError::EnhanceYourCalm),
             ("254 KB HEADERS", big_frame, ConnectionError::FrameSize),
             ("1 MB HEADERS raising the table", table_raise_big, ConnectionError::FrameSize),
             ("table raised past 4096", table_raise, ConnectionError::Hpack),

@@ -46,6 +46,8 @@ pub enum SocketDirError {
 /// Creates `dir` (and what is missing above it) if needed, with mode 0700 when `private` (only the service
 /// may even reach the socket) or 0755, and then checks the whole path (see the module documentation).
 pub fn prepare_socket_dir(dir: &Path, private: bool) -> Result<(), SocketDirError> {
+    // `api.sock` alone lives in the working directory.
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
     let io_err = |source| SocketDirError::Io { path: dir.to_owned(), source };
     match std::fs::symlink_metadata(dir) {
         Ok(_) => {}
@@ -60,6 +62,7 @@ pub fn prepare_socket_dir(dir: &Path, private: bool) -> Result<(), SocketDirErro
 
 /// Checks an existing socket directory and the path to it (see the module documentation).
 pub fn check_socket_dir(dir: &Path, private: bool) -> Result<(), SocketDirError> {
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
     let io_err = |path: &Path| {
         let path = path.to_owned();
         move |source| SocketDirError::Io { path, source }
@@ -74,13 +77,18 @@ pub fn check_socket_dir(dir: &Path, private: bool) -> Result<(), SocketDirError>
     }
     check_owner_and_mode(dir, &meta, me, if private { Strictness::Private } else { Strictness::Socket })?;
 
-    // Symlinks on the way as written: each could be re-pointed by its owner.
+    // The way as written: a symlink could be re-pointed by its owner, and replaced by whoever may write to
+    // the directory holding it, so those directories count as ancestors too.
     let absolute =
         if dir.is_absolute() { dir.to_owned() } else { std::env::current_dir().map_err(io_err(dir))?.join(dir) };
     let mut prefix = PathBuf::new();
     for c in absolute.components() {
         if matches!(c, Component::CurDir) {
             continue;
+        }
+        if !prefix.as_os_str().is_empty() && prefix != absolute {
+            let m = std::fs::metadata(&prefix).map_err(io_err(&prefix))?;
+            check_owner_and_mode(&prefix, &m, me, Strictness::Ancestor)?;
         }
         prefix.push(c);
         let m = std::fs::symlink_metadata(&prefix).map_err(io_err(&prefix))?;
@@ -170,6 +178,20 @@ mod tests {
         let file = tmp.path().join("file");
         std::fs::write(&file, "").unwrap();
         assert!(matches!(check_socket_dir(&file, false), Err(SocketDirError::NotADirectory { .. })));
+    }
+
+    #[test]
+    fn a_symlink_in_a_directory_others_may_write_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let good = tmp.path().join("good");
+        prepare_socket_dir(&good, false).unwrap();
+        let open = tmp.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::os::unix::fs::symlink(&good, open.join("link")).unwrap();
+        check_socket_dir(&open.join("link").join("."), false).unwrap();
+        chmod(&open, 0o777);
+        let e = check_socket_dir(&open.join("link").join("."), false).unwrap_err();
+        assert!(matches!(&e, SocketDirError::Mode { path, .. } if path == &open), "{e}");
     }
 
     #[test]

@@ -78,6 +78,9 @@ fn exec_of_a_setuid_program_after_connect_does_not_yield_roots_identity() {
 
     // passwd is setuid root: after the exec the connecting pid has euid 0 (and exits to a zombie at once,
     // since uid 3000 has no account), while its child still holds the connection.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata("/usr/bin/passwd").unwrap().permissions().mode();
+    assert!(mode & 0o4000 != 0, "/usr/bin/passwd must be setuid root for this test to mean anything");
     let got = exec_after_connect(&s, &["/usr/bin/passwd"]);
     assert!(!got.contains("spiffe://example.org/workload"), "root's identity leaked: {got}");
     assert!(!got.contains(" OK "), "nothing may be served on that connection: {got}");
@@ -91,6 +94,52 @@ fn exec_of_a_setuid_program_after_connect_does_not_yield_roots_identity() {
 }
 
 #[test]
+fn an_open_stream_stops_once_its_process_execs_a_setuid_program() {
+    let s = stack(None);
+    create_entry(&s, "/attacker", &[&format!("unix:uid:{ATTACKER}")]);
+    make_world_reachable(s.agent_sock().parent().unwrap());
+    wait_for("the attacker's own entry", Duration::from_secs(30), || {
+        let o = setpriv(ATTACKER)
+            .arg(bin("sigil-agent"))
+            .args(["api", "fetch", "x509", "-socketPath"])
+            .arg(s.agent_sock())
+            .output()
+            .unwrap();
+        text(&o).contains("/attacker")
+    });
+    // The child opens its stream legitimately (uid 3000), then the connecting process becomes passwd.
+    let mut child = setpriv(ATTACKER)
+        .arg(bin("sigil-attack-peer"))
+        .arg("stream-then-exec")
+        .arg(s.agent_sock())
+        .arg("/usr/bin/passwd")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let connecting_pid = child.id();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut read_line = || {
+        let mut l = String::new();
+        std::io::BufRead::read_line(&mut lines, &mut l).unwrap();
+        l
+    };
+    let mut first = read_line();
+    if first.starts_with("HOLDER") {
+        first = read_line();
+    }
+    assert_eq!(first.trim(), "FIRST spiffe://example.org/attacker");
+    wait_for("the exec", Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{connecting_pid}/comm")).unwrap_or_default().trim() == "passwd"
+    });
+    // A new SVID for uid 3000 changes the stream's view: the agent would push it now.
+    create_entry(&s, "/attacker2", &[&format!("unix:uid:{ATTACKER}")]);
+    let next = read_line();
+    assert!(next.starts_with("NEXT ERR Unauthenticated"), "the stream went on after the exec: {next}");
+    child.wait().unwrap();
+}
+
+#[test]
 fn exec_of_another_program_after_connect_does_not_yield_its_path_identity() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("agent.toml");
@@ -100,6 +149,12 @@ fn exec_of_another_program_after_connect_does_not_yield_its_path_identity() {
     let s = stack_with(None, &[OsStr::new("-config"), config.as_os_str()]);
     let sleep = std::fs::canonicalize("/usr/bin/sleep").unwrap();
     create_entry(&s, "/sleeper", &[&format!("unix:path:{}", sleep.display())]);
+    // Path selectors do work in this agent: the fetch CLI's own binary has an entry too.
+    let cli = std::fs::canonicalize(bin("sigil-agent")).unwrap();
+    create_entry(&s, "/cli", &[&format!("unix:path:{}", cli.display())]);
+    wait_for("the /cli entry by path", Duration::from_secs(30), || {
+        text(&s.agent_cli(&["api", "fetch", "x509"])).contains("spiffe://example.org/cli")
+    });
     // Entries reach the agent by push within milliseconds; wait for the server to have it, then a little.
     wait_for("the /sleeper entry", Duration::from_secs(30), || {
         text(&s.server_cli(&["entry", "show", "-spiffeID", "spiffe://example.org/sleeper"])).contains("sleeper")
@@ -257,6 +312,16 @@ fn hpack_bombs_get_the_right_http2_errors_with_bounded_memory_while_others_are_s
     small_raise.extend(reference_bomb(100, 3));
     let small_raise = frame(0x1, 0x4 | 0x1, 1, &small_raise);
     let in_frame = frame(0x1, 0x4 | 0x1, 1, &reference_bomb(4_000, 12_000));
+    let just_over = frame(0x1, 0x4 | 0x1, 1, &reference_bomb(4_000, 9));
+    // Literals taking their name from a 4 KB table entry: each costs the decoder a 4 KB copy.
+    let mut name_copies = vec![0x40];
+    hpack_int(&mut name_copies, 0, 7, 4_000);
+    name_copies.extend(std::iter::repeat_n(b'n', 4_000));
+    name_copies.push(0x00);
+    while name_copies.len() + 3 <= 16_384 {
+        name_copies.extend_from_slice(&[0x0f, 47, 0x00]);
+    }
+    let name_copies = frame(0x1, 0x4 | 0x1, 1, &name_copies);
     let mut flood = frame(0x1, 0, 1, &reference_bomb(4_000, 0));
     for _ in 0..64 {
         flood.extend(frame(0x9, 0, 1, &[0xbe; 2_048]));
@@ -266,7 +331,9 @@ fn hpack_bombs_get_the_right_http2_errors_with_bounded_memory_while_others_are_s
         ("1 MB frame raising the table to 128 MiB", raised, Some(FRAME_SIZE_ERROR)),
         ("table raised past 4096", small_raise, Some(PROTOCOL_ERROR)),
         ("CONTINUATION flood", flood, Some(ENHANCE_YOUR_CALM)),
-        ("48 MB of references in one 16 KB frame", in_frame, None),
+        ("48 MB of references in one 16 KB frame", in_frame, Some(ENHANCE_YOUR_CALM)),
+        ("5,000 literals copying a 4 KB name", name_copies, Some(ENHANCE_YOUR_CALM)),
+        ("40 KB of header list", just_over, None),
     ];
 
     // A well-behaved client keeps fetching from another thread the whole time.
@@ -502,8 +569,13 @@ async fn the_real_agent_renews_its_svid_and_a_copy_of_the_old_one_is_refused() {
         assert!(Instant::now() < deadline, "the agent did not renew: {}", s.log("agent.log"));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The agent reconnects with its new SVID at once, which makes it the current one.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The agent reconnects with its new SVID at once, which makes it the current one: from then on a copy
+    // of the first SVID (say, read off the node's disk earlier) is useless.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while sync_status(&agent_conn(&s, &stolen)).await != Code::PermissionDenied {
+        assert!(Instant::now() < deadline, "the first SVID is still accepted after the renewal");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     assert!(stolen.not_after > now + 5, "the first SVID must still be valid for this to mean anything");
     // The agent kept working through the renewal, and was never taken for evicted.
@@ -511,9 +583,7 @@ async fn the_real_agent_renews_its_svid_and_a_copy_of_the_old_one_is_refused() {
     let fetched = tokio::task::spawn_blocking(move || s2.agent_cli(&["api", "fetch", "x509"])).await.unwrap();
     assert!(text(&fetched).contains("spiffe://example.org/workload"), "{}", text(&fetched));
     assert!(!s.log("agent.log").contains("no longer accepts this agent"), "{}", s.log("agent.log"));
-    // A copy of the first SVID (say, read off the node's disk earlier) is useless now...
-    assert_eq!(sync_status(&agent_conn(&s, &stolen)).await, Code::PermissionDenied);
-    // ... while the agent's current one works.
+    // The agent's current one works.
     let current = StoredIdentity::load(&data, &td()).unwrap().unwrap();
     assert_ne!(current.chain_der[0], stolen.chain_der[0]);
     assert_eq!(sync_status(&agent_conn(&s, &current)).await, Code::Ok);

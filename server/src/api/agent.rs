@@ -282,13 +282,15 @@ fn federated_for(state: &ServerState, entries: &BTreeMap<String, RegistrationEnt
     tds.into_iter().filter_map(|td| state.federated_bundle(td)).map(|b| convert::bundle_to_pb(&b)).collect()
 }
 
-/// Whether `serial` (which authenticated a stream) is still the agent's current SVID.
+/// Whether `serial` (which authenticated a stream) is still the current SVID of an attested, unbanned agent.
 fn still_current(state: &ServerState, agent_id: &SpiffeId, serial: &str) -> bool {
-    state.agent(agent_id).is_some_and(|a| a.cert_serial == serial)
+    state.agent(agent_id).is_some_and(|a| !a.banned && a.cert_serial == serial)
 }
 
-fn svid_replaced(agent_id: &SpiffeId) -> Status {
-    Status::permission_denied(format!("agent {agent_id} switched to a renewed SVID: this stream's SVID is replaced"))
+fn svid_replaced_or_revoked(agent_id: &SpiffeId) -> Status {
+    Status::permission_denied(format!(
+        "agent {agent_id} was evicted or banned, or switched to a renewed SVID: this stream's SVID is no longer accepted"
+    ))
 }
 
 /// One agent's sync stream: a full snapshot, then diffs as changes are announced. It ends when the agent is
@@ -302,7 +304,7 @@ async fn run_sync(
 ) {
     // Replaced between authentication and the subscription: no notification would come.
     if !still_current(&state, &agent_id, &serial) {
-        let _ = tx.send(Err(svid_replaced(&agent_id))).await;
+        let _ = tx.send(Err(svid_replaced_or_revoked(&agent_id))).await;
         return;
     }
     state.metrics.agents_connected.inc();
@@ -336,13 +338,18 @@ async fn run_sync(
                 break;
             }
             Ok(Change::AgentSvidReplaced(id)) if id == agent_id && !still_current(&state, &agent_id, &serial) => {
-                let _ = tx.send(Err(svid_replaced(&agent_id))).await;
+                let _ = tx.send(Err(svid_replaced_or_revoked(&agent_id))).await;
                 break;
             }
             Ok(Change::AgentRevoked(_) | Change::AgentSvidReplaced(_) | Change::FederationRelationships(_)) => {
                 continue;
             }
-            // Missed some announcements: recompute everything, the diff below makes it exact again.
+            // Missed some announcements (a revocation among them, maybe): check the agent again, then
+            // recompute everything; the diff below makes it exact again.
+            Err(broadcast::error::RecvError::Lagged(_)) if !still_current(&state, &agent_id, &serial) => {
+                let _ = tx.send(Err(svid_replaced_or_revoked(&agent_id))).await;
+                break;
+            }
             Err(broadcast::error::RecvError::Lagged(_)) => (true, true, true),
             Err(broadcast::error::RecvError::Closed) => break,
         };
