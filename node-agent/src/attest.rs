@@ -181,15 +181,8 @@ impl ProcHandle {
         self.image.start_time
     }
 
-    /// Opens a file below the process directory (for attestors that read more than the image, such as
-    /// `cgroup`; [`attest_process`] verifies the process again after they ran).
-    pub fn open_file(&self, name: &str) -> Result<File, AttestError> {
-        let fd = openat(self.dir.as_fd(), name, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
-            .map_err(gone(self.pid))?;
-        Ok(File::from(fd))
-    }
-
-    /// Reads a (small) text file below the process directory.
+    /// Reads a (small) text file below the process directory (for attestors that read more than the image,
+    /// such as `cgroup`; [`attest_process`] verifies the process again after they ran).
     pub fn read_to_string(&self, name: &str) -> Result<String, AttestError> {
         read_proc_file(&self.dir, self.pid, name)
     }
