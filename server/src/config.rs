@@ -3,6 +3,7 @@
 //! Field names follow SPIRE's server configuration (`trust_domain`, `bind_port`, `ca_ttl`, ...) so an
 //! operator can carry settings over. Unknown keys are refused, and every error names the field it is about.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,6 +20,9 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config field `{field}`: {message}")]
     Field { field: &'static str, message: String },
+    /// A field of one `[node_attestor.k8s_psat.clusters.<cluster>]` table.
+    #[error("config field `node_attestor.k8s_psat.clusters.{cluster}.{field}`: {message}")]
+    ClusterField { cluster: String, field: &'static str, message: String },
 }
 
 fn field(field: &'static str, message: impl Into<String>) -> ConfigError {
@@ -35,6 +39,8 @@ pub struct FileConfig {
     pub upstream_authority: Option<UpstreamSection>,
     #[serde(default)]
     pub health_checks: HealthSection,
+    #[serde(default)]
+    pub node_attestor: NodeAttestorSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -78,6 +84,34 @@ pub struct HealthSection {
     pub bind_port: Option<u16>,
 }
 
+/// `[node_attestor]`: attestors besides join tokens (which need no configuration).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeAttestorSection {
+    pub k8s_psat: Option<K8sPsatSection>,
+}
+
+/// `[node_attestor.k8s_psat]`, SPIRE's `NodeAttestor "k8s_psat"` plugin data.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct K8sPsatSection {
+    #[serde(default)]
+    pub clusters: BTreeMap<String, K8sPsatClusterSection>,
+}
+
+/// `[node_attestor.k8s_psat.clusters.<name>]`: SPIRE's per-cluster keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct K8sPsatClusterSection {
+    pub service_account_allow_list: Option<Vec<String>>,
+    /// Absent means `["spire-server"]`; an explicit `[]` means "the API server's own audiences".
+    pub audience: Option<Vec<String>>,
+    pub kube_config_file: Option<String>,
+    pub allowed_node_label_keys: Option<Vec<String>>,
+    pub allowed_pod_label_keys: Option<Vec<String>>,
+    pub use_pod_uid_for_agent_id: Option<bool>,
+}
+
 /// Flag overrides (`-trustDomain`, `-dataDir`, ...); `None` keeps the file's value.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -112,7 +146,34 @@ pub struct ServerConfig {
     pub join_token_ttl: Duration,
     pub upstream: Option<UpstreamDisk>,
     pub health: Option<(IpAddr, u16)>,
+    /// `None` when there is no `[node_attestor.k8s_psat]` section: the attestation type is then refused.
+    pub k8s_psat: Option<K8sPsatConfig>,
 }
+
+/// The resolved `k8s_psat` attestor configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct K8sPsatConfig {
+    /// Keyed by the logical cluster name agents send. Empty is allowed (as in SPIRE): every attestation
+    /// then fails with "not configured for cluster".
+    pub clusters: BTreeMap<String, K8sPsatCluster>,
+}
+
+/// One cluster agents may attest from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct K8sPsatCluster {
+    /// `"<namespace>:<service account>"` of the agents' service accounts; never empty.
+    pub service_account_allow_list: BTreeSet<String>,
+    /// Sent as TokenReview `spec.audiences`; empty = none sent (the API server's default audiences).
+    pub audience: Vec<String>,
+    /// `None` = in-cluster configuration (the server runs in that cluster).
+    pub kube_config_file: Option<PathBuf>,
+    pub allowed_node_label_keys: BTreeSet<String>,
+    pub allowed_pod_label_keys: BTreeSet<String>,
+    pub use_pod_uid_for_agent_id: bool,
+}
+
+/// SPIRE's default audience for projected agent tokens.
+pub const DEFAULT_PSAT_AUDIENCE: &str = "spire-server";
 
 pub const DEFAULT_SOCKET_PATH: &str = "/tmp/sigil-server/private/api.sock";
 pub const DEFAULT_SERVER_PORT: u16 = 8081;
@@ -214,8 +275,75 @@ impl ServerConfig {
             join_token_ttl,
             upstream,
             health,
+            k8s_psat: file.node_attestor.k8s_psat.map(resolve_k8s_psat).transpose()?,
         })
     }
+}
+
+fn resolve_k8s_psat(section: K8sPsatSection) -> Result<K8sPsatConfig, ConfigError> {
+    let mut clusters = BTreeMap::new();
+    for (name, c) in section.clusters {
+        check_cluster_name(&name)?;
+        let err =
+            |field: &'static str, message: String| ConfigError::ClusterField { cluster: name.clone(), field, message };
+        let allow = c.service_account_allow_list.unwrap_or_default();
+        if allow.is_empty() {
+            return Err(err(
+                "service_account_allow_list",
+                "must name at least one service account as \"namespace:name\" (the agents' service account)".into(),
+            ));
+        }
+        for sa in &allow {
+            let ok =
+                sa.split_once(':').is_some_and(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains(':'));
+            if !ok {
+                return Err(err(
+                    "service_account_allow_list",
+                    format!("{sa:?} is not \"namespace:serviceaccount\" (for example \"spire:spire-agent\")"),
+                ));
+            }
+        }
+        let audience = c.audience.unwrap_or_else(|| vec![DEFAULT_PSAT_AUDIENCE.to_owned()]);
+        if audience.iter().any(String::is_empty) {
+            return Err(err(
+                "audience",
+                "an audience must not be empty (use `audience = []` for the API server's default)".into(),
+            ));
+        }
+        let keys = |field: &'static str, v: Option<Vec<String>>| -> Result<BTreeSet<String>, ConfigError> {
+            let v = v.unwrap_or_default();
+            if v.iter().any(String::is_empty) {
+                return Err(err(field, "a label key must not be empty".into()));
+            }
+            Ok(v.into_iter().collect())
+        };
+        let cluster = K8sPsatCluster {
+            service_account_allow_list: allow.into_iter().collect(),
+            audience,
+            kube_config_file: c.kube_config_file.filter(|p| !p.is_empty()).map(PathBuf::from),
+            allowed_node_label_keys: keys("allowed_node_label_keys", c.allowed_node_label_keys)?,
+            allowed_pod_label_keys: keys("allowed_pod_label_keys", c.allowed_pod_label_keys)?,
+            use_pod_uid_for_agent_id: c.use_pod_uid_for_agent_id.unwrap_or(false),
+        };
+        clusters.insert(name, cluster);
+    }
+    Ok(K8sPsatConfig { clusters })
+}
+
+/// The cluster name becomes a path segment of agent IDs (`/spire/agent/k8s_psat/<cluster>/...`), so it
+/// must be one: refusing it here beats every attestation failing later.
+fn check_cluster_name(name: &str) -> Result<(), ConfigError> {
+    let segment_ok = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
+    if segment_ok {
+        return Ok(());
+    }
+    Err(field(
+        "node_attestor.k8s_psat.clusters",
+        format!("cluster name {name:?} must be a SPIFFE ID path segment: letters, digits, '.', '-' and '_'"),
+    ))
 }
 
 fn parse_ip(name: &'static str, v: &str) -> Result<IpAddr, ConfigError> {
@@ -351,5 +479,95 @@ mod tests {
         .unwrap();
         assert_eq!(c.trust_domain.name(), "b.org");
         assert_eq!(c.bind_port, 9100);
+    }
+
+    fn resolve_text(text: &str) -> Result<ServerConfig, String> {
+        let file = FileConfig::parse(&format!("[server]\ntrust_domain = \"td\"\n{text}"))?;
+        ServerConfig::resolve(file, Overrides::default()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn k8s_psat_absent_means_not_configured() {
+        assert_eq!(resolve_text("").unwrap().k8s_psat, None);
+        // A section without clusters configures the type; every attestation then names the unknown cluster.
+        assert_eq!(resolve_text("[node_attestor.k8s_psat]\n").unwrap().k8s_psat, Some(K8sPsatConfig::default()));
+    }
+
+    #[test]
+    fn k8s_psat_defaults_match_spire() {
+        let c = resolve_text(
+            "[node_attestor.k8s_psat.clusters.demo]\nservice_account_allow_list = [\"spire:spire-agent\"]\n",
+        )
+        .unwrap();
+        let cluster = &c.k8s_psat.unwrap().clusters["demo"];
+        assert_eq!(
+            *cluster,
+            K8sPsatCluster {
+                service_account_allow_list: ["spire:spire-agent".to_owned()].into(),
+                audience: vec!["spire-server".into()],
+                kube_config_file: None,
+                allowed_node_label_keys: BTreeSet::new(),
+                allowed_pod_label_keys: BTreeSet::new(),
+                use_pod_uid_for_agent_id: false,
+            }
+        );
+    }
+
+    #[test]
+    fn k8s_psat_values() {
+        type Check = fn(&K8sPsatCluster) -> bool;
+        let sa = "service_account_allow_list = [\"ns:sa\"]\n";
+        let cases: &[(&str, Check)] = &[
+            ("audience = []\n", |c| c.audience.is_empty()),
+            ("audience = [\"a\", \"b\"]\n", |c| c.audience == ["a", "b"]),
+            ("kube_config_file = \"\"\n", |c| c.kube_config_file.is_none()),
+            ("kube_config_file = \"/etc/k.conf\"\n", |c| c.kube_config_file == Some(PathBuf::from("/etc/k.conf"))),
+            ("allowed_node_label_keys = [\"zone\", \"zone\"]\n", |c| c.allowed_node_label_keys.len() == 1),
+            ("allowed_pod_label_keys = [\"app\"]\n", |c| c.allowed_pod_label_keys.contains("app")),
+            ("use_pod_uid_for_agent_id = true\n", |c| c.use_pod_uid_for_agent_id),
+        ];
+        for (extra, check) in cases {
+            let c = resolve_text(&format!("[node_attestor.k8s_psat.clusters.c1]\n{sa}{extra}")).unwrap();
+            let cfg = c.k8s_psat.unwrap();
+            assert!(check(&cfg.clusters["c1"]), "{extra}: {cfg:?}");
+        }
+    }
+
+    #[test]
+    fn k8s_psat_errors_name_the_field() {
+        let head = "[node_attestor.k8s_psat.clusters.c1]\n";
+        let sa = "service_account_allow_list = [\"ns:sa\"]\n";
+        let cases: &[(String, &str)] = &[
+            (head.to_owned(), "`node_attestor.k8s_psat.clusters.c1.service_account_allow_list`: must name"),
+            (format!("{head}service_account_allow_list = []\n"), "c1.service_account_allow_list`"),
+            (format!("{head}service_account_allow_list = [\"nocolon\"]\n"), "\"nocolon\" is not"),
+            (format!("{head}service_account_allow_list = [\":sa\"]\n"), "\":sa\" is not"),
+            (format!("{head}service_account_allow_list = [\"ns:\"]\n"), "\"ns:\" is not"),
+            (format!("{head}service_account_allow_list = [\"a:b:c\"]\n"), "\"a:b:c\" is not"),
+            (format!("{head}{sa}audience = [\"\"]\n"), "c1.audience`"),
+            (format!("{head}{sa}allowed_pod_label_keys = [\"\"]\n"), "c1.allowed_pod_label_keys`"),
+            (format!("{head}{sa}allowed_node_label_keys = [\"\"]\n"), "c1.allowed_node_label_keys`"),
+            (format!("{head}{sa}service_account_allowlist = []\n"), "service_account_allowlist"),
+            (format!("{head}{sa}audience = \"spire-server\"\n"), "invalid type"),
+            (format!("{head}{sa}use_pod_uid_for_agent_id = \"yes\"\n"), "invalid type"),
+            (format!("[node_attestor.k8s_psat.clusters.\"a/b\"]\n{sa}"), "cluster name \"a/b\""),
+            (format!("[node_attestor.k8s_psat.clusters.\"..\"]\n{sa}"), "cluster name \"..\""),
+            ("[node_attestor.k8s_psat]\ncluster = {}\n".to_owned(), "cluster"),
+            ("[node_attestor.k8s_sat]\n".to_owned(), "k8s_sat"),
+        ];
+        for (text, want) in cases {
+            let err = resolve_text(text).unwrap_err();
+            assert!(err.contains(want), "{text:?} -> {err}");
+        }
+    }
+
+    #[test]
+    fn k8s_psat_example_file_is_valid() {
+        let file = FileConfig::parse(include_str!("../examples/server-k8s-psat.toml")).unwrap();
+        let c = ServerConfig::resolve(file, Overrides::default()).unwrap();
+        let psat = c.k8s_psat.unwrap();
+        assert_eq!(psat.clusters.keys().collect::<Vec<_>>(), ["demo", "other"]);
+        assert_eq!(psat.clusters["demo"].kube_config_file, Some(PathBuf::from("/etc/sigil/demo.kubeconfig")));
+        assert_eq!(psat.clusters["other"].kube_config_file, None);
     }
 }

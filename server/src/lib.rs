@@ -1,6 +1,7 @@
 //! The Sigil server library; `main.rs` is a thin binary over it.
 
 pub mod api;
+pub mod attestor;
 pub mod ca;
 pub mod cli;
 pub mod config;

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::api::admin::{AdminApi, PeerUidCheck};
 use crate::api::agent::AgentApi;
+use crate::attestor::Attestors;
 use crate::ca::CaManager;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
@@ -40,6 +41,8 @@ pub enum RunError {
     State(#[from] crate::state::StateError),
     #[error("TLS: {0}")]
     Tls(#[from] sigil_tls::TlsError),
+    #[error("node attestor: {0}")]
+    Attestor(#[from] crate::attestor::KubeSetupError),
 }
 
 /// A started server; dropping it does not stop it, [`RunningServer::shutdown`] does.
@@ -88,6 +91,7 @@ fn refresh_server_svid(state: &ServerState, slot: &ServerCertSlot) -> Result<i64
 /// Starts everything and returns once all listeners are bound.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, RunError> {
     ensure_private_dir(&config.data_dir)?;
+    let attestors = Arc::new(Attestors::from_config(&config).await?);
     let ds = crate::datastore::open_sqlite(&config.data_dir.join("datastore.sqlite3")).await?;
     let journal = ds.load_ca_journal().await?;
     let (ca, journal) =
@@ -146,7 +150,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, RunError> {
     let addr = SocketAddr::new(config.bind_address, config.bind_port);
     let listener = TcpListener::bind(addr).await.map_err(|source| RunError::AgentListener { addr, source })?;
     let agent_addr = listener.local_addr().map_err(|source| RunError::AgentListener { addr, source })?;
-    let agent_api = AgentApi { state: state.clone() };
+    let agent_api = AgentApi { state: state.clone(), attestors };
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let stop = async move {

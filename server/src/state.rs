@@ -33,7 +33,7 @@ pub enum Change {
     FederationRelationships(Vec<TrustDomain>),
     /// An agent was evicted or banned: its streams must end.
     AgentRevoked(SpiffeId),
-    /// An agent switched to its renewed SVID: streams opened with another SVID must end.
+    /// An agent switched to its renewed SVID, or attested again: streams opened with another SVID must end.
     AgentSvidReplaced(SpiffeId),
 }
 
@@ -275,13 +275,32 @@ impl ServerState {
         v
     }
 
-    /// Records a (re-)attested agent: a new record, or a fresh SVID for an existing one (a ban is kept).
-    pub async fn record_attested_agent(&self, agent: AttestedAgent) -> Result<(), DatastoreError> {
+    /// Records an attested agent: a new record, or, for an agent ID already recorded (a node attesting
+    /// again, as `k8s_psat` agents do instead of renewing), that same record with the new SVID as the only
+    /// accepted one (a pending renewal is dropped), the new selectors and type; `created_at` is kept. Then,
+    /// as after a renewal, the previous SVID stops working and streams opened with it end. A banned agent is
+    /// refused here, under the write lock, so a ban that comes in while the caller signs wins.
+    pub async fn record_attested_agent(&self, agent: AttestedAgent) -> Result<AttestedAgent, AgentAuthError> {
         let _guard = self.write_lock.lock().await;
-        let exists = self.agents.read().unwrap_or_else(|p| p.into_inner()).contains_key(&agent.spiffe_id);
-        let stored = if exists { self.ds.update_agent(agent).await? } else { self.ds.create_agent(agent).await? };
-        self.agents.write().unwrap_or_else(|p| p.into_inner()).insert(stored.spiffe_id.clone(), stored);
-        Ok(())
+        let id = agent.spiffe_id.clone();
+        let Some(existing) = self.agent(&id) else {
+            let stored = self.ds.create_agent(agent).await.map_err(AgentAuthError::Datastore)?;
+            self.agents.write().unwrap_or_else(|p| p.into_inner()).insert(id, stored.clone());
+            return Ok(stored);
+        };
+        if existing.banned {
+            return Err(AgentAuthError::Banned(id));
+        }
+        let replaced = AttestedAgent { new_cert_serial: String::new(), new_cert_expires_at: 0, ..agent };
+        let stored = self.update_existing_agent(replaced).await?;
+        self.notify(Change::AgentSvidReplaced(id.clone()));
+        tracing::info!(
+            agent = %id,
+            previous_serial = %existing.cert_serial,
+            serial = %stored.cert_serial,
+            "agent attested again; its previous SVID is no longer accepted"
+        );
+        Ok(stored)
     }
 
     /// The record of the agent presenting an SVID with `serial` (hex). Only the agent's current SVID is

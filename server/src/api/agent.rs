@@ -16,20 +16,16 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, datastore_status};
-use crate::datastore::{AttestedAgent, JoinTokenOutcome};
+use crate::attestor::{self, Attestors};
+use crate::datastore::AttestedAgent;
 use crate::state::{AgentAuthError, Change, ServerState, now_unix};
 
-/// Agent ID for a join token, exactly SPIRE's format: `spiffe://<td>/spire/agent/join_token/<token>`.
-pub fn join_token_agent_id(td: &TrustDomain, token: &str) -> Result<SpiffeId, Status> {
-    if token.is_empty() || token.len() > 128 || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-        return Err(Status::invalid_argument("join token: malformed (expected the value printed by `token generate`)"));
-    }
-    td.join(&format!("/spire/agent/join_token/{token}")).map_err(|e| Status::invalid_argument(e.to_string()))
-}
+pub use crate::attestor::join_token_agent_id;
 
 #[derive(Debug, Clone)]
 pub struct AgentApi {
     pub state: Arc<ServerState>,
+    pub attestors: Arc<Attestors>,
 }
 
 impl AgentApi {
@@ -102,53 +98,48 @@ fn count_attestation(state: &ServerState, kind: &str, result: &str) {
 impl node_server::Node for AgentApi {
     async fn attest(&self, req: Request<pb::AttestRequest>) -> Result<Response<pb::AttestResponse>, Status> {
         let req = req.into_inner();
-        if req.attestation_type != "join_token" {
-            return Err(Status::invalid_argument(format!(
-                "attestation_type {:?} is not supported (supported: join_token)",
-                req.attestation_type
-            )));
-        }
-        let token = std::str::from_utf8(&req.payload)
-            .map_err(|_| Status::invalid_argument("join token: not UTF-8"))?
-            .trim()
-            .to_owned();
-        let agent_id = join_token_agent_id(&self.state.trust_domain, &token)?;
-        let now = now_unix();
-        // The token is deleted by this call whatever the outcome: single use, replay-safe.
-        match self.state.ds.consume_join_token(&token, now).await.map_err(datastore_status)? {
-            JoinTokenOutcome::Valid => {}
-            JoinTokenOutcome::Expired => {
-                count_attestation(&self.state, "join_token", "expired");
-                return Err(Status::permission_denied("join token expired"));
+        let node = self.attestors.attest(&self.state, &req.attestation_type, &req.payload).await.map_err(|r| {
+            if let Some(result) = r.result {
+                count_attestation(&self.state, &req.attestation_type, result);
             }
-            JoinTokenOutcome::NotFound => {
-                count_attestation(&self.state, "join_token", "unknown");
-                return Err(Status::permission_denied("join token does not exist or has already been used"));
-            }
-        }
+            r.status
+        })?;
+        let kind = node.attestation_type;
+        let agent_id = node.agent_id;
         if self.state.agent(&agent_id).is_some_and(|a| a.banned) {
-            count_attestation(&self.state, "join_token", "banned");
+            count_attestation(&self.state, kind, "banned");
             return Err(Status::permission_denied(format!("agent {agent_id} is banned")));
         }
         let issued = self.sign_agent_svid(&req.csr, &agent_id)?;
         let serial = issued.chain_der.first().and_then(|leaf| sigil_tls::serial_hex(leaf)).unwrap_or_default();
-        self.state
+        let now = now_unix();
+        // An agent ID attested before (the same node again) keeps its one record: same ID, created_at kept,
+        // the new SVID replaces the previous one, which stops working.
+        let recorded = self
+            .state
             .record_attested_agent(AttestedAgent {
                 spiffe_id: agent_id.clone(),
-                attestation_type: "join_token".into(),
+                attestation_type: kind.into(),
                 cert_serial: serial,
                 cert_expires_at: issued.expires_at,
-                selectors: vec![],
+                selectors: node.selectors,
                 banned: false,
                 created_at: now,
                 updated_at: now,
                 new_cert_serial: String::new(),
                 new_cert_expires_at: 0,
             })
-            .await
-            .map_err(datastore_status)?;
-        count_attestation(&self.state, "join_token", "ok");
-        tracing::info!(agent = %agent_id, "agent attested");
+            .await;
+        if let Err(e) = recorded {
+            count_attestation(
+                &self.state,
+                kind,
+                if matches!(e, AgentAuthError::Banned(_)) { "banned" } else { "error" },
+            );
+            return Err(agent_auth_status(e));
+        }
+        count_attestation(&self.state, kind, "ok");
+        tracing::info!(agent = %agent_id, attestation_type = kind, "agent attested");
         Ok(Response::new(pb::AttestResponse {
             svid: Some(svid_pb(&agent_id, issued)),
             bundle: Some(convert::bundle_to_pb(&self.state.bundle())),
@@ -160,6 +151,12 @@ impl node_server::Node for AgentApi {
         req: Request<pb::RenewAgentSvidRequest>,
     ) -> Result<Response<pb::RenewAgentSvidResponse>, Status> {
         let (agent, presented) = self.authenticate(&req).await?;
+        if attestor::must_reattest(&agent.attestation_type) {
+            return Err(Status::permission_denied(format!(
+                "AGENT_MUST_REATTEST: agent {} attested with {} and must attest again instead of renewing its SVID",
+                agent.spiffe_id, agent.attestation_type
+            )));
+        }
         let issued = self.sign_agent_svid(&req.get_ref().csr, &agent.spiffe_id)?;
         let serial = issued
             .chain_der

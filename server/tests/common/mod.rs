@@ -115,10 +115,15 @@ pub fn bootstrap_channel(addr: SocketAddr) -> Channel {
 }
 
 pub async fn attest(addr: SocketAddr, token: &str) -> Result<TestAgent, tonic::Status> {
+    attest_as(addr, "join_token", token.as_bytes().to_vec()).await
+}
+
+/// Attests with any attestation type and payload, as an agent does (a fresh key, no client certificate).
+pub async fn attest_as(addr: SocketAddr, attestation_type: &str, payload: Vec<u8>) -> Result<TestAgent, tonic::Status> {
     let (csr, key) = csr();
     let mut client = NodeClient::new(bootstrap_channel(addr));
     let resp = client
-        .attest(pb::AttestRequest { attestation_type: "join_token".into(), payload: token.as_bytes().to_vec(), csr })
+        .attest(pb::AttestRequest { attestation_type: attestation_type.into(), payload, csr })
         .await?
         .into_inner();
     let svid = resp.svid.unwrap();
