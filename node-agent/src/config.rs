@@ -80,6 +80,9 @@ pub struct AgentSection {
 pub struct AttestorSection {
     #[serde(default)]
     pub unix: UnixAttestorConfig,
+    /// `[workload_attestor.k8s]`: enables the Kubernetes workload attestor.
+    #[serde(default)]
+    pub k8s: Option<crate::k8s::K8sAttestorConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,6 +148,8 @@ pub struct AgentConfig {
     pub log_level: String,
     pub log_format: LogFormat,
     pub unix: UnixAttestorConfig,
+    /// `[workload_attestor.k8s]`; `None` = no Kubernetes workload attestor.
+    pub k8s: Option<crate::k8s::K8sAttestorConfig>,
     /// Where /live, /ready and /metrics listen; `None` = disabled.
     pub health: Option<(IpAddr, u16)>,
 }
@@ -163,6 +168,7 @@ impl AgentConfig {
             log_level: "info".into(),
             log_format: LogFormat::Text,
             unix: UnixAttestorConfig::default(),
+            k8s: None,
             health: Some((IpAddr::from([127, 0, 0, 1]), DEFAULT_HEALTH_PORT)),
         }
     }
@@ -225,6 +231,7 @@ impl AgentConfig {
             log_level,
             log_format,
             unix: file.workload_attestor.unix,
+            k8s: file.workload_attestor.k8s,
             health,
         })
     }

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod health;
+pub mod k8s;
 pub mod manager;
 pub mod metrics;
 pub mod node;

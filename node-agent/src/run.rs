@@ -55,6 +55,8 @@ pub enum RunError {
     SvidExpired,
     #[error("a task of the agent failed: {0}")]
     Task(String),
+    #[error("workload_attestor.k8s: {0}")]
+    K8sConfig(String),
 }
 
 /// A running agent.
@@ -111,7 +113,11 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, RunError> {
     let conn = Arc::new(ServerConn::new(addr, node::server_id(&config.trust_domain)?, bundle_rx.clone()));
     let (manager, manager_task) = manager::spawn(conn.clone(), Some(bundle_tx.clone()), metrics.clone());
 
-    let attestors: Vec<Arc<dyn WorkloadAttestor>> = vec![Arc::new(UnixAttestor::new(config.unix.clone()))];
+    let mut attestors: Vec<Arc<dyn WorkloadAttestor>> = vec![Arc::new(UnixAttestor::new(config.unix.clone()))];
+    if let Some(k8s) = &config.k8s {
+        let attestor = crate::k8s::K8sAttestor::new(k8s).map_err(|e| RunError::K8sConfig(e.to_string()))?;
+        attestors.push(Arc::new(attestor));
+    }
     let api = WorkloadApi::new(manager.subscribe(), attestors, Arc::new(manager.clone()), metrics.clone())
         .with_shutdown(shutdown_rx.clone());
     let mut tasks = vec![];
