@@ -72,6 +72,10 @@ tier "CSI driver on the node tier: kubelet self-registration, read-only inline v
 e2e/csi/run.sh --driver "$root/target/debug/sigil-csi-driver"
 passed+=(csi-node)
 
+tier "Kubernetes attestation on the node tier: agent DaemonSet (k8s_psat), k8s workload attestor, CSI + operator, go-spiffe in pods"
+e2e/k8s-attest/run.sh --no-bench
+passed+=(k8s-attest)
+
 echo
 echo "tiers passed: ${passed[*]} in $(( $(date +%s) - t0 ))s"
 echo "tiers: ${#passed[@]} passed, 0 failed"

@@ -12,6 +12,10 @@
 //! log_level = "info"
 //! log_format = "text"                # or "json"
 //!
+//! [node_attestor.k8s_psat]           # instead of join_token: the pod's projected service-account token
+//! cluster = "prod"                   # a key of the server's [node_attestor.k8s_psat.clusters]
+//! token_path = "/var/run/secrets/tokens/spire-agent"
+//!
 //! [workload_attestor.unix]
 //! discover_workload_path = false     # adds unix:path and unix:sha256
 //! workload_size_limit = 0
@@ -28,6 +32,7 @@ use serde::Deserialize;
 use sigil_core::TrustDomain;
 
 use crate::attest::UnixAttestorConfig;
+use crate::attestation::{K8sPsatConfig, NodeAttestor};
 
 pub const DEFAULT_SOCKET_PATH: &str = "/tmp/sigil-agent/public/api.sock";
 pub const DEFAULT_SERVER_PORT: u16 = 8081;
@@ -55,6 +60,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub agent: AgentSection,
     #[serde(default)]
+    pub node_attestor: NodeAttestorSection,
+    #[serde(default)]
     pub workload_attestor: AttestorSection,
     #[serde(default)]
     pub health_checks: HealthSection,
@@ -73,6 +80,13 @@ pub struct AgentSection {
     pub insecure_bootstrap: Option<bool>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
+}
+
+/// `[node_attestor.*]`: at most one method besides the `[agent]` section's `join_token`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeAttestorSection {
+    pub k8s_psat: Option<K8sPsatConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,6 +156,8 @@ pub struct AgentConfig {
     pub server_address: String,
     pub server_port: u16,
     pub join_token: Option<String>,
+    /// `[node_attestor.k8s_psat]`; excludes `join_token`.
+    pub k8s_psat: Option<K8sPsatConfig>,
     pub data_dir: PathBuf,
     pub socket_path: PathBuf,
     pub bootstrap: Bootstrap,
@@ -162,6 +178,7 @@ impl AgentConfig {
             server_address: server_address.into(),
             server_port,
             join_token: None,
+            k8s_psat: None,
             data_dir: DEFAULT_DATA_DIR.into(),
             socket_path: DEFAULT_SOCKET_PATH.into(),
             bootstrap: Bootstrap::StoredOnly,
@@ -170,6 +187,15 @@ impl AgentConfig {
             unix: UnixAttestorConfig::default(),
             k8s: None,
             health: Some((IpAddr::from([127, 0, 0, 1]), DEFAULT_HEALTH_PORT)),
+        }
+    }
+
+    /// The node attestor the configuration picks, if any (none: only a stored identity can be used).
+    pub fn node_attestor(&self) -> Option<NodeAttestor> {
+        match (&self.k8s_psat, &self.join_token) {
+            (Some(p), _) => Some(NodeAttestor::K8sPsat(p.clone())),
+            (None, Some(t)) => Some(NodeAttestor::JoinToken(t.clone())),
+            (None, None) => None,
         }
     }
 
@@ -208,6 +234,21 @@ impl AgentConfig {
             return Err(field("log_level", format!("{log_level:?}: expected debug, info, warn or error")));
         }
         let join_token = o.join_token.or(a.join_token).filter(|t| !t.is_empty());
+        let k8s_psat = file.node_attestor.k8s_psat;
+        if let Some(p) = &k8s_psat {
+            if join_token.is_some() {
+                return Err(field(
+                    "node_attestor.k8s_psat",
+                    "cannot be combined with join_token (-joinToken): the config picks one node attestor",
+                ));
+            }
+            if p.cluster.is_empty() {
+                return Err(field("node_attestor.k8s_psat.cluster", "is required (a cluster name the server knows)"));
+            }
+            if p.token_path.as_ref().is_some_and(|t| t.as_os_str().is_empty()) {
+                return Err(field("node_attestor.k8s_psat.token_path", "must not be empty"));
+            }
+        }
         let h = file.health_checks;
         let health = if h.listener_enabled.unwrap_or(true) {
             let addr: IpAddr = h
@@ -225,6 +266,7 @@ impl AgentConfig {
             server_address,
             server_port: o.server_port.or(a.server_port).unwrap_or(DEFAULT_SERVER_PORT),
             join_token,
+            k8s_psat,
             data_dir: o.data_dir.or(a.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             socket_path: o.socket_path.or(a.socket_path).unwrap_or_else(|| DEFAULT_SOCKET_PATH.into()),
             bootstrap,
@@ -326,6 +368,27 @@ bind_port = 9999
             let got = AgentConfig::resolve(FileConfig::default(), o).map(|c| c.log_format).map_err(|e| e.to_string());
             assert_eq!(got, want.map_err(str::to_owned), "{value:?}");
         }
+    }
+
+    #[test]
+    fn k8s_psat_is_picked_and_excludes_join_token() {
+        let text = "[agent]\ntrust_domain = \"example.org\"\nserver_address = \"s\"\n\n[node_attestor.k8s_psat]\ncluster = \"prod\"\n";
+        let c = AgentConfig::resolve(FileConfig::parse(text).unwrap(), Overrides::default()).unwrap();
+        assert_eq!(
+            c.node_attestor(),
+            Some(NodeAttestor::K8sPsat(K8sPsatConfig { cluster: "prod".into(), token_path: None }))
+        );
+        let o = Overrides { join_token: Some("t".into()), ..Default::default() };
+        let err = AgentConfig::resolve(FileConfig::parse(text).unwrap(), o).unwrap_err().to_string();
+        assert!(err.contains("`node_attestor.k8s_psat`") && err.contains("join_token"), "{err}");
+        let no_cluster = text.replace("cluster = \"prod\"", "token_path = \"/t\"");
+        let err = AgentConfig::resolve(FileConfig::parse(&no_cluster).unwrap(), Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("`node_attestor.k8s_psat.cluster`"), "{err}");
+        assert!(FileConfig::parse(&text.replace("cluster =", "clsuter =")).unwrap_err().contains("clsuter"));
+        let o = Overrides { join_token: Some("t".into()), ..Default::default() };
+        let plain = "[agent]\ntrust_domain = \"example.org\"\nserver_address = \"s\"\n";
+        let c = AgentConfig::resolve(FileConfig::parse(plain).unwrap(), o).unwrap();
+        assert_eq!(c.node_attestor(), Some(NodeAttestor::JoinToken("t".into())));
     }
 
     #[test]

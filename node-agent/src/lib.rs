@@ -1,4 +1,5 @@
-//! Sigil node agent: attests to the Sigil server with a join token, receives its authorized entries over
+//! Sigil node agent: attests its node to the Sigil server (join token or Kubernetes projected
+//! service-account token), receives its authorized entries over
 //! the server's push stream, keeps workload X509-SVIDs signed and rotated, and serves the SPIFFE Workload
 //! API on a Unix socket.
 //!
@@ -6,6 +7,7 @@
 //! `shutdown()`), and the CLI in [`cli`].
 
 pub mod attest;
+pub mod attestation;
 pub mod cli;
 pub mod client;
 pub mod config;

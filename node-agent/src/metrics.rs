@@ -23,6 +23,8 @@ pub struct Metrics {
     pub server_connected: Gauge,
     /// Workload API calls by method and gRPC code.
     pub workload_calls: Family<Labels, Counter>,
+    /// Successful node attestations (first, and every re-attestation of a k8s_psat agent).
+    pub attestations: Counter,
 }
 
 impl Default for Metrics {
@@ -42,6 +44,7 @@ impl Metrics {
             synced: Gauge::default(),
             server_connected: Gauge::default(),
             workload_calls: Family::default(),
+            attestations: Counter::default(),
         };
         registry.register("cached_svids", "Workload X509-SVIDs cached", m.cached_svids.clone());
         registry.register("svids_signed", "Workload X509-SVIDs signed", m.svids_signed.clone());
@@ -49,6 +52,7 @@ impl Metrics {
         registry.register("synced", "1 once the first entry snapshot arrived", m.synced.clone());
         registry.register("server_connected", "1 while the sync stream is open", m.server_connected.clone());
         registry.register("workload_api_calls", "Workload API calls by method and code", m.workload_calls.clone());
+        registry.register("node_attestations", "Successful node attestations", m.attestations.clone());
         Self { registry, ..m }
     }
 

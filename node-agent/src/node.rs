@@ -191,18 +191,24 @@ pub fn server_id(td: &TrustDomain) -> Result<SpiffeId, NodeError> {
     td.join(sigil_core::entry::SERVER_ID_PATH).map_err(|e| NodeError::BadAnswer(e.to_string()))
 }
 
-/// Attests with a join token. `check` says how to authenticate the server (bundle or insecure bootstrap).
-pub async fn attest_join_token(
+/// Attests with `method`'s evidence (join token or projected service-account token). `check` says how to
+/// authenticate the server (bundle or insecure bootstrap). Every call makes a new key: a re-attestation
+/// never reuses the previous SVID's key.
+pub async fn attest(
     addr: SocketAddr,
     check: ServerCheck,
     td: &TrustDomain,
-    token: &str,
+    evidence: &crate::attestation::Evidence,
 ) -> Result<StoredIdentity, NodeError> {
     let (key, csr) = new_key_and_csr()?;
     let cfg = sigil_tls::client_config(check, None)?;
     let channel = sigil_tls::channel(addr, Arc::new(cfg))?;
     let resp = NodeClient::new(channel)
-        .attest(pb::AttestRequest { attestation_type: "join_token".into(), payload: token.as_bytes().to_vec(), csr })
+        .attest(pb::AttestRequest {
+            attestation_type: evidence.attestation_type().into(),
+            payload: evidence.payload().to_vec(),
+            csr,
+        })
         .await?
         .into_inner();
     let svid = resp.svid.ok_or_else(|| NodeError::BadAnswer("no SVID in AttestResponse".into()))?;

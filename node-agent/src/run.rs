@@ -3,14 +3,16 @@
 //! [`start`] binds the Workload API socket and the health listener, starts the SVID manager and the
 //! agent loop, and returns a [`RunningAgent`] at once; the Workload API answers `Unavailable` until the
 //! first entry snapshot arrived. The agent loop:
-//! 1. uses the identity stored in `data_dir` if it is still valid, otherwise attests with the join token
-//!    (connection failures are retried with backoff; a refused token stops the agent);
+//! 1. uses the identity stored in `data_dir` if it is still valid, otherwise attests with the configured
+//!    node attestor, join token or k8s_psat (connection failures are retried with backoff; refused evidence
+//!    stops the agent);
 //! 2. opens the server's SyncEntries push stream and feeds the manager; on errors it reconnects with
 //!    exponential backoff (1 s doubling to 30 s) while cached SVIDs keep being served;
-//! 3. renews the agent SVID at about half its lifetime (RenewAgentSvid), stores it and reconnects with
-//!    the new certificate;
-//! 4. when the server answers PermissionDenied (evicted or banned), re-attests if a join token was
-//!    configured and not yet used in this run, otherwise stops with a clear log line.
+//! 3. at about half the agent SVID's lifetime gets a new one, stores it and reconnects with it: a join-token
+//!    agent renews (RenewAgentSvid); a k8s_psat agent attests again with a fresh token and a new key, as
+//!    SPIRE's re-attestable agents do (the server keeps one record per node);
+//! 4. when the server answers PermissionDenied (evicted or banned), re-attests if it can (k8s_psat always;
+//!    a join token only if configured and not yet used in this run), otherwise stops with a clear log line.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,8 +49,10 @@ pub enum RunError {
         "cannot authenticate the server for the first attestation: give -trustBundle PATH (the server's CA bundle) or -insecureBootstrap"
     )]
     NeedBootstrap,
-    #[error("the server refused the join token: {0}")]
+    #[error("the server refused the agent's attestation: {0}")]
     AttestationRefused(String),
+    #[error(transparent)]
+    Evidence(#[from] crate::attestation::EvidenceError),
     #[error("the agent was evicted or banned by the server ({0}); start it again with a new join token")]
     Evicted(String),
     #[error("the agent SVID expired before it could be renewed; start the agent with a new join token")]
@@ -190,9 +194,18 @@ impl LoopCtx {
         self.conn.set_identity(identity)
     }
 
-    /// Attests with the configured join token, retrying while the server is unreachable.
+    /// Whether the agent can attest (again) now: k8s_psat always, a join token once per run.
+    fn can_attest(&self, token_used: bool) -> bool {
+        match self.config.node_attestor() {
+            Some(a) => a.reattestable() || !token_used,
+            None => false,
+        }
+    }
+
+    /// Attests with the configured node attestor, retrying while the server is unreachable. The evidence
+    /// is made again for every try (a k8s_psat token is re-read: the kubelet rotates it).
     async fn attest(&self, stop: &mut watch::Receiver<bool>) -> Result<Option<StoredIdentity>, RunError> {
-        let Some(token) = self.config.join_token.clone() else {
+        let Some(attestor) = self.config.node_attestor() else {
             return Err(RunError::NeedJoinToken { data_dir: self.config.data_dir.clone() });
         };
         let current = self.bundle_rx.borrow().clone();
@@ -220,9 +233,11 @@ impl LoopCtx {
         };
         let mut backoff = Duration::from_secs(1);
         loop {
-            match node::attest_join_token(self.conn.addr(), check.clone(), &self.config.trust_domain, &token).await {
+            let evidence = attestor.evidence()?;
+            match node::attest(self.conn.addr(), check.clone(), &self.config.trust_domain, &evidence).await {
                 Ok(identity) => {
-                    tracing::info!(spiffe_id = %identity.spiffe_id, not_after = identity.not_after, "attested with join token");
+                    self.metrics.attestations.inc();
+                    tracing::info!(spiffe_id = %identity.spiffe_id, not_after = identity.not_after, method = attestor.name(), "attested");
                     return Ok(Some(identity));
                 }
                 Err(NodeError::Rpc(s))
@@ -282,14 +297,14 @@ async fn agent_loop(ctx: LoopCtx, mut stop: watch::Receiver<bool>) -> Result<(),
             return Ok(());
         }
         if identity.is_expired(now_unix()) {
-            if ctx.config.join_token.is_none() || token_used {
+            if !ctx.can_attest(token_used) {
                 tracing::error!(
                     "the agent SVID expired before it could be renewed (server unreachable for too long); stopping. Start the agent with a new join token"
                 );
                 let _ = std::fs::remove_file(StoredIdentity::path(&ctx.config.data_dir));
                 return Err(RunError::SvidExpired);
             }
-            tracing::warn!("the agent SVID expired before it could be renewed; attesting again with the join token");
+            tracing::warn!("the agent SVID expired before it could be renewed; attesting again");
             token_used = true;
             identity = match ctx.attest(&mut stop).await? {
                 Some(i) => i,
@@ -298,8 +313,25 @@ async fn agent_loop(ctx: LoopCtx, mut stop: watch::Receiver<bool>) -> Result<(),
             ctx.install(&identity)?;
             renew_deadline = renew_at(&identity);
         }
-        // Renew first if due (also right after a restart late in the SVID's life).
-        if now_unix() >= renew_deadline {
+        // Renew first if due (also right after a restart late in the SVID's life). Re-attestable agents
+        // attest again instead: their evidence is fresh, and the server refuses them RenewAgentSvid.
+        if now_unix() >= renew_deadline && ctx.config.node_attestor().is_some_and(|a| a.reattestable()) {
+            match ctx.attest(&mut stop).await {
+                Ok(Some(new)) => {
+                    identity = new;
+                    ctx.install(&identity)?;
+                    renew_deadline = renew_at(&identity);
+                }
+                Ok(None) => return Ok(()),
+                Err(RunError::AttestationRefused(m)) if !identity.is_expired(now_unix()) => {
+                    // Keep serving with the current SVID and try again; an eviction shows on the stream.
+                    tracing::warn!(reason = %m, "re-attestation refused; keeping the current agent SVID for now");
+                    renew_deadline = now_unix() + i64::try_from(backoff.as_secs()).unwrap_or(30);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(e) => return Err(e),
+            }
+        } else if now_unix() >= renew_deadline {
             match ctx.conn.renew(&identity, &td).await {
                 Ok(new) => {
                     tracing::info!(spiffe_id = %new.spiffe_id, not_after = new.not_after, "agent SVID renewed");
@@ -390,14 +422,14 @@ async fn agent_loop(ctx: LoopCtx, mut stop: watch::Receiver<bool>) -> Result<(),
     }
 }
 
-/// Handles PermissionDenied from the server: re-attest with an unused join token, or stop.
+/// Handles PermissionDenied from the server: re-attest (k8s_psat, or an unused join token), or stop.
 async fn evicted(
     ctx: &LoopCtx,
     stop: &mut watch::Receiver<bool>,
     token_used: &mut bool,
     message: &str,
 ) -> Result<Option<StoredIdentity>, RunError> {
-    if ctx.config.join_token.is_none() || *token_used {
+    if !ctx.can_attest(*token_used) {
         tracing::error!(
             reason = message,
             "the server no longer accepts this agent (evicted or banned); stopping. Start the agent with a new join token to attest again"
@@ -405,7 +437,7 @@ async fn evicted(
         let _ = std::fs::remove_file(StoredIdentity::path(&ctx.config.data_dir));
         return Err(RunError::Evicted(message.to_owned()));
     }
-    tracing::warn!(reason = message, "the server no longer accepts this agent; attesting again with the join token");
+    tracing::warn!(reason = message, "the server no longer accepts this agent; attesting again");
     *token_used = true;
     let Some(identity) = ctx.attest(stop).await? else { return Ok(None) };
     ctx.install(&identity)?;

@@ -293,7 +293,10 @@ impl WorkloadApi {
         let process =
             info.process.as_ref().map_err(|e| Status::unauthenticated(format!("cannot identify caller: {e}")))?;
         match attest_process(&self.attestors, process).await {
-            Ok(s) => Ok((s, process.clone())),
+            Ok(s) => {
+                tracing::debug!(pid = process.pid(), selectors = ?s.iter().map(ToString::to_string).collect::<Vec<_>>(), "workload attested");
+                Ok((s, process.clone()))
+            }
             Err(e) if e.is_unauthenticated() => Err(Status::unauthenticated(e.to_string())),
             Err(e) => {
                 tracing::warn!(pid = process.pid(), error = %e, "workload attestation failed");

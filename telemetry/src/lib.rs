@@ -6,8 +6,10 @@
 
 use std::fmt;
 
-/// Directives every binary adds after its level: the HTTP/2 and tower stacks log every frame at debug.
-const QUIET_DIRECTIVES: &[&str] = &["h2=warn", "hyper=warn", "tower=warn"];
+/// Directives every binary adds after its level: the HTTP/2, HPACK, TLS and tower stacks log every frame or
+/// handshake step at debug, and the kube client every request (its errors reach our own log lines).
+const QUIET_DIRECTIVES: &[&str] =
+    &["h2=warn", "hyper=warn", "tower=warn", "loona_hpack=warn", "rustls=warn", "kube_client=warn", "kube=warn"];
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -138,12 +140,13 @@ mod tests {
 
     #[test]
     fn default_filter_strings() {
-        let cases: &[(&str, &[&str], &str)] = &[
-            ("info", &[], "info,h2=warn,hyper=warn,tower=warn"),
-            ("debug", &["kube=warn"], "debug,h2=warn,hyper=warn,tower=warn,kube=warn"),
-            ("warn", &["kube=info", "sigil=trace"], "warn,h2=warn,hyper=warn,tower=warn,kube=info,sigil=trace"),
-            ("", &[], "h2=warn,hyper=warn,tower=warn"),
-            ("info", &[""], "info,h2=warn,hyper=warn,tower=warn"),
+        const Q: &str = "h2=warn,hyper=warn,tower=warn,loona_hpack=warn,rustls=warn,kube_client=warn,kube=warn";
+        let cases: &[(&str, &[&str], String)] = &[
+            ("info", &[], format!("info,{Q}")),
+            ("debug", &["kube=warn"], format!("debug,{Q},kube=warn")),
+            ("warn", &["kube=info", "sigil=trace"], format!("warn,{Q},kube=info,sigil=trace")),
+            ("", &[], Q.to_owned()),
+            ("info", &[""], format!("info,{Q}")),
         ];
         for (level, extra, want) in cases {
             assert_eq!(default_filter(level, extra), *want, "level {level:?} extra {extra:?}");

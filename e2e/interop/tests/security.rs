@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
+use sigil_agent::attestation::NodeAttestor;
 use sigil_agent::node::{self, ServerConn, StoredIdentity};
 use sigil_core::TrustDomain;
 use sigil_tls::ServerCheck;
@@ -427,7 +428,8 @@ fn agent_conn(s: &Stack, identity: &StoredIdentity) -> ServerConn {
 }
 
 async fn attest(s: &Stack, token: &str) -> StoredIdentity {
-    node::attest_join_token(server_addr(s), ServerCheck::InsecureBootstrap, &td(), token).await.unwrap()
+    let evidence = NodeAttestor::JoinToken(token.to_owned()).evidence().unwrap();
+    node::attest(server_addr(s), ServerCheck::InsecureBootstrap, &td(), &evidence).await.unwrap()
 }
 
 /// Opens the entry stream with `conn`'s SVID: the status the server answers with.
