@@ -7,6 +7,10 @@
 //! (b) the latency when a new container appears (one fetch + parse),
 //! (c) kubelet requests and pod-list parses per 100 attestations of 10 pods, with the cache and with
 //!     cache hits disabled (`reload_interval = 0`, which is what SPIRE does: a fetch per lookup).
+//!
+//! With `SIGIL_KUBELET_ADDR` (the node's address the kubelet serves on, also in its certificate),
+//! `SIGIL_KUBELET_CA` and `SIGIL_KUBELET_TOKEN` set (e2e/k8s-attest/run.sh does, on the node tier), the same
+//! figures are taken against the REAL kubelet's secure port, for real container processes found in /proc.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -17,7 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sigil_agent::attest::{ProcHandle, WorkloadAttestor};
 use sigil_agent::k8s::K8sAttestor;
-use sigil_agent::k8s::kubelet::{KubeletSettings, Transport};
+use sigil_agent::k8s::kubelet::{KubeletAuth, KubeletSettings, TlsVerify, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -183,6 +187,9 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    if let Ok(addr) = std::env::var("SIGIL_KUBELET_ADDR") {
+        real_kubelet(&addr).await;
+    }
     let body = Arc::new(Mutex::new(Arc::new(pod_list(PODS))));
     let served = Arc::new(AtomicU64::new(0));
     let port = kubelet(body.clone(), served.clone()).await;
@@ -291,4 +298,108 @@ async fn main() {
         c.await.unwrap().unwrap();
     }
     println!("k8s attest 100 concurrent calls / 10 pods, cold cache: {:?}", a.stats());
+}
+
+/// Processes of containers on this host: (pid, uid, gid, the container ID in its cgroup), one per container.
+fn container_processes() -> Vec<(i32, u32, u32, String)> {
+    let mut seen = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cg) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else { continue };
+        let Ok(Some(info)) = sigil_agent::k8s::cgroup::parse_cgroup(&cg) else { continue };
+        // Pod sandboxes (pause) have a container ID the kubelet lists under no container status.
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if info.pod_uid.is_none() || comm.trim() == "pause" {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { continue };
+        let Ok(ids) = sigil_agent::attest::parse_status(&status) else { continue };
+        seen.entry(info.container_id).or_insert((pid, ids.effective_uid(), ids.effective_gid()));
+    }
+    seen.into_iter().map(|(cid, (pid, u, g))| (pid, u, g, cid)).collect()
+}
+
+/// The figures against the real kubelet of the test cluster's node.
+async fn real_kubelet(addr: &str) {
+    let ca = std::env::var("SIGIL_KUBELET_CA").expect("SIGIL_KUBELET_CA");
+    let token = std::env::var("SIGIL_KUBELET_TOKEN").expect("SIGIL_KUBELET_TOKEN");
+    let settings = || KubeletSettings {
+        transport: Transport::Secure {
+            verify: TlsVerify::CaFile(ca.clone().into()),
+            auth: KubeletAuth::Token(token.clone().into()),
+        },
+        // The address the kubelet serves on; its certificate names it, so the name check applies.
+        node_name: Some(addr.to_owned()),
+        port: 10250,
+        max_poll_attempts: 60,
+        poll_retry_interval: Duration::from_millis(500),
+        reload_interval: Duration::from_secs(60),
+        request_timeout: Duration::from_secs(10),
+        max_body_bytes: 64 << 20,
+    };
+    let procs = container_processes();
+    println!("real kubelet https://{addr}:10250/pods: {} container processes on this node", procs.len());
+    assert!(procs.len() >= 10, "need at least 10 containers running for the 10-pod figure");
+    let handles: Vec<ProcHandle> = procs.iter().map(|(pid, u, g, _)| ProcHandle::open(*pid, *u, *g).unwrap()).collect();
+
+    // Cache miss: a new attestor per call, so each one fetches and parses the node's pod list.
+    let mut miss = Vec::new();
+    for _ in 0..20 {
+        let a = K8sAttestor::with_settings(settings(), false);
+        let t = Instant::now();
+        let sels = a.attest(&handles[0]).await.unwrap();
+        miss.push(t.elapsed());
+        assert!(sels.iter().any(|s| s.value().starts_with("pod-uid:")), "{sels:?}");
+    }
+    miss.sort();
+    println!(
+        "real kubelet, cache miss (TLS connect + GET /pods + parse): p50 {:.2} ms p99 {:.2} ms (20 runs)",
+        pct(&miss, 0.5).as_secs_f64() * 1e3,
+        pct(&miss, 0.99).as_secs_f64() * 1e3
+    );
+
+    // Cached: 1,000 attestations of one container (the /proc cgroup read included).
+    let a = K8sAttestor::with_settings(settings(), false);
+    a.attest(&handles[0]).await.unwrap();
+    let cpu0 = cpu_time();
+    let mut lat = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        let t = Instant::now();
+        a.attest(&handles[0]).await.unwrap();
+        lat.push(t.elapsed());
+    }
+    let cpu = cpu_time() - cpu0;
+    lat.sort();
+    println!(
+        "real kubelet, cached pod: p50 {:.1} us p99 {:.1} us (1000 calls), CPU {:.1} ms for the 1000 calls; {:?}",
+        pct(&lat, 0.5).as_secs_f64() * 1e6,
+        pct(&lat, 0.99).as_secs_f64() * 1e6,
+        cpu.as_secs_f64() * 1e3,
+        a.stats()
+    );
+
+    // 100 attestations of 10 different pods' containers, from a cold cache.
+    let pods: Vec<&ProcHandle> = {
+        let mut by_pod = std::collections::BTreeMap::new();
+        for (h, (_, _, _, _)) in handles.iter().zip(&procs) {
+            let cg = h.read_to_string("cgroup").unwrap();
+            let info = sigil_agent::k8s::cgroup::parse_cgroup(&cg).unwrap().unwrap();
+            by_pod.entry(info.pod_uid.unwrap()).or_insert(h);
+        }
+        by_pod.into_values().take(10).collect()
+    };
+    println!("real kubelet: {} different pods", pods.len());
+    let a = K8sAttestor::with_settings(settings(), false);
+    let t = Instant::now();
+    for i in 0..100 {
+        a.attest(pods[i % pods.len()]).await.unwrap();
+    }
+    let st = a.stats();
+    println!(
+        "real kubelet, 100 calls / {} pods, cold cache: {} kubelet requests, {} pod-list parses, {:.1} ms total",
+        pods.len(),
+        st.requests,
+        st.parses,
+        t.elapsed().as_secs_f64() * 1e3
+    );
 }

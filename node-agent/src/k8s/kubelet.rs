@@ -10,11 +10,12 @@
 //! previous one is not parsed again.
 //!
 //! ## Cache hits
-//! A container found in a list younger than `reload_interval` is answered without a request: container
+//! A container found in a list younger than [`POD_LIST_MAX_AGE`] is answered without a request: container
 //! IDs are random and never move between pods, so a hit names the right pod; what may be stale is
-//! mutable pod metadata (labels), for at most `reload_interval` (SPIRE re-fetches whenever it looks a
-//! container up; a node agent answering every SVID fetch with a multi-megabyte request is what this
-//! avoids). A miss always fetches.
+//! mutable pod metadata (labels), for at most that long (SPIRE re-fetches whenever it looks a container
+//! up; a node agent answering every SVID fetch with a multi-megabyte request is what this avoids). A miss
+//! always fetches. Not `reload_interval` (1 m, SPIRE's period for re-reading the kubelet CA and client
+//! certificate): a label change must not wait a minute to show in a new call's selectors.
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
@@ -134,6 +135,9 @@ pub struct KubeletStats {
     /// Bodies parsed into a pod list.
     pub parses: u64,
 }
+
+/// How long a fetched pod list answers lookups of containers it holds without asking the kubelet again.
+pub const POD_LIST_MAX_AGE: Duration = Duration::from_secs(5);
 
 /// The kubelet client with its TLS configuration (rebuilt every `reload_interval`).
 #[derive(Debug)]
@@ -493,7 +497,7 @@ impl PodCache {
         let latest = self.latest();
         let mut seen = latest.seq;
         if let Some((list, at)) = &latest.list
-            && at.elapsed() < self.settings().reload_interval
+            && at.elapsed() < POD_LIST_MAX_AGE.min(self.settings().reload_interval)
             && let Lookup::Found(values) = list.lookup(info, disable_container_selectors)?
         {
             return Ok(values);
