@@ -7,9 +7,11 @@
 //! - [`jwt`]: JWT-SVID encoding and validation (checklist C)
 //! - [`bundle`]: trust bundles as SPIFFE JWKS (checklist B9/B10, C10, F)
 //! - [`cli`]: SPIRE-style single-dash flags, shared by every binary
+//! - [`duration`]: Go duration strings (SPIRE's and spire-controller-manager's configs)
 
 pub mod bundle;
 pub mod cli;
+pub mod duration;
 pub mod entry;
 pub mod federation;
 pub mod id;

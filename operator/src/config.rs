@@ -10,9 +10,9 @@ use serde::Deserialize;
 use sigil_core::TrustDomain;
 use sigil_core::entry::is_entry_id_char;
 
-use crate::crd::parse_go_duration;
 use crate::template::Template;
 use crate::world::Settings;
+use sigil_core::duration::parse_go_duration;
 
 pub const DEFAULT_PARENT_ID_TEMPLATE: &str =
     "spiffe://{{ .TrustDomain }}/spire/agent/k8s_psat/{{ .ClusterName }}/{{ .NodeMeta.UID }}";

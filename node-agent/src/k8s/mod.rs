@@ -28,6 +28,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sigil_core::Selector;
+use sigil_core::duration::parse_go_duration;
 
 use crate::attest::{AttestError, ProcHandle, WorkloadAttestor};
 use kubelet::{KubeletAuth, KubeletSettings, KubeletStats, PodCache, TlsVerify, Transport};
@@ -130,7 +131,7 @@ impl K8sAttestorConfig {
         };
         let duration = |key, v: &Option<String>, default| match v.as_deref() {
             None | Some("") => Ok(default),
-            Some(text) => parse_go_duration(text).map_err(|e| invalid(key, e)),
+            Some(text) => parse_go_duration(text).map_err(|e| invalid(key, e.to_string())),
         };
         let poll_retry_interval =
             duration("poll_retry_interval", &self.poll_retry_interval, DEFAULT_POLL_RETRY_INTERVAL)?;
@@ -146,52 +147,6 @@ impl K8sAttestorConfig {
             max_body_bytes: kubelet::DEFAULT_MAX_BODY_BYTES,
         })
     }
-}
-
-/// Parses a Go duration (`time.ParseDuration`, as SPIRE reads `poll_retry_interval`): numbers with
-/// optional fractions, each followed by `ns`, `us`/`µs`, `ms`, `s`, `m` or `h` (`1m30s`, `1.5s`); a bare
-/// `0` is zero. Negative durations are refused.
-pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
-    let bad = |why: &str| format!("{text:?} is not a duration like 500ms, 10s or 1m ({why})");
-    if text == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if text.is_empty() {
-        return Err(bad("empty"));
-    }
-    let mut rest = text;
-    let mut total: u128 = 0;
-    while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        let (num, after) = rest.split_at(num_end);
-        let unit_end = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
-        let (unit, next) = after.split_at(unit_end);
-        rest = next;
-        let per: u128 = match unit {
-            "ns" => 1,
-            "us" | "µs" | "μs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            "" => return Err(bad("missing unit")),
-            _ => return Err(bad("unknown unit")),
-        };
-        let (int, frac) = num.split_once('.').unwrap_or((num, ""));
-        if (int.is_empty() && frac.is_empty()) || frac.contains('.') {
-            return Err(bad("bad number"));
-        }
-        let int: u128 = if int.is_empty() { 0 } else { int.parse().map_err(|_| bad("number too large"))? };
-        let mut nanos = int.checked_mul(per).ok_or_else(|| bad("too large"))?;
-        // Fraction digits beyond nanoseconds do not matter; 18 digits keep the arithmetic in range.
-        let frac = frac.get(..frac.len().min(18)).unwrap_or_default();
-        if !frac.is_empty() {
-            let digits: u128 = frac.parse().map_err(|_| bad("bad fraction"))?;
-            nanos += digits * per / 10u128.pow(u32::try_from(frac.len()).unwrap_or(18));
-        }
-        total = total.checked_add(nanos).ok_or_else(|| bad("too large"))?;
-    }
-    u64::try_from(total).map(Duration::from_nanos).map_err(|_| bad("too large"))
 }
 
 /// The `k8s` workload attestor.
@@ -346,33 +301,6 @@ mod tests {
         assert_eq!(c("node_name = \"\"").node_name(env).as_deref(), Some("from-env"));
         assert_eq!(c("node_name_env = \"OTHER\"").node_name(env), None);
         assert_eq!(c("").node_name(|_| Some(String::new())), None);
-    }
-
-    #[test]
-    fn go_durations() {
-        let ms = |n: u64| Ok(Duration::from_millis(n));
-        let cases: &[(&str, Result<Duration, ()>)] = &[
-            ("500ms", ms(500)),
-            ("1m", ms(60_000)),
-            ("10s", ms(10_000)),
-            ("1h30m", ms(5_400_000)),
-            ("1.5s", ms(1500)),
-            (".5s", ms(500)),
-            ("250us", Ok(Duration::from_micros(250))),
-            ("250µs", Ok(Duration::from_micros(250))),
-            ("7ns", Ok(Duration::from_nanos(7))),
-            ("0", Ok(Duration::ZERO)),
-            ("", Err(())),
-            ("5", Err(())),
-            ("-1s", Err(())),
-            ("1d", Err(())),
-            ("1..5s", Err(())),
-            ("s", Err(())),
-            ("99999999999999999999999h", Err(())),
-        ];
-        for (text, want) in cases {
-            assert_eq!(&parse_go_duration(text).map_err(|_| ()), want, "{text}");
-        }
     }
 
     // A kubelet stand-in, only for what a real kubelet will not do on demand: fail, hang, send garbage or
