@@ -202,9 +202,11 @@ impl LoopCtx {
         }
     }
 
-    /// Attests with the configured node attestor, retrying while the server is unreachable. The evidence
-    /// is made again for every try (a k8s_psat token is re-read: the kubelet rotates it).
-    async fn attest(&self, stop: &mut watch::Receiver<bool>) -> Result<Option<StoredIdentity>, RunError> {
+    /// Attests with the configured node attestor, retrying while the server is unreachable if `retry`
+    /// (otherwise the first failure is returned: a re-attestation while the current SVID is still valid
+    /// must not hold up the entry stream). The evidence is made again for every try (a k8s_psat token is
+    /// re-read: the kubelet rotates it).
+    async fn attest(&self, stop: &mut watch::Receiver<bool>, retry: bool) -> Result<Option<StoredIdentity>, RunError> {
         let Some(attestor) = self.config.node_attestor() else {
             return Err(RunError::NeedJoinToken { data_dir: self.config.data_dir.clone() });
         };
@@ -245,6 +247,7 @@ impl LoopCtx {
                 {
                     return Err(RunError::AttestationRefused(s.message().to_owned()));
                 }
+                Err(e) if !retry => return Err(e.into()),
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in_secs = backoff.as_secs(), "attestation failed; retrying");
                     if !sleep_or_stop(backoff, stop).await {
@@ -280,7 +283,7 @@ async fn agent_loop(ctx: LoopCtx, mut stop: watch::Receiver<bool>) -> Result<(),
                 ctx.bundle_tx.send_replace(Arc::new(b));
             }
             token_used = true;
-            match ctx.attest(&mut stop).await? {
+            match ctx.attest(&mut stop, true).await? {
                 Some(i) => i,
                 None => return Ok(()),
             }
@@ -306,7 +309,7 @@ async fn agent_loop(ctx: LoopCtx, mut stop: watch::Receiver<bool>) -> Result<(),
             }
             tracing::warn!("the agent SVID expired before it could be renewed; attesting again");
             token_used = true;
-            identity = match ctx.attest(&mut stop).await? {
+            identity = match ctx.attest(&mut stop, true).await? {
                 Some(i) => i,
                 None => return Ok(()),
             };
@@ -316,16 +319,18 @@ async fn agent_loop(ctx: LoopCtx, mut stop: watch::Receiver<bool>) -> Result<(),
         // Renew first if due (also right after a restart late in the SVID's life). Re-attestable agents
         // attest again instead: their evidence is fresh, and the server refuses them RenewAgentSvid.
         if now_unix() >= renew_deadline && ctx.config.node_attestor().is_some_and(|a| a.reattestable()) {
-            match ctx.attest(&mut stop).await {
+            match ctx.attest(&mut stop, false).await {
                 Ok(Some(new)) => {
                     identity = new;
                     ctx.install(&identity)?;
                     renew_deadline = renew_at(&identity);
                 }
                 Ok(None) => return Ok(()),
-                Err(RunError::AttestationRefused(m)) if !identity.is_expired(now_unix()) => {
-                    // Keep serving with the current SVID and try again; an eviction shows on the stream.
-                    tracing::warn!(reason = %m, "re-attestation refused; keeping the current agent SVID for now");
+                Err(e) if !identity.is_expired(now_unix()) => {
+                    // Refused, unreachable, or no token right now: keep serving with the current SVID (the
+                    // entry stream reopens below) and try again after a backoff; an eviction or ban shows on
+                    // the stream, and an SVID that runs out leads to the retrying attestation above.
+                    tracing::warn!(error = %e, retry_in_secs = backoff.as_secs(), "re-attestation failed; keeping the current agent SVID for now");
                     renew_deadline = now_unix() + i64::try_from(backoff.as_secs()).unwrap_or(30);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -439,7 +444,7 @@ async fn evicted(
     }
     tracing::warn!(reason = message, "the server no longer accepts this agent; attesting again");
     *token_used = true;
-    let Some(identity) = ctx.attest(stop).await? else { return Ok(None) };
+    let Some(identity) = ctx.attest(stop, true).await? else { return Ok(None) };
     ctx.install(&identity)?;
     Ok(Some(identity))
 }

@@ -10,6 +10,10 @@
 //! Word-bounded means what RE2's `\b` means: the characters either side are not ASCII letters, digits or
 //! `_` (or are the ends of the path). So `docker-<id>.scope`, `crio-<id>.scope`, `cri-containerd-<id>.scope`,
 //! `:cri-containerd:<id>` and a plain `/<id>` segment all match, while a 65-digit run or `<id>_x` does not.
+//!
+//! Unlike SPIRE, a path counts only if it lies in the kubelet's pod hierarchy (`kubepods...`,
+//! `kubelet...`): cgroups can be created, and named, by whoever has a delegated subtree; see
+//! `under_kubelet_hierarchy`.
 
 /// What the cgroup file says about a process running in a Kubernetes container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,9 +83,48 @@ pub fn parse_path(path: &str) -> Option<ContainerInfo> {
     if bytes.get(..start).is_some_and(|before| before.ends_with(b"crio-conmon-")) {
         return None;
     }
+    let prefix = path.get(..start)?;
+    if !under_kubelet_hierarchy(prefix) {
+        return None;
+    }
     let container_id = path.get(start..end)?.to_owned();
     let pod_uid = last_pod_uid(bytes.get(..start)?);
     Some(ContainerInfo { pod_uid, container_id })
+}
+
+/// Whether the part of a cgroup path before the container ID lies in the kubelet's pod hierarchy: its
+/// first named segment starts with `kubepods` (cgroupfs `/kubepods/...`, systemd `/kubepods.slice/...`,
+/// containerd's `/kubepods-...-pod<uid>.slice:cri-containerd:`) or `kubelet` (kind's cgroup v2
+/// `kubelet.slice`/`kubelet-kubepods-...`), after the `..` segments of a reader in its own cgroup namespace
+/// and a kind node's own `docker/<id>` cgroup. After `..`, a pod cgroup itself, or nothing, also qualifies
+/// (the reader's namespace is rooted in that hierarchy).
+///
+/// Why: whoever can create cgroups can name them. A non-root user with a delegated systemd subtree
+/// (`/user.slice/user-1000.slice/user@1000.service/...` on cgroup v2), or a container with a writable
+/// cgroupfs, could make `pod<victim uid>/<victim container id>` and move into it; SPIRE takes the pod and
+/// container from anywhere in the path and would hand that process the victim's selectors. The kubelet's
+/// hierarchy is created by the kubelet and the runtime, as root; cgroups outside it are not pods'.
+fn under_kubelet_hierarchy(prefix: &str) -> bool {
+    let named = prefix.split('/').filter(|s| !s.is_empty());
+    let relative = named.clone().next() == Some("..");
+    let mut segments = named.skip_while(|s| *s == "..").peekable();
+    // Seen from a cgroup namespace (the agent's own container's), `..` climbs from the agent's cgroup through
+    // its pod's ancestors, which are the kubelet's; a pod cgroup right there is the kubelet's too
+    // (`0::/../../pod<uid>/<id>`). A user's subtree shows its own names first (`/../../../user.slice/...`).
+    if relative && segments.peek().is_some_and(|s| s.starts_with("pod")) {
+        return true;
+    }
+    if segments.peek() == Some(&"docker") {
+        segments.next();
+        match segments.next() {
+            Some(node) if node.len() == 64 && node.bytes().all(|b| b.is_ascii_hexdigit()) => {}
+            _ => return false,
+        }
+    }
+    match segments.next() {
+        None => true,
+        Some(first) => first.starts_with("kubepods") || first.starts_with("kubelet"),
+    }
 }
 
 fn is_word(b: u8) -> bool {
@@ -219,8 +262,18 @@ mod tests {
                 ),
                 info(Some(p3), CID),
             ),
-            // No pod UID in the path (cri-o + kubeedge): the container alone, every pod is searched.
-            (format!("0::/system.slice/crio-{CID}.scope"), info(None, CID)),
+            // No pod UID in the path: the container alone, every pod is searched.
+            (format!("0::/kubepods.slice/crio-{CID}.scope"), info(None, CID)),
+            // Outside the kubelet's hierarchy (cri-o + kubeedge's system.slice, `docker run`): not a pod's
+            // process, whatever the path names (see under_kubelet_hierarchy).
+            (format!("0::/system.slice/crio-{CID}.scope"), None),
+            (format!("0::/docker/{CID}"), None),
+            // Forged: a user's delegated cgroup v2 subtree naming a victim pod and container.
+            (format!("0::/user.slice/user-1000.slice/user@1000.service/pod{p1}/{CID}"), None),
+            (format!("0::/user.slice/user-1000.slice/user@1000.service/kubepods/pod{p1}/{CID}"), None),
+            (format!("0::/../../../user.slice/user-1000.slice/user@1000.service/app.slice/pod{p1}/{CID}"), None),
+            (format!("0::/docker/{KIND}/user.slice/pod{p1}/{CID}"), None),
+            (format!("0::/docker/not-a-node/kubepods/pod{p1}/{CID}"), None),
             // Not in a pod (SPIRE testdata cgroups_pid_not_in_pod.txt).
             ("1:name=systemd:/user.slice/user-1000.slice/session-2.scope".into(), None),
             ("0::/".into(), None),
@@ -243,11 +296,11 @@ mod tests {
             (format!("0::/kubepods/pod{}/{CID}", p1.replace('-', ".")), info(None, CID)),
             (format!("0::/kubepods/xpod{p1}/{CID}"), info(None, CID)),
             // A later (inner) pod UID wins over an earlier one on the same path.
-            (format!("0::/pod{p1}/pod{p2}/{CID}"), info(Some(p2), CID)),
+            (format!("0::/kubepods/pod{p1}/pod{p2}/{CID}"), info(Some(p2), CID)),
             // A pod UID after the container ID does not count.
             (format!("0::/{CID}/pod{p1}"), info(None, CID)),
             // Upper-case hex is hex (RE2's [[:xdigit:]]).
-            (format!("0::/pod{p1}/{}", CID.to_uppercase()), info(Some(p1), &CID.to_uppercase())),
+            (format!("0::/kubepods/pod{p1}/{}", CID.to_uppercase()), info(Some(p1), &CID.to_uppercase())),
         ];
         for (input, want) in cases {
             assert_eq!(parse_cgroup(&input), Ok(want), "{input}");
@@ -262,7 +315,7 @@ mod tests {
         assert_eq!(parse_cgroup(&two_pods), Err(CgroupError::MultiplePodUids(p1.into(), p2.into())));
         let two_containers = format!("4:memory:/kubepods/pod{p1}/{CID}\n3:cpu:/kubepods/pod{p1}/{CID2}");
         assert_eq!(parse_cgroup(&two_containers), Err(CgroupError::MultipleContainerIds(CID.into(), CID2.into())));
-        let two_bare = format!("4:memory:/docker/{CID}\n3:cpu:/docker/{CID2}");
+        let two_bare = format!("4:memory:/kubepods/{CID}\n3:cpu:/kubepods/{CID2}");
         assert!(matches!(parse_cgroup(&two_bare), Err(CgroupError::MultipleContainerIds(..))));
         assert_eq!(parse_cgroup("0::/\nnot a cgroup line"), Err(CgroupError::Malformed { line: 2 }));
         assert_eq!(parse_cgroup("garbage"), Err(CgroupError::Malformed { line: 1 }));
@@ -273,7 +326,7 @@ mod tests {
         }
         let long = format!("0::/{}", "a".repeat(100_000));
         assert_eq!(parse_cgroup(&long), Ok(None));
-        let multibyte = format!("0::/é{CID}é/ü");
+        let multibyte = format!("0::/kubepods/é{CID}é/ü");
         assert_eq!(parse_cgroup(&multibyte), Ok(info(None, CID)));
     }
 }

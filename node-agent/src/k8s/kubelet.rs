@@ -488,7 +488,9 @@ impl PodCache {
     }
 
     /// The selector values for `info`: from the cached list if it is fresh and holds the container,
-    /// otherwise from up to `max_poll_attempts` fetches spaced by `poll_retry_interval`.
+    /// otherwise from up to `max_poll_attempts` fetches spaced by `poll_retry_interval`, all within one
+    /// deadline of `max_poll_attempts x poll_retry_interval` plus one request timeout (SPIRE's ~30 s): a
+    /// kubelet that hangs on every request must not hold a Workload API call for attempts x timeout.
     pub async fn lookup(
         &self,
         info: &ContainerInfo,
@@ -503,9 +505,16 @@ impl PodCache {
             return Ok(values);
         }
         let attempts = self.settings().max_poll_attempts.max(1);
+        let deadline = Instant::now()
+            + self.settings().poll_retry_interval.saturating_mul(attempts)
+            + self.settings().request_timeout;
         let mut last_error = None;
         for attempt in 1..=attempts {
-            let (seq, result) = self.fetch_after(seen).await;
+            let Ok((seq, result)) = tokio::time::timeout_at(deadline.into(), self.fetch_after(seen)).await else {
+                return Err(LookupError::Unavailable(
+                    last_error.unwrap_or(FetchError::Timeout(self.settings().request_timeout)),
+                ));
+            };
             seen = seq;
             match result {
                 Ok(list) => {

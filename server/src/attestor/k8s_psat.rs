@@ -131,13 +131,20 @@ impl PsatError {
     }
 }
 
-/// The agent's payload: which cluster, and the projected service account token.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// The agent's payload: which cluster, and the projected service account token (a credential: its `Debug`
+/// shows only the cluster).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 pub struct PsatPayload {
     #[serde(default)]
     pub cluster: String,
     #[serde(default)]
     pub token: String,
+}
+
+impl std::fmt::Debug for PsatPayload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PsatPayload").field("cluster", &self.cluster).finish_non_exhaustive()
+    }
 }
 
 /// Step 1: decodes the payload and finds the cluster's configuration.
