@@ -40,11 +40,11 @@ impl K8sPsatConfig {
 /// Why evidence could not be produced.
 #[derive(Debug, thiserror::Error)]
 pub enum EvidenceError {
-    #[error("k8s_psat: cannot read the service-account token {path}: {source}")]
+    #[error("cannot read the service-account token {path}: {source}")]
     ReadToken { path: PathBuf, source: std::io::Error },
-    #[error("k8s_psat: the service-account token {path} is empty")]
+    #[error("the service-account token {path} is empty")]
     EmptyToken { path: PathBuf },
-    #[error("k8s_psat: the service-account token {path} is larger than {MAX_TOKEN_BYTES} bytes")]
+    #[error("the service-account token {path} is larger than {MAX_TOKEN_BYTES} bytes")]
     TokenTooLarge { path: PathBuf },
     #[error("k8s_psat: cannot encode the payload: {0}")]
     Encode(String),
@@ -117,7 +117,9 @@ impl NodeAttestor {
     }
 }
 
-fn read_token(path: &Path) -> Result<String, EvidenceError> {
+/// Reads a service-account token file (trimmed, at most 64 KiB, not empty): the k8s_psat evidence and the
+/// kubelet client's bearer token, both re-read at each use because the kubelet rotates them.
+pub(crate) fn read_token(path: &Path) -> Result<String, EvidenceError> {
     use std::io::Read;
     let err = |source| EvidenceError::ReadToken { path: path.to_owned(), source };
     let file = std::fs::File::open(path).map_err(err)?;

@@ -51,7 +51,7 @@ pub enum RunError {
     NeedBootstrap,
     #[error("the server refused the agent's attestation: {0}")]
     AttestationRefused(String),
-    #[error(transparent)]
+    #[error("node attestation: {0}")]
     Evidence(#[from] crate::attestation::EvidenceError),
     #[error("the agent was evicted or banned by the server ({0}); start it again with a new join token")]
     Evicted(String),

@@ -172,12 +172,8 @@ impl KubeletClient {
             .header(ACCEPT, "application/json")
             .header(USER_AGENT, "sigil-agent");
         if let Transport::Secure { auth: KubeletAuth::Token(path), .. } = &self.settings.transport {
-            let token = std::fs::read_to_string(path)
-                .map_err(|e| FetchError::File { what: "token_path", reason: format!("{}: {e}", path.display()) })?;
-            let token = token.trim();
-            if token.is_empty() {
-                return Err(FetchError::File { what: "token_path", reason: format!("{} is empty", path.display()) });
-            }
+            let token = crate::attestation::read_token(path)
+                .map_err(|e| FetchError::File { what: "token_path", reason: e.to_string() })?;
             let value = HeaderValue::from_str(&format!("Bearer {token}"))
                 .map_err(|_| FetchError::File { what: "token_path", reason: "not a valid header value".into() })?;
             req = req.header(AUTHORIZATION, value);
@@ -305,7 +301,9 @@ fn build_tls_config(settings: &KubeletSettings) -> Result<rustls::ClientConfig, 
         .with_safe_default_protocol_versions()
         .map_err(|e| FetchError::Tls(e.to_string()))?;
     let builder = match verify {
-        TlsVerify::Skip => builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyServerCert { algorithms })),
+        TlsVerify::Skip => {
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(NoNameVerifier { roots: None, algorithms }))
+        }
         TlsVerify::CaFile(path) => {
             let roots = Arc::new(load_roots(path)?);
             match &settings.node_name {
@@ -317,7 +315,7 @@ fn build_tls_config(settings: &KubeletSettings) -> Result<rustls::ClientConfig, 
                 }
                 None => builder
                     .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(ChainOnlyVerifier { roots, algorithms })),
+                    .with_custom_certificate_verifier(Arc::new(NoNameVerifier { roots: Some(roots), algorithms })),
             }
         }
     };
@@ -350,15 +348,16 @@ fn load_roots(path: &PathBuf) -> Result<RootCertStore, FetchError> {
     Ok(roots)
 }
 
-/// Verifies the kubelet's chain to the CA but not its name: used when the agent talks to 127.0.0.1,
-/// which serving certificates rarely name (AKS, #6146). Handshake signatures are still checked.
+/// A kubelet certificate check without the name check: the chain to `roots` when given (the agent talks
+/// to 127.0.0.1, which serving certificates rarely name: AKS, #6146), or nothing at all
+/// (`skip_kubelet_verification`). Handshake signatures are checked either way.
 #[derive(Debug)]
-struct ChainOnlyVerifier {
-    roots: Arc<RootCertStore>,
+struct NoNameVerifier {
+    roots: Option<Arc<RootCertStore>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for ChainOnlyVerifier {
+impl ServerCertVerifier for NoNameVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -367,52 +366,16 @@ impl ServerCertVerifier for ChainOnlyVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// `skip_kubelet_verification`: any certificate (the handshake signature must still match it).
-#[derive(Debug)]
-struct AnyServerCert {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AnyServerCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(roots) = &self.roots {
+            let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
     fn verify_tls12_signature(
