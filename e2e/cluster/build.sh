@@ -145,6 +145,13 @@ build_containerd() {
   link "$OUT/$key/ctr" ctr
 }
 
+# helm: the chart tier's client (lint, template, install/upgrade/test/uninstall).
+build_helm() {
+  local key=helm-$HELM_VERSION m=helm.sh/helm/v4
+  go_install "$key" "-s -w -X $m/internal/version.version=$HELM_VERSION" "$m/cmd/helm@$HELM_VERSION"
+  link "$OUT/$key/helm" helm
+}
+
 build_coredns() {
   local key=coredns-$COREDNS_VERSION
   go_install "$key" "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
@@ -213,6 +220,7 @@ if $only_images; then
 fi
 build_etcd
 build_kube
+build_helm
 if ! $only_api; then
   ensure_debs
   build_containerd
