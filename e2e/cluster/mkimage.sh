@@ -6,7 +6,7 @@
 # IMAGE_REF (use a full reference such as docker.io/library/app:1). No daemon,
 # no registry: `ctr -n k8s.io images import OUT.tar` and `kind load
 # image-archive OUT.tar` both read it. The archive is reproducible (sorted,
-# mtime 0, root-owned).
+# mtime 0, root-owned). MKIMAGE_USER=uid:gid sets the image's default user.
 set -euo pipefail
 if [ $# -lt 4 ]; then
   echo "usage: $0 OUT.tar IMAGE_REF ROOTFS_DIR ENTRYPOINT..." >&2
@@ -27,8 +27,10 @@ mv "$work/layer.tar" "$work/$layer_sha/layer.tar"
 
 entrypoint=$(printf '"%s",' "$@")
 entrypoint="[${entrypoint%,}]"
-printf '{"architecture":"amd64","os":"linux","created":"1970-01-01T00:00:00Z","config":{"Entrypoint":%s,"Env":["PATH=/usr/local/bin:/usr/bin:/bin"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created":"1970-01-01T00:00:00Z","created_by":"e2e/cluster/mkimage.sh"}]}' \
-  "$entrypoint" "$layer_sha" > "$work/config.json"
+user=""
+[ -n "${MKIMAGE_USER:-}" ] && user="\"User\":\"$MKIMAGE_USER\","
+printf '{"architecture":"amd64","os":"linux","created":"1970-01-01T00:00:00Z","config":{%s"Entrypoint":%s,"Env":["PATH=/usr/local/bin:/usr/bin:/bin"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created":"1970-01-01T00:00:00Z","created_by":"e2e/cluster/mkimage.sh"}]}' \
+  "$user" "$entrypoint" "$layer_sha" > "$work/config.json"
 config_sha=$(sha256sum "$work/config.json" | cut -d' ' -f1)
 mv "$work/config.json" "$work/$config_sha.json"
 printf '[{"Config":"%s.json","RepoTags":["%s"],"Layers":["%s/layer.tar"]}]' \
