@@ -5,6 +5,7 @@
 //	                                        present exactly ID; answers "<own ID> <hostname>"
 //	workload dial -id ID -addr HOST:PORT    mTLS to a peer that must present exactly ID; prints JSON
 //	workload check -id ID [-audience A]     X509-SVID and a JWT-SVID for exactly ID, both validated; JSON
+//	                                        (-jwt=false: the X509-SVID only, which the agent serves from its cache)
 //	workload watch -id ID -for D            keep an X509Source for D; every 100 ms the SVID must be ID and
 //	                                        unexpired; prints the distinct serials seen; exit 1 on a gap
 //	workload race -id ID                    ONE FetchX509SVID at process start, no retry; prints
@@ -54,6 +55,7 @@ func main() {
 	audience := fs.String("audience", "sigil-helm-e2e", "check: JWT audience")
 	period := fs.Duration("for", time.Minute, "watch: how long")
 	timeout := fs.Duration("timeout", 30*time.Second, "overall bound of one fetch or exchange")
+	withJWT := fs.Bool("jwt", true, "check: also fetch and validate a JWT-SVID (needs the server)")
 	_ = fs.Parse(os.Args[2:])
 	want, err := spiffeid.FromString(*idFlag)
 	if err != nil {
@@ -103,6 +105,11 @@ func main() {
 		}
 		if _, _, err := x509svid.Verify(svid.Certificates, x.Bundles); err != nil {
 			fail("x509svid.Verify: %v", err)
+		}
+		if !*withJWT {
+			printJSON(map[string]any{"spiffe_id": svid.ID.String(), "x509_not_after": svid.Certificates[0].NotAfter.Unix(),
+				"serial": svid.Certificates[0].SerialNumber.String()})
+			return
 		}
 		jwt, err := client.FetchJWTSVID(ctx, jwtsvid.Params{Audience: *audience})
 		if err != nil {

@@ -1,0 +1,407 @@
+#!/usr/bin/env bash
+# e2e/helm/run.sh [--keep] [--profile debug|release] [--bench] [--pods N]
+#
+# The whole stack installed with Helm on the node tier (real kubelet, containerd, apiserver), as a user does:
+#   1. images built here without Docker (images/build.sh) and imported into containerd; `helm lint` of both
+#      charts; wrong values refused at install with a message naming the value (schema);
+#   2. every rendered manifest accepted by the apiserver (server-side dry run) for the default values and
+#      three other value sets;
+#   3. `helm install` of charts/sigil-crds then charts/sigil into an empty cluster: everything Ready,
+#      `helm test` passes;
+#   4. a Deployment (2 replicas, own namespace and service account, CSI volume): each replica gets
+#      spiffe://<td>/ns/<ns>/sa/<sa> (X509 and JWT, go-spiffe) and the two complete mTLS with each other,
+#      each checking the other's SPIFFE ID;
+#   5. `helm upgrade` (log level and X509-SVID TTL) rolls the components while a workload's open watch keeps
+#      a valid SVID every 100 ms and receives new ones;
+#   6. the server pod deleted: workloads keep their SVIDs from the agent's cache meanwhile; after the restart
+#      entries, agents and the CA are the same (PVC) and a new pod gets its SVID;
+#   7. start-up race: 50 pods that fetch once with no retry at container start, with csiDriver.waitForIdentity
+#      off (failures counted and reported) and on (all must succeed); with --bench also the pod created ->
+#      first successful FetchX509SVID figures (p50/p99 and breakdown);
+#   8. `helm uninstall` of both charts: no CSI mount or socket left on the node, no object left but the PVC.
+# Prints `helm: N passed, 0 failed`; exits non-zero on the first failure (logs kept).
+set -euo pipefail
+
+E2E=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+REPO=$(cd "$E2E/.." && pwd)
+CLUSTER=$E2E/cluster/cluster
+# shellcheck source-path=SCRIPTDIR source=../cluster/versions.env
+. "$E2E/cluster/versions.env"
+CACHE=${SIGIL_E2E_CACHE:-$HOME/.cache/sigil-e2e}
+export PATH=$CACHE/bin:$PATH
+NS=sigil-system
+REL=sigil
+TD=example.org
+CLUSTER_NAME=e2e-cluster
+WL_NS=sigil-helm-app
+WORKLOAD_IMAGE=docker.io/sigil-e2e/workload:helm
+PV_DIR=/var/lib/sigil-e2e-pv
+SOCK=/run/spire/agent-sockets/spire-agent.sock
+
+keep=false
+profile=debug
+bench=false
+pods=50
+while [ $# -gt 0 ]; do
+  case $1 in
+    --keep) keep=true; shift ;;
+    --profile) profile=$2; shift 2 ;;
+    --bench) bench=true; shift ;;
+    --pods) pods=$2; shift 2 ;;
+    *) echo "usage: $0 [--keep] [--profile debug|release] [--bench] [--pods N]" >&2; exit 2 ;;
+  esac
+done
+
+passed=0
+current=""
+work=$(mktemp -d /tmp/sigil-helm.XXXXXX)
+bg_pids=()
+log() { echo "[helm-e2e $(date -u +%H:%M:%S)] $*" >&2; }
+step() { current=$1; log "--- $1"; }
+ok() { passed=$((passed + 1)); log "PASS: $current"; }
+cleanup() {
+  for p in "${bg_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  if ! $keep; then
+    "$CLUSTER" down >/dev/null 2>&1 || true
+    rm -rf "$work" "$PV_DIR" /run/spire/agent-sockets /run/sigil/agent-admin
+  fi
+}
+fail() {
+  echo "[helm-e2e] FAIL: $current: $*" >&2
+  if [ -n "${KUBECONFIG:-}" ]; then
+    kubectl get pods -A -o wide >&2 2>/dev/null || true
+    kubectl -n "$NS" logs "sts/$REL-server" -c server --tail=40 >&2 2>/dev/null || true
+    kubectl -n "$NS" logs "sts/$REL-server" -c operator --tail=20 >&2 2>/dev/null || true
+    kubectl -n "$NS" logs "ds/$REL-agent" --tail=40 >&2 2>/dev/null || true
+    kubectl -n "$NS" logs "ds/$REL-csi-driver" --tail=20 >&2 2>/dev/null || true
+  fi
+  echo "[helm-e2e] work dir $work and /tmp/sigil-cluster/logs kept" >&2
+  keep=true
+  cleanup
+  exit 1
+}
+trap cleanup EXIT
+srv() { kubectl -n "$NS" exec "$REL-server-0" -c server -- sigil-server "$@" -socketPath /run/sigil/admin/private/api.sock; }
+chart_set=(--set "clusterName=$CLUSTER_NAME" --set agent.kubeletAddress=hostIP --set image.pullPolicy=Never)
+
+step "build the images (images/build.sh, $profile) and the workload image; helm $HELM_VERSION"
+command -v helm >/dev/null || fail "helm missing from $CACHE/bin (run e2e/cluster/build.sh)"
+"$REPO/images/build.sh" --profile "$profile" --out "$work/images" >/dev/null || fail "images/build.sh failed"
+mkdir -p "$work/workload-root"
+(cd "$E2E/interop/go" && CGO_ENABLED=0 go build -ldflags "-s -w" -o "$work/workload-root/workload" ./cmd/workload) \
+  || fail "workload build failed"
+"$E2E/cluster/mkimage.sh" "$work/workload.tar" "$WORKLOAD_IMAGE" "$work/workload-root" /workload >/dev/null \
+  || fail "mkimage workload"
+ls -l "$work/images" >&2
+ok
+
+step "helm lint (both charts), and wrong values refused at install with a message naming the value"
+helm lint --strict "$REPO/charts/sigil-crds" >/dev/null || fail "helm lint charts/sigil-crds"
+helm lint --strict "$REPO/charts/sigil" "${chart_set[@]}" >/dev/null || fail "helm lint charts/sigil"
+refused() { # WANT_IN_MESSAGE HELM_SET_ARGS...
+  local want=$1 out
+  shift
+  if out=$(helm template x "$REPO/charts/sigil" "$@" 2>&1); then fail "accepted: $*"; fi
+  grep -q -- "$want" <<<"$out" || fail "refusal of $* does not name $want: $out"
+  log "refused $*: $(grep -m1 -- "$want" <<<"$out")"
+}
+refused trustDomain --set trustDomain=Bad_Domain
+refused trustDomain --set trustDomain=spiffe://example.org
+refused defaultX509SvidTTL --set server.defaultX509SvidTTL=-1h
+refused caTTL --set server.caTTL=0
+refused bogus --set bogus=1
+refused replicas --set server.replicas=3
+refused spiffeIDTemplate --set defaultClusterSPIFFEID.spiffeIDTemplate=http://example.org/x
+ok
+
+step "cluster up (node tier), images imported"
+KUBECONFIG=$("$CLUSTER" up --tier node) || fail "cluster up failed"
+export KUBECONFIG
+for t in "$work"/images/*.tar "$work/workload.tar"; do "$CLUSTER" import-image "$t" >/dev/null || fail "import $t"; done
+# helm install refuses the bad values too, and creates nothing.
+if helm install "$REL" "$REPO/charts/sigil" -n "$NS" --create-namespace --set trustDomain=Bad >"$work/bad.out" 2>&1; then
+  fail "helm install accepted trustDomain=Bad"
+fi
+grep -q trustDomain "$work/bad.out" || fail "install refusal: $(cat "$work/bad.out")"
+helm status "$REL" -n "$NS" >/dev/null 2>&1 && fail "a release exists after a refused install"
+ok
+
+step "server-side dry run of every rendered manifest: default values and three other value sets"
+helm install sigil-crds "$REPO/charts/sigil-crds" --wait --timeout 2m >/dev/null || fail "helm install sigil-crds"
+kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+cat > "$work/values-upstream.yaml" <<EOF
+trustDomain: prod.example.com
+clusterName: prod-1
+logFormat: json
+image: {registry: registry.example.com/sigil, tag: "0.1.0-rc1", pullPolicy: Always, pullSecrets: [regcred]}
+server:
+  caKeyType: rsa-2048
+  caTTL: 48h
+  defaultX509SvidTTL: 30m
+  agentTTL: 2h
+  upstreamAuthority: {secretName: sigil-upstream-ca}
+  persistence: {storageClass: fast, size: 5Gi}
+  service: {type: NodePort, port: 8443}
+EOF
+cat > "$work/values-minimal.yaml" <<EOF
+operator: {enabled: false}
+defaultClusterSPIFFEID: {enabled: false}
+csiDriver: {enabled: false}
+server: {persistence: {enabled: false}}
+EOF
+cat > "$work/values-wait.yaml" <<EOF
+csiDriver: {waitForIdentity: 5s, pluginName: csi.example.org, kubeletDir: /var/lib/k0s/kubelet}
+agent: {socketPath: /run/sigil/sockets/agent.sock, psatAudience: sigil, skipKubeletVerification: true, healthPort: 19982}
+className: tenant-a
+logLevel: debug
+EOF
+for vs in default upstream minimal wait; do
+  args=()
+  [ "$vs" = default ] || args=(-f "$work/values-$vs.yaml")
+  helm template "$REL" "$REPO/charts/sigil" -n "$NS" "${chart_set[@]}" "${args[@]}" > "$work/rendered-$vs.yaml" \
+    || fail "helm template ($vs)"
+  kubectl apply --dry-run=server -n "$NS" -f "$work/rendered-$vs.yaml" > "$work/dryrun-$vs.txt" 2>&1 \
+    || fail "server-side dry run of the $vs values: $(tail -5 "$work/dryrun-$vs.txt")"
+  log "$vs values: $(grep -c . "$work/dryrun-$vs.txt") objects accepted by the apiserver (dry run)"
+done
+ok
+
+step "helm install of the chart into the empty cluster: everything Ready, helm test passes"
+# No dynamic provisioner in this cluster: one hostPath PersistentVolume for the server's claim, owned by the
+# server's uid (the kubelet applies fsGroup to provisioned volumes, not to hostPath ones).
+mkdir -p "$PV_DIR" && chown 65532:65532 "$PV_DIR" && chmod 0700 "$PV_DIR"
+kubectl apply -f - >/dev/null <<EOF || fail "PV apply"
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: sigil-e2e-server-data}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  hostPath: {path: $PV_DIR, type: Directory}
+EOF
+t_install=$(date +%s.%N)
+helm install "$REL" "$REPO/charts/sigil" -n "$NS" "${chart_set[@]}" --wait --timeout 5m > "$work/install.out" 2>&1 \
+  || fail "helm install: $(tail -20 "$work/install.out")"
+log "helm install --wait took $(python3 -c "import sys; print(round(float(sys.argv[2])-float(sys.argv[1]),1))" "$t_install" "$(date +%s.%N)") s"
+grep -q "helm test $REL" "$work/install.out" || fail "NOTES.txt not shown: $(cat "$work/install.out")"
+# The bundle ConfigMap holds the server's bundle (the notifier), and the agent attested with k8s_psat.
+srv bundle show > "$work/bundle.pem" || fail "bundle show"
+kubectl -n "$NS" get configmap "$REL-bundle" -o jsonpath='{.data.bundle\.crt}' > "$work/bundle-cm.pem"
+diff <(openssl x509 -noout -fingerprint -sha256 < "$work/bundle.pem") \
+     <(openssl x509 -noout -fingerprint -sha256 < "$work/bundle-cm.pem") >/dev/null \
+  || fail "the bundle ConfigMap does not hold the server's bundle"
+srv agent list -output json > "$work/agents.json" || fail "agent list"
+python3 - "$work/agents.json" "$CLUSTER_NAME" <<'EOF' || fail "agents: $(cat "$work/agents.json")"
+import json, sys
+agents, cluster = json.load(open(sys.argv[1])), sys.argv[2]
+ids = [a["id"] for a in agents if a["attestation_type"] == "k8s_psat"]
+assert len(ids) == 1 and f"/spire/agent/k8s_psat/{cluster}/" in ids[0], ids
+EOF
+helm test "$REL" -n "$NS" --timeout 3m > "$work/test.out" 2>&1 || fail "helm test: $(cat "$work/test.out")"
+grep -q "Phase:.*Succeeded" "$work/test.out" || fail "helm test output: $(cat "$work/test.out")"
+kubectl -n "$NS" get pod "$REL-test" >/dev/null 2>&1 && fail "the passed test pod was not removed"
+ok
+
+step "a 2-replica Deployment gets spiffe://$TD/ns/$WL_NS/sa/app in each replica; the replicas complete mTLS"
+want="spiffe://$TD/ns/$WL_NS/sa/app"
+workload() { # NAME REPLICAS COMMAND...
+  local name=$1 replicas=$2 args
+  shift 2
+  args=$(printf '"%s",' "$@")
+  cat <<EOF
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: $name, namespace: $WL_NS}
+spec:
+  replicas: $replicas
+  selector: {matchLabels: {app: $name}}
+  template:
+    metadata: {labels: {app: $name}}
+    spec:
+      serviceAccountName: app
+      terminationGracePeriodSeconds: 1
+      securityContext: {runAsNonRoot: true, runAsUser: 1000, runAsGroup: 1000}
+      containers:
+        - name: app
+          image: $WORKLOAD_IMAGE
+          imagePullPolicy: Never
+          args: [${args%,}]
+          env: [{name: SPIFFE_ENDPOINT_SOCKET, value: "unix:///spiffe-workload-api/spire-agent.sock"}]
+          volumeMounts: [{name: spiffe-workload-api, mountPath: /spiffe-workload-api, readOnly: true}]
+      volumes:
+        - name: spiffe-workload-api
+          csi: {driver: csi.spiffe.io, readOnly: true}
+EOF
+}
+kubectl create namespace "$WL_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl -n "$WL_NS" create serviceaccount app --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+workload app 2 serve -id "$want" | kubectl apply -f - >/dev/null || fail "workload apply"
+kubectl -n "$WL_NS" rollout status deploy/app --timeout=120s >/dev/null || fail "workload not ready"
+mapfile -t app_pods < <(kubectl -n "$WL_NS" get pods -l app=app -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}')
+[ "${#app_pods[@]}" = 2 ] || fail "want 2 pods, got ${app_pods[*]}"
+check() { # POD [FLAGS] -> JSON line
+  local pod=$1 out=""
+  shift
+  for _ in $(seq 30); do
+    out=$(kubectl -n "$WL_NS" exec "$pod" -- /workload check -id "$want" -timeout 10s "$@" 2>"$work/check.err") && break
+    out=""
+    sleep 1
+  done
+  [ -n "$out" ] || fail "$pod: $(cat "$work/check.err")"
+  echo "$out"
+}
+for p in "${app_pods[@]}"; do
+  out=$(check "$p")
+  log "$p: $out"
+done
+ip() { kubectl -n "$WL_NS" get pod "$1" -o jsonpath='{.status.podIP}'; }
+for pair in "0 1" "1 0"; do
+  read -r a b <<<"$pair"
+  out=$(kubectl -n "$WL_NS" exec "${app_pods[$a]}" -- /workload dial -id "$want" -addr "$(ip "${app_pods[$b]}"):8443") \
+    || fail "mTLS ${app_pods[$a]} -> ${app_pods[$b]} failed"
+  python3 - "$out" "$want" "${app_pods[$b]}" <<'EOF' || fail "mTLS ${app_pods[$a]} -> ${app_pods[$b]}: $out"
+import json, sys
+r, want, host = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+assert r["peer_id"] == want and r["peer_saw_me_as"] == want and r["peer_host"] == host, r
+EOF
+  log "mTLS ${app_pods[$a]} -> ${app_pods[$b]}: $out"
+done
+ok
+
+step "helm upgrade (log level, X509-SVID TTL) rolls the components; a workload's open watch never loses its SVID"
+agent_pod=$(kubectl -n "$NS" get pods -l app.kubernetes.io/name="$REL-agent" -o jsonpath='{.items[0].metadata.name}')
+server_uid=$(kubectl -n "$NS" get pod "$REL-server-0" -o jsonpath='{.metadata.uid}')
+kubectl -n "$WL_NS" exec "${app_pods[0]}" -- /workload watch -id "$want" -for 150s > "$work/watch.out" 2> "$work/watch.err" &
+watch_pid=$!
+bg_pids+=("$watch_pid")
+sleep 3
+helm upgrade "$REL" "$REPO/charts/sigil" -n "$NS" --reuse-values --set logLevel=debug \
+  --set server.defaultX509SvidTTL=30m --wait --timeout 5m > "$work/upgrade.out" 2>&1 \
+  || fail "helm upgrade: $(tail -20 "$work/upgrade.out")"
+for r in "sts/$REL-server" "ds/$REL-agent" "ds/$REL-csi-driver"; do
+  kubectl -n "$NS" rollout status "$r" --timeout=180s >/dev/null || fail "$r did not roll out"
+done
+[ "$(kubectl -n "$NS" get pod "$REL-server-0" -o jsonpath='{.metadata.uid}')" != "$server_uid" ] || fail "the server pod was not rolled"
+kubectl -n "$NS" get pod "$agent_pod" >/dev/null 2>&1 && fail "the agent pod was not rolled"
+wait "$watch_pid" || fail "the watch lost its SVID: $(tail -5 "$work/watch.err")"
+python3 - "$(cat "$work/watch.out")" <<'EOF' || fail "watch: $(cat "$work/watch.out") $(cat "$work/watch.err")"
+import json, sys
+r = json.loads(sys.argv[1])
+assert r["checks"] > 1000, r
+assert len(r["serials"]) >= 2, f"no new SVID reached the watch across the upgrade: {r}"
+EOF
+log "watch across the upgrade: $(cat "$work/watch.out")"
+out=$(check "${app_pods[1]}")
+python3 - "$out" <<'EOF' || fail "the SVID after the upgrade does not have the new TTL: $out"
+import json, sys, time
+left = json.loads(sys.argv[1])["x509_not_after"] - time.time()
+assert 0 < left <= 30 * 60 + 5, left
+EOF
+ok
+
+step "server pod deleted: workloads keep their SVIDs meanwhile; entries, agents and the CA survive; new pods get SVIDs"
+srv entry show -output json > "$work/entries1.json" || fail "entry show"
+srv agent list -output json > "$work/agents1.json" || fail "agent list"
+srv bundle show > "$work/bundle1.pem" || fail "bundle show"
+kubectl -n "$NS" delete pod "$REL-server-0" --wait=false >/dev/null
+# While it is gone, the agent serves X509-SVIDs from its cache.
+down_checks=0
+for _ in $(seq 10); do
+  phase=$(kubectl -n "$NS" get pod "$REL-server-0" -o jsonpath='{.status.containerStatuses[?(@.name=="server")].ready}' 2>/dev/null || true)
+  [ "$phase" = true ] && [ "$down_checks" -gt 0 ] && break
+  kubectl -n "$WL_NS" exec "${app_pods[0]}" -- /workload check -id "$want" -timeout 5s -jwt=false >/dev/null 2>"$work/down.err" \
+    || fail "X509-SVID while the server was down: $(cat "$work/down.err")"
+  down_checks=$((down_checks + 1))
+done
+kubectl -n "$NS" rollout status "sts/$REL-server" --timeout=180s >/dev/null || fail "server not back"
+kubectl -n "$NS" wait --for=condition=Ready "pod/$REL-server-0" --timeout=120s >/dev/null || fail "server pod not Ready"
+for _ in $(seq 30); do srv entry show -output json > "$work/entries2.json" 2>/dev/null && break; sleep 1; done
+srv agent list -output json > "$work/agents2.json" || fail "agent list after restart"
+srv bundle show > "$work/bundle2.pem" || fail "bundle show after restart"
+python3 - "$work" <<'EOF' || fail "state after the server restart differs"
+import json, sys
+w = sys.argv[1]
+ids = lambda f: sorted(e["id"] for e in json.load(open(f"{w}/{f}")))
+assert ids("entries1.json") == ids("entries2.json"), "entries changed"
+assert ids("agents1.json") == ids("agents2.json"), "agents changed"
+EOF
+diff -q "$work/bundle1.pem" "$work/bundle2.pem" >/dev/null || fail "the CA changed across the restart"
+kubectl -n "$WL_NS" scale deploy/app --replicas=3 >/dev/null
+kubectl -n "$WL_NS" rollout status deploy/app --timeout=120s >/dev/null || fail "third replica not ready"
+new_pod=$(kubectl -n "$WL_NS" get pods -l app=app -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}' | grep -v -e "${app_pods[0]}" -e "${app_pods[1]}")
+out=$(check "$new_pod")
+log "$down_checks X509 checks passed while the server was down; $(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' "$work/entries2.json") entries kept; new pod $new_pod: $out"
+ok
+
+race() { # NAME -> "ok fail" counts and $work/NAME.results (one line per pod)
+  local name=$1 t0
+  t0=$(date +%s%N)
+  workload "$name" "$pods" race -id "$want" | kubectl apply -f - >/dev/null || fail "$name apply"
+  kubectl -n "$WL_NS" rollout status "deploy/$name" --timeout=600s >/dev/null || fail "$name not ready"
+  : > "$work/$name.results"
+  for p in $(kubectl -n "$WL_NS" get pods -l "app=$name" -o jsonpath='{.items[*].metadata.name}'); do
+    line=""
+    for _ in $(seq 20); do
+      line=$(kubectl -n "$WL_NS" logs "$p" 2>/dev/null | grep -m1 '^RESULT' || true)
+      [ -n "$line" ] && break
+      sleep 0.5
+    done
+    [ -n "$line" ] || fail "$p printed no RESULT"
+    echo "$line $t0" >> "$work/$name.results"
+  done
+  kubectl -n "$WL_NS" delete deploy "$name" --wait=false >/dev/null
+}
+figures() { # NAME: p50/p99 of deployment applied -> container start, and -> first successful fetch
+  python3 - "$work/$1.results" <<'EOF'
+import sys
+rows = [l.split() for l in open(sys.argv[1])]
+def pct(v, p):
+    v = sorted(v); return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
+start = [(int(r[3]) - int(r[5])) / 1e6 for r in rows]
+done = [(int(r[4]) - int(r[5])) / 1e6 for r in rows if r[1] == "ok"]
+inproc = [int(r[2]) for r in rows if r[1] == "ok"]
+print(f"{len(rows)} pods, {len(done)} ok: applied->container start p50 {pct(start,50):.0f} ms p99 {pct(start,99):.0f} ms; "
+      f"applied->first SVID p50 {pct(done,50):.0f} ms p99 {pct(done,99):.0f} ms; in-container wait p50 {pct(inproc,50)} ms p99 {pct(inproc,99)} ms"
+      if done else f"{len(rows)} pods, 0 ok")
+EOF
+}
+
+step "start-up race: $pods pods that fetch once at start, csiDriver.waitForIdentity off, then on"
+race race-off
+fails_off=$(grep -c '^RESULT fail' "$work/race-off.results" || true)
+log "waitForIdentity off: $fails_off of $pods first fetches failed; $(figures race-off)"
+helm upgrade "$REL" "$REPO/charts/sigil" -n "$NS" --reuse-values --set csiDriver.waitForIdentity=10s \
+  --wait --timeout 5m > "$work/upgrade2.out" 2>&1 || fail "helm upgrade waitForIdentity: $(tail -20 "$work/upgrade2.out")"
+kubectl -n "$NS" rollout status "ds/$REL-csi-driver" --timeout=180s >/dev/null || fail "CSI driver did not roll"
+kubectl -n "$NS" rollout status "ds/$REL-agent" --timeout=180s >/dev/null || fail "agent did not roll"
+race race-on
+fails_on=$(grep -c '^RESULT fail' "$work/race-on.results" || true)
+log "waitForIdentity on: $fails_on of $pods first fetches failed; $(figures race-on)"
+[ "$fails_on" = 0 ] || fail "$fails_on pods started without their identity: $(grep fail "$work/race-on.results" | head -3)"
+if $bench; then
+  log "BENCH pod created -> first FetchX509SVID ($profile images, $pods pods): waitForIdentity on: $(figures race-on)"
+  log "BENCH waitForIdentity off (failures are pods whose one fetch came too early): $(figures race-off)"
+  kubectl -n "$NS" logs "ds/$REL-csi-driver" > "$work/csi.log" 2>/dev/null || true
+  grep -i 'wait' "$work/csi.log" | tail -3 >&2 || true
+fi
+ok
+
+step "helm uninstall (chart, then CRDs): no CSI mount or socket left on the node, nothing left but the PVC"
+kubectl delete namespace "$WL_NS" --wait=true --timeout=180s >/dev/null || fail "workload namespace delete"
+helm uninstall "$REL" -n "$NS" --wait --timeout 3m >/dev/null || fail "helm uninstall sigil"
+helm uninstall sigil-crds --wait --timeout 2m >/dev/null || fail "helm uninstall sigil-crds"
+grep -E 'csi\.spiffe\.io|agent-sockets' /proc/mounts && fail "mounts left on the node"
+for _ in $(seq 20); do [ -S "$SOCK" ] || break; sleep 0.5; done
+[ -S "$SOCK" ] && fail "the agent socket $SOCK is left"
+[ -S /run/sigil/agent-admin/private/admin.sock ] && fail "the agent admin socket is left"
+left=$(kubectl get all,configmaps,serviceaccounts,roles,rolebindings,clusterroles,clusterrolebindings,csidrivers,pvc -A \
+  -l app.kubernetes.io/part-of=sigil -o name 2>/dev/null | grep -v '^persistentvolumeclaim/' || true)
+[ -z "$left" ] || fail "objects left: $left"
+kubectl get crd -o name | grep -q sigil.dev && fail "CRDs left after uninstalling sigil-crds"
+pvc=$(kubectl -n "$NS" get pvc -o name)
+[ "$pvc" = "persistentvolumeclaim/data-$REL-server-0" ] || fail "want the server's PVC kept, got: $pvc"
+log "left as documented: $pvc (and the hostPath directories /run/spire/agent-sockets, /run/sigil/agent-admin)"
+ok
+
+echo "helm: $passed passed, 0 failed"
