@@ -76,6 +76,10 @@ tier "Kubernetes attestation on the node tier: agent DaemonSet (k8s_psat), k8s w
 e2e/k8s-attest/run.sh --no-bench
 passed+=(k8s-attest)
 
+tier "Helm chart on the node tier: images without Docker, helm lint/schema/dry runs, install + helm test, mTLS between replicas, upgrade, server restart, start-up race, uninstall"
+e2e/helm/run.sh
+passed+=(helm)
+
 echo
 echo "tiers passed: ${passed[*]} in $(( $(date +%s) - t0 ))s"
 echo "tiers: ${#passed[@]} passed, 0 failed"
