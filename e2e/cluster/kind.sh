@@ -6,6 +6,9 @@
 #                                     images; prints the kubeconfig path on stdout
 #   e2e/cluster/kind.sh load ARG...   load image archives (*.tar) or local Docker images into the node
 #   e2e/cluster/kind.sh down          delete the kind cluster
+#   e2e/cluster/kind.sh helm [ARG...] the chart tier (e2e/helm/run.sh) on kind: the same install and checks,
+#                                     images loaded with `kind load`, node checks through `docker exec`,
+#                                     the server's PVC from kind's default StorageClass
 #
 # Then: KUBECONFIG=$(e2e/cluster/kind.sh up) cargo test ...   or
 #       SIGIL_E2E_KUBECONFIG=$(e2e/cluster/kind.sh up) e2e/smoke/run.sh --tier node
@@ -49,6 +52,7 @@ case ${1:-} in
     echo "$KCFG"
     ;;
   load) shift; load "$@" ;;
+  helm) shift; SIGIL_E2E_KIND=$NAME exec "$E2E/helm/run.sh" "$@" ;;
   down) kind delete cluster --name "$NAME" >&2 ;;
-  *) sed -n '2,13p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,16p' "$0" >&2; exit 2 ;;
 esac

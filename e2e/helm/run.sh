@@ -20,6 +20,7 @@
 #      first successful FetchX509SVID figures (p50/p99 and breakdown);
 #   8. `helm uninstall` of both charts: no CSI mount or socket left on the node, no object left but the PVC.
 # Prints `helm: N passed, 0 failed`; exits non-zero on the first failure (logs kept).
+# On kind (Docker): `e2e/cluster/kind.sh helm` runs the same steps (SIGIL_E2E_KIND=<cluster name>).
 set -euo pipefail
 
 E2E=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -38,6 +39,7 @@ WORKLOAD_IMAGE=docker.io/sigil-e2e/workload:helm
 PV_DIR=/var/lib/sigil-e2e-pv
 SOCK=/run/spire/agent-sockets/spire-agent.sock
 
+KIND=${SIGIL_E2E_KIND:-}
 keep=false
 profile=debug
 bench=false
@@ -59,11 +61,18 @@ bg_pids=()
 log() { echo "[helm-e2e $(date -u +%H:%M:%S)] $*" >&2; }
 step() { current=$1; log "--- $1"; }
 ok() { passed=$((passed + 1)); log "PASS: $current"; }
+# The node: this machine (e2e/cluster/cluster), or kind's node container.
+on_node() { if [ -n "$KIND" ]; then docker exec "$KIND-control-plane" sh -c "$1"; else sh -c "$1"; fi; }
+cluster_up() { if [ -n "$KIND" ]; then "$E2E/cluster/kind.sh" up; else "$CLUSTER" up --tier node; fi; }
+import_image() { if [ -n "$KIND" ]; then "$E2E/cluster/kind.sh" load "$1"; else "$CLUSTER" import-image "$1"; fi; }
 cleanup() {
   for p in "${bg_pids[@]}"; do kill "$p" 2>/dev/null || true; done
   if ! $keep; then
-    "$CLUSTER" down >/dev/null 2>&1 || true
-    rm -rf "$work" "$PV_DIR" /run/spire/agent-sockets /run/sigil/agent-admin
+    if [ -z "$KIND" ]; then
+      "$CLUSTER" down >/dev/null 2>&1 || true
+      rm -rf "$PV_DIR" /run/spire/agent-sockets /run/sigil/agent-admin
+    fi
+    rm -rf "$work"
   fi
 }
 fail() {
@@ -83,6 +92,8 @@ fail() {
 trap cleanup EXIT
 srv() { kubectl -n "$NS" exec "$REL-server-0" -c server -- sigil-server "$@" -socketPath /run/sigil/admin/private/api.sock; }
 chart_set=(--set "clusterName=$CLUSTER_NAME" --set agent.kubeletAddress=hostIP --set image.pullPolicy=Never)
+# kind's kubelets serve kubeadm's self-signed certificates.
+[ -n "$KIND" ] && chart_set+=(--set agent.skipKubeletVerification=true)
 
 step "build the images (images/build.sh, $profile) and the workload image; helm $HELM_VERSION"
 command -v helm >/dev/null || fail "helm missing from $CACHE/bin (run e2e/cluster/build.sh)"
@@ -115,9 +126,9 @@ refused spiffeIDTemplate --set defaultClusterSPIFFEID.spiffeIDTemplate=http://ex
 ok
 
 step "cluster up (node tier), images imported"
-KUBECONFIG=$("$CLUSTER" up --tier node) || fail "cluster up failed"
+KUBECONFIG=$(cluster_up) || fail "cluster up failed"
 export KUBECONFIG
-for t in "$work"/images/*.tar "$work/workload.tar"; do "$CLUSTER" import-image "$t" >/dev/null || fail "import $t"; done
+for t in "$work"/images/*.tar "$work/workload.tar"; do import_image "$t" >/dev/null || fail "import $t"; done
 # helm install refuses the bad values too, and creates nothing.
 if helm install "$REL" "$REPO/charts/sigil" -n "$NS" --create-namespace --set trustDomain=Bad >"$work/bad.out" 2>&1; then
   fail "helm install accepted trustDomain=Bad"
@@ -167,10 +178,10 @@ done
 ok
 
 step "helm install of the chart into the empty cluster: everything Ready, helm test passes"
-# No dynamic provisioner in this cluster: one hostPath PersistentVolume for the server's claim, owned by the
-# server's uid (the kubelet applies fsGroup to provisioned volumes, not to hostPath ones).
-mkdir -p "$PV_DIR" && chown 65532:65532 "$PV_DIR" && chmod 0700 "$PV_DIR"
-kubectl apply -f - >/dev/null <<EOF || fail "PV apply"
+# No dynamic provisioner in this cluster (kind has one): one hostPath PersistentVolume for the server's claim,
+# owned by the server's uid (the kubelet applies fsGroup to provisioned volumes, not to hostPath ones).
+[ -z "$KIND" ] && mkdir -p "$PV_DIR" && chown 65532:65532 "$PV_DIR" && chmod 0700 "$PV_DIR"
+[ -n "$KIND" ] || kubectl apply -f - >/dev/null <<EOF || fail "PV apply"
 apiVersion: v1
 kind: PersistentVolume
 metadata: {name: sigil-e2e-server-data}
@@ -391,10 +402,11 @@ step "helm uninstall (chart, then CRDs): no CSI mount or socket left on the node
 kubectl delete namespace "$WL_NS" --wait=true --timeout=180s >/dev/null || fail "workload namespace delete"
 helm uninstall "$REL" -n "$NS" --wait --timeout 3m >/dev/null || fail "helm uninstall sigil"
 helm uninstall sigil-crds --wait --timeout 2m >/dev/null || fail "helm uninstall sigil-crds"
-grep -E 'csi\.spiffe\.io|agent-sockets' /proc/mounts && fail "mounts left on the node"
-for _ in $(seq 20); do [ -S "$SOCK" ] || break; sleep 0.5; done
-[ -S "$SOCK" ] && fail "the agent socket $SOCK is left"
-[ -S /run/sigil/agent-admin/private/admin.sock ] && fail "the agent admin socket is left"
+# A pod's CSI volume is a bind mount at /var/lib/kubelet/pods/<uid>/volumes/kubernetes.io~csi/<name>/mount.
+on_node "grep 'kubernetes.io~csi' /proc/mounts" && fail "CSI mounts left on the node"
+for _ in $(seq 20); do on_node "[ -S $SOCK ]" || break; sleep 0.5; done
+on_node "[ -S $SOCK ]" && fail "the agent socket $SOCK is left"
+on_node "[ -S /run/sigil/agent-admin/private/admin.sock ]" && fail "the agent admin socket is left"
 left=$(kubectl get all,configmaps,serviceaccounts,roles,rolebindings,clusterroles,clusterrolebindings,csidrivers,pvc -A \
   -l app.kubernetes.io/part-of=sigil -o name 2>/dev/null | grep -v '^persistentvolumeclaim/' || true)
 [ -z "$left" ] || fail "objects left: $left"
