@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-//! The committed CRD YAML in `crds/` must be exactly what the types in `operator/src/crd.rs` generate.
+//! The committed CRD YAML in `crds/` must be exactly what the types in `operator/src/crd/` generate.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -26,7 +26,7 @@ fn committed_crds_match_the_types() {
     let listed: Vec<String> = differences.iter().map(ToString::to_string).collect();
     assert!(
         differences.is_empty(),
-        "crds/ is out of date with operator/src/crd.rs:\n  {}\nrun `cargo run -p sigil-operator --bin crdgen` and commit crds/",
+        "crds/ is out of date with operator/src/crd/:\n  {}\nrun `cargo run -p sigil-operator --bin crdgen` and commit crds/",
         listed.join("\n  ")
     );
 }

@@ -1,5 +1,5 @@
-//! Writes the CRD YAML generated from `operator/src/crd.rs` into `crds/` (one file per CRD), or with `--check`
-//! compares it with what is there and exits 1 listing the differences.
+//! Writes the CRD YAML generated from `operator/src/crd/` (one module per kind) into `crds/` (one file per
+//! CRD), or with `--check` compares it with what is there and exits 1 listing the differences.
 //!
 //! Usage: `cargo run -p sigil-operator --bin crdgen [-- [--check] [--dir DIR]]`.
 

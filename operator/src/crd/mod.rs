@@ -1,5 +1,8 @@
 //! The operator's custom resources: `ClusterSPIFFEID`, `ClusterFederatedTrustDomain` and `ClusterStaticEntry`
-//! (group `sigil.dev`, version `v1alpha1`, all cluster-scoped).
+//! (group `sigil.dev`, version `v1alpha1`, all cluster-scoped), one module per kind:
+//! [`cluster_spiffe_id`], [`cluster_federated_trust_domain`], [`cluster_static_entry`]. Their types are
+//! re-exported here (`crate::crd::ClusterSPIFFEID`, ...); this module holds what the kinds share (patterns,
+//! [`GoDuration`], [`CrdError`]) and the YAML generation.
 //!
 //! Field names on the wire are the same as spire-controller-manager's (`spire.spiffe.io/v1alpha1`), so existing
 //! manifests only need their `apiVersion` changed. The schema carries the validation (patterns and CEL rules)
@@ -15,12 +18,22 @@ use std::time::Duration;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
-use kube::{CustomResource, CustomResourceExt};
+use kube::CustomResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sigil_core::duration::{DurationError, parse_go_duration};
-use sigil_core::{IdError, Selector, SelectorError, SpiffeId, TrustDomain};
+use sigil_core::{IdError, SelectorError, TrustDomain};
+
+pub mod cluster_federated_trust_domain;
+pub mod cluster_spiffe_id;
+pub mod cluster_static_entry;
+
+pub use self::cluster_federated_trust_domain::{
+    BundleEndpointProfile, BundleEndpointProfileType, ClusterFederatedTrustDomain, ClusterFederatedTrustDomainSpec,
+    ClusterFederatedTrustDomainStatus,
+};
+pub use self::cluster_spiffe_id::{ClusterSPIFFEID, ClusterSPIFFEIDSpec, ClusterSPIFFEIDStats, ClusterSPIFFEIDStatus};
+pub use self::cluster_static_entry::{ClusterStaticEntry, ClusterStaticEntrySpec, ClusterStaticEntryStatus};
 
 /// API group of every Sigil custom resource.
 pub const GROUP: &str = "sigil.dev";
@@ -126,369 +139,6 @@ impl JsonSchema for GoDuration {
     }
 }
 
-/// Creates registration entries for the pods it selects, rendering the SPIFFE ID (and DNS names and selectors)
-/// from templates.
-// Several `printcolumn(...)` repeat the same keys, which clippy mistakes for duplicated attributes.
-#[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, Clone, Debug, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "sigil.dev",
-    version = "v1alpha1",
-    kind = "ClusterSPIFFEID",
-    plural = "clusterspiffeids",
-    shortname = "csid",
-    category = "sigil",
-    status = "ClusterSPIFFEIDStatus",
-    derive = "PartialEq",
-    doc = "ClusterSPIFFEID gives a SPIFFE ID to the pods it selects: the operator creates one registration entry \
-           per selected pod from the templates in spec. Cluster-scoped; same fields as spire-controller-manager's \
-           ClusterSPIFFEID (spire.spiffe.io/v1alpha1).",
-    printcolumn(name = "SPIFFE ID Template", type_ = "string", json_path = ".spec.spiffeIDTemplate"),
-    printcolumn(name = "Pods", type_ = "integer", json_path = ".status.stats.podsSelected"),
-    printcolumn(name = "Entries", type_ = "integer", json_path = ".status.stats.entriesToSet"),
-    printcolumn(name = "Masked", type_ = "integer", json_path = ".status.stats.entriesMasked"),
-    printcolumn(name = "Ready", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].status"#),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
-)]
-pub struct ClusterSPIFFEIDSpec {
-    /// Go text/template rendering the workload's SPIFFE ID, e.g.
-    /// "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}".
-    /// Data: .TrustDomain, .ClusterName, .ClusterDomain, .PodMeta, .PodSpec, .NodeMeta, .NodeSpec. The rendered ID
-    /// must be in the operator's trust domain. Required.
-    #[serde(rename = "spiffeIDTemplate")]
-    #[schemars(length(max = 2048), extend("x-kubernetes-validations" = [
-        {"rule": "self.matches('\\\\S')", "message": "spiffeIDTemplate must not be empty"}
-    ]))]
-    pub spiffe_id_template: String,
-
-    /// Selects the namespaces whose pods this ClusterSPIFFEID applies to. Unset selects every namespace (except
-    /// the operator's ignored namespaces).
-    #[serde(rename = "namespaceSelector", default, skip_serializing_if = "Option::is_none")]
-    pub namespace_selector: Option<LabelSelector>,
-
-    /// Selects the pods (in the selected namespaces) this ClusterSPIFFEID applies to. Unset selects every pod.
-    #[serde(rename = "podSelector", default, skip_serializing_if = "Option::is_none")]
-    pub pod_selector: Option<LabelSelector>,
-
-    /// Templates rendering extra workload selectors of the form type:value (e.g. "k8s:container-name:app") that a
-    /// workload must also present to get this SPIFFE ID, on top of the pod's UID selector.
-    #[serde(rename = "workloadSelectorTemplates", default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), inner(length(max = 1024)), extend("x-kubernetes-validations" = [
-        {"rule": "self.all(t, t.matches('\\\\S'))", "message": "workloadSelectorTemplates must not contain empty templates"}
-    ]))]
-    pub workload_selector_templates: Vec<String>,
-
-    /// Templates rendering extra DNS names for the SVIDs, e.g. "{{ .PodMeta.Name }}.{{ .PodMeta.Namespace }}.svc".
-    #[serde(rename = "dnsNameTemplates", default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), inner(length(max = 1024)), extend("x-kubernetes-validations" = [
-        {"rule": "self.all(t, t.matches('\\\\S'))", "message": "dnsNameTemplates must not contain empty templates"}
-    ]))]
-    pub dns_name_templates: Vec<String>,
-
-    /// Adds the DNS names of the Services that select the pod (name, name.namespace, name.namespace.svc and
-    /// name.namespace.svc.<cluster domain>) to its SVIDs.
-    #[serde(rename = "autoPopulateDNSNames", default, skip_serializing_if = "is_false")]
-    pub auto_populate_dns_names: bool,
-
-    /// Upper bound on the lifetime of X509-SVIDs for these workloads, as a Go duration ("1h", "90m", "1h30m0s").
-    /// Unset uses the server's default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ttl: Option<GoDuration>,
-
-    /// Upper bound on the lifetime of JWT-SVIDs for these workloads, as a Go duration ("5m", "1h"). Unset uses the
-    /// server's default.
-    #[serde(rename = "jwtTtl", default, skip_serializing_if = "Option::is_none")]
-    pub jwt_ttl: Option<GoDuration>,
-
-    /// Trust domains (e.g. "example.org") whose bundles these workloads receive, so they can talk to workloads
-    /// there. Each needs a ClusterFederatedTrustDomain.
-    #[serde(rename = "federatesWith", default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), inner(length(max = 264), pattern(FEDERATES_WITH_PATTERN)), extend("x-kubernetes-validations" = [
-        {"rule": "self.all(td, td.matches('^(spiffe://)?[a-z0-9._-]+$'))",
-         "message": "federatesWith entries must be trust domain names (lowercase letters, digits, '.', '_', '-'), e.g. example.org"}
-    ]))]
-    pub federates_with: Vec<String>,
-
-    /// Lets these workloads call the server's administrative APIs. Give it only to admin workloads.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub admin: bool,
-
-    /// Marks the entries as describing a downstream server (nested CA).
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub downstream: bool,
-
-    /// Only the operator configured with this class name acts on this object. Unset: operators that watch
-    /// classless objects act on it.
-    #[serde(rename = "className", default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 253))]
-    pub class_name: Option<String>,
-
-    /// Applies this ClusterSPIFFEID to a pod only when no non-fallback ClusterSPIFFEID selects that pod.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub fallback: bool,
-
-    /// Opaque hint passed to the workload with the SVID, telling it how the SVID should be used.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 1024))]
-    pub hint: Option<String>,
-}
-
-/// What the operator observed the last time it reconciled a ClusterSPIFFEID.
-#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
-#[schemars(transform = drop_property_defaults)]
-pub struct ClusterSPIFFEIDStatus {
-    /// Counters from the last reconciliation.
-    #[serde(default)]
-    pub stats: ClusterSPIFFEIDStats,
-
-    /// Latest observations of the object's state; type "Ready" is True when every selected pod has its entry.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
-    pub conditions: Vec<Condition>,
-}
-
-/// Counters from the last reconciliation of a ClusterSPIFFEID (same meaning as spire-controller-manager's).
-#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
-#[schemars(transform = drop_property_defaults)]
-pub struct ClusterSPIFFEIDStats {
-    /// How many namespaces the namespaceSelector selected.
-    #[serde(rename = "namespacesSelected", default)]
-    pub namespaces_selected: i64,
-    /// How many selected namespaces were skipped because the operator is configured to ignore them.
-    #[serde(rename = "namespacesIgnored", default)]
-    pub namespaces_ignored: i64,
-    /// How many pods were selected in the selected namespaces.
-    #[serde(rename = "podsSelected", default)]
-    pub pods_selected: i64,
-    /// How many selected pods got no entry because a template failed to render or rendered an invalid value.
-    #[serde(rename = "podEntryRenderFailures", default)]
-    pub pod_entry_render_failures: i64,
-    /// How many entries were dropped because an older object produced the same entry (same SPIFFE ID, parent
-    /// and selectors).
-    #[serde(rename = "entriesMasked", default)]
-    pub entries_masked: i64,
-    /// How many entries should exist on the server for this object.
-    #[serde(rename = "entriesToSet", default)]
-    pub entries_to_set: i64,
-    /// How many entries the server refused to create or update.
-    #[serde(rename = "entryFailures", default)]
-    pub entry_failures: i64,
-}
-
-/// Federates with a foreign trust domain: the server fetches that trust domain's bundle from its bundle endpoint.
-// Several `printcolumn(...)` repeat the same keys, which clippy mistakes for duplicated attributes.
-#[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "sigil.dev",
-    version = "v1alpha1",
-    kind = "ClusterFederatedTrustDomain",
-    plural = "clusterfederatedtrustdomains",
-    shortname = "cftd",
-    category = "sigil",
-    status = "ClusterFederatedTrustDomainStatus",
-    derive = "PartialEq",
-    doc = "ClusterFederatedTrustDomain sets up a federation relationship with a foreign trust domain: the server \
-           keeps that trust domain's bundle up to date from its bundle endpoint. Cluster-scoped; same fields as \
-           spire-controller-manager's ClusterFederatedTrustDomain (spire.spiffe.io/v1alpha1).",
-    printcolumn(name = "Trust Domain", type_ = "string", json_path = ".spec.trustDomain"),
-    printcolumn(name = "Endpoint URL", type_ = "string", json_path = ".spec.bundleEndpointURL"),
-    printcolumn(name = "Ready", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].status"#),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
-)]
-pub struct ClusterFederatedTrustDomainSpec {
-    /// Name of the foreign trust domain, e.g. "example.org" (lowercase letters, digits, '.', '_' and '-').
-    /// When two objects name the same trust domain, the oldest wins.
-    #[serde(rename = "trustDomain")]
-    #[schemars(length(max = 255), pattern(TRUST_DOMAIN_PATTERN), extend("x-kubernetes-validations" = [
-        {"rule": "self.matches('^[a-z0-9._-]+$')",
-         "message": "trustDomain must be a trust domain name (lowercase letters, digits, '.', '_', '-'), e.g. example.org, without spiffe://"}
-    ]))]
-    pub trust_domain: String,
-
-    /// HTTPS URL of the foreign trust domain's bundle endpoint, e.g. "https://example.org/bundle". Must not
-    /// contain userinfo (user:password@).
-    #[serde(rename = "bundleEndpointURL")]
-    #[schemars(length(max = 2048), extend("x-kubernetes-validations" = [
-        {"rule": "self.startsWith('https://')", "message": "bundleEndpointURL must be an https:// URL"},
-        {"rule": "!self.matches('^[^/?#]*//[^/?#]*@')", "message": "bundleEndpointURL must not contain userinfo (user:password@)"},
-        {"rule": "isURL(self) && url(self).getHostname() != ''", "message": "bundleEndpointURL must be a valid URL with a host"}
-    ]))]
-    pub bundle_endpoint_url: String,
-
-    /// How the bundle endpoint is authenticated.
-    #[serde(rename = "bundleEndpointProfile")]
-    pub bundle_endpoint_profile: BundleEndpointProfile,
-
-    /// The foreign trust domain's bundle (SPIFFE bundle JSON). Optional; with https_spiffe it is the bundle used to
-    /// authenticate the endpoint the first time.
-    #[serde(rename = "trustDomainBundle", default, skip_serializing_if = "Option::is_none")]
-    pub trust_domain_bundle: Option<String>,
-
-    /// Only the operator configured with this class name acts on this object. Unset: operators that watch
-    /// classless objects act on it.
-    #[serde(rename = "className", default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 253))]
-    pub class_name: Option<String>,
-}
-
-/// How a bundle endpoint is authenticated (SPIFFE Federation, endpoint profiles).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "self.type != 'https_spiffe' || has(self.endpointSPIFFEID)",
-     "message": "endpointSPIFFEID is required when bundleEndpointProfile.type is https_spiffe"}
-]))]
-pub struct BundleEndpointProfile {
-    /// Endpoint profile: "https_web" (server certificate from a Web PKI CA) or "https_spiffe" (server presents
-    /// an X509-SVID for endpointSPIFFEID).
-    #[serde(rename = "type")]
-    pub kind: BundleEndpointProfileType,
-
-    /// SPIFFE ID of the bundle endpoint server, e.g. "spiffe://example.org/spire/server". Required for
-    /// https_spiffe, ignored for https_web.
-    #[serde(rename = "endpointSPIFFEID", default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 2048), pattern(SPIFFE_ID_PATTERN), extend("x-kubernetes-validations" = [
-        {"rule": "self.startsWith('spiffe://')", "message": "endpointSPIFFEID must be a SPIFFE ID starting with spiffe://"},
-        {"rule": "!self.matches('^spiffe://[^/]*(/[^/]*)*/[.][.]?(/|$)')", "message": "endpointSPIFFEID must not contain . or .. path segments"}
-    ]))]
-    pub endpoint_spiffe_id: Option<String>,
-}
-
-/// Bundle endpoint profile.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum BundleEndpointProfileType {
-    /// The endpoint's certificate chains to a Web PKI root.
-    #[serde(rename = "https_web")]
-    HttpsWeb,
-    /// The endpoint presents an X509-SVID for the configured endpoint SPIFFE ID.
-    #[serde(rename = "https_spiffe")]
-    HttpsSpiffe,
-}
-
-/// What the operator observed the last time it reconciled a ClusterFederatedTrustDomain.
-#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
-pub struct ClusterFederatedTrustDomainStatus {
-    /// Latest observations of the object's state; type "Ready" is True when the federation relationship is set
-    /// on the server.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
-    pub conditions: Vec<Condition>,
-}
-
-/// Declares one registration entry as-is (for workloads or nodes outside the cluster's pods).
-// Several `printcolumn(...)` repeat the same keys, which clippy mistakes for duplicated attributes.
-#[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, Clone, Debug, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "sigil.dev",
-    version = "v1alpha1",
-    kind = "ClusterStaticEntry",
-    plural = "clusterstaticentries",
-    shortname = "cse",
-    category = "sigil",
-    status = "ClusterStaticEntryStatus",
-    derive = "PartialEq",
-    doc = "ClusterStaticEntry declares one registration entry as written (no templates), e.g. for workloads that \
-           do not run in this cluster. Cluster-scoped; same fields as spire-controller-manager's \
-           ClusterStaticEntry (spire.spiffe.io/v1alpha1).",
-    printcolumn(name = "SPIFFE ID", type_ = "string", json_path = ".spec.spiffeID"),
-    printcolumn(name = "Parent ID", type_ = "string", json_path = ".spec.parentID"),
-    printcolumn(name = "Set", type_ = "boolean", json_path = ".status.set"),
-    printcolumn(name = "Masked", type_ = "boolean", json_path = ".status.masked"),
-    printcolumn(name = "Ready", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].status"#),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
-)]
-pub struct ClusterStaticEntrySpec {
-    /// SPIFFE ID of the workload (or of the node alias), e.g. "spiffe://example.org/db".
-    #[serde(rename = "spiffeID")]
-    #[schemars(length(max = 2048), pattern(SPIFFE_ID_PATTERN), extend("x-kubernetes-validations" = [
-        {"rule": "self.startsWith('spiffe://')", "message": "spiffeID must be a SPIFFE ID starting with spiffe://"},
-        {"rule": "!self.matches('^spiffe://[^/]*(/[^/]*)*/[.][.]?(/|$)')", "message": "spiffeID must not contain . or .. path segments"}
-    ]))]
-    pub spiffe_id: String,
-
-    /// SPIFFE ID of the agent (node) allowed to obtain this identity, or the server's ID for a node alias.
-    #[serde(rename = "parentID")]
-    #[schemars(length(max = 2048), pattern(SPIFFE_ID_PATTERN), extend("x-kubernetes-validations" = [
-        {"rule": "self.startsWith('spiffe://')", "message": "parentID must be a SPIFFE ID starting with spiffe://"},
-        {"rule": "!self.matches('^spiffe://[^/]*(/[^/]*)*/[.][.]?(/|$)')", "message": "parentID must not contain . or .. path segments"}
-    ]))]
-    pub parent_id: String,
-
-    /// Selectors of the form type:value (e.g. "unix:uid:1000", "k8s:ns:default"); a workload gets this identity
-    /// only when it presents all of them. At least one.
-    #[schemars(length(max = 64), inner(length(max = 1024)), extend("x-kubernetes-validations" = [
-        {"rule": "size(self) > 0", "message": "selectors must list at least one type:value selector"},
-        {"rule": "self.all(s, s.matches('^[A-Za-z0-9_-]+:.+$'))",
-         "message": "every selector must have the form type:value, e.g. k8s:ns:default"}
-    ]))]
-    pub selectors: Vec<String>,
-
-    /// Trust domains (e.g. "example.org") whose bundles the workload receives.
-    #[serde(rename = "federatesWith", default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), inner(length(max = 264), pattern(FEDERATES_WITH_PATTERN)), extend("x-kubernetes-validations" = [
-        {"rule": "self.all(td, td.matches('^(spiffe://)?[a-z0-9._-]+$'))",
-         "message": "federatesWith entries must be trust domain names (lowercase letters, digits, '.', '_', '-'), e.g. example.org"}
-    ]))]
-    pub federates_with: Vec<String>,
-
-    /// Upper bound on the lifetime of the X509-SVID, as a Go duration ("1h", "90m"). Unset uses the server's
-    /// default.
-    #[serde(rename = "x509SVIDTTL", default, skip_serializing_if = "Option::is_none")]
-    pub x509_svid_ttl: Option<GoDuration>,
-
-    /// Upper bound on the lifetime of JWT-SVIDs, as a Go duration ("5m"). Unset uses the server's default.
-    #[serde(rename = "jwtSVIDTTL", default, skip_serializing_if = "Option::is_none")]
-    pub jwt_svid_ttl: Option<GoDuration>,
-
-    /// DNS names added to the X509-SVID.
-    #[serde(rename = "dnsNames", default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), inner(length(max = 253)))]
-    pub dns_names: Vec<String>,
-
-    /// Opaque hint passed to the workload with the SVID, telling it how the SVID should be used.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 1024))]
-    pub hint: Option<String>,
-
-    /// Lets the workload call the server's administrative APIs.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub admin: bool,
-
-    /// Marks the entry as describing a downstream server (nested CA).
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub downstream: bool,
-
-    /// The issued SVID is to be stored by an SVID store plugin instead of served over the Workload API.
-    #[serde(rename = "storeSVID", default, skip_serializing_if = "is_false")]
-    pub store_svid: bool,
-
-    /// Only the operator configured with this class name acts on this object. Unset: operators that watch
-    /// classless objects act on it.
-    #[serde(rename = "className", default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 253))]
-    pub class_name: Option<String>,
-}
-
-/// What the operator observed the last time it reconciled a ClusterStaticEntry.
-#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
-#[schemars(transform = drop_property_defaults)]
-pub struct ClusterStaticEntryStatus {
-    /// True when the spec was turned into a valid registration entry.
-    #[serde(default)]
-    pub rendered: bool,
-    /// True when the entry was dropped because an older object produced the same entry.
-    #[serde(default)]
-    pub masked: bool,
-    /// True when the entry was created or updated on the server.
-    #[serde(default)]
-    pub set: bool,
-    /// Latest observations of the object's state; type "Ready" is True when the entry is set on the server.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
-    pub conditions: Vec<Condition>,
-}
-
 /// Status counters and flags default to zero/false when absent, in Rust only: a `default` in the schema would make
 /// the apiserver write them into objects nobody has reconciled yet.
 fn drop_property_defaults(schema: &mut schemars::Schema) {
@@ -507,57 +157,6 @@ fn is_false(value: &bool) -> bool {
 
 fn parse_trust_domains(field: &'static str, names: &[String]) -> Result<Vec<TrustDomain>, CrdError> {
     names.iter().map(|name| TrustDomain::new(name).map_err(|source| CrdError::Id { field, source })).collect()
-}
-
-impl ClusterSPIFFEIDSpec {
-    /// `federatesWith` as trust domains.
-    pub fn federates_with(&self) -> Result<Vec<TrustDomain>, CrdError> {
-        parse_trust_domains("federatesWith", &self.federates_with)
-    }
-}
-
-impl ClusterFederatedTrustDomainSpec {
-    /// `trustDomain` as a trust domain.
-    pub fn trust_domain(&self) -> Result<TrustDomain, CrdError> {
-        TrustDomain::new(&self.trust_domain).map_err(|source| CrdError::Id { field: "trustDomain", source })
-    }
-
-    /// The endpoint's SPIFFE ID for https_spiffe (an error when it is missing), `None` for https_web.
-    pub fn endpoint_spiffe_id(&self) -> Result<Option<SpiffeId>, CrdError> {
-        let profile = &self.bundle_endpoint_profile;
-        match (profile.kind, profile.endpoint_spiffe_id.as_deref()) {
-            (BundleEndpointProfileType::HttpsWeb, _) => Ok(None),
-            (BundleEndpointProfileType::HttpsSpiffe, None) => Err(CrdError::MissingEndpointSpiffeId),
-            (BundleEndpointProfileType::HttpsSpiffe, Some(id)) => SpiffeId::new(id)
-                .map(Some)
-                .map_err(|source| CrdError::Id { field: "bundleEndpointProfile.endpointSPIFFEID", source }),
-        }
-    }
-}
-
-impl ClusterStaticEntrySpec {
-    /// `spiffeID` as a SPIFFE ID.
-    pub fn spiffe_id(&self) -> Result<SpiffeId, CrdError> {
-        SpiffeId::new(&self.spiffe_id).map_err(|source| CrdError::Id { field: "spiffeID", source })
-    }
-
-    /// `parentID` as a SPIFFE ID.
-    pub fn parent_id(&self) -> Result<SpiffeId, CrdError> {
-        SpiffeId::new(&self.parent_id).map_err(|source| CrdError::Id { field: "parentID", source })
-    }
-
-    /// `selectors` parsed as `type:value`.
-    pub fn selectors(&self) -> Result<Vec<Selector>, CrdError> {
-        self.selectors
-            .iter()
-            .map(|s| Selector::parse(s).map_err(|source| CrdError::Selector { field: "selectors", source }))
-            .collect()
-    }
-
-    /// `federatesWith` as trust domains.
-    pub fn federates_with(&self) -> Result<Vec<TrustDomain>, CrdError> {
-        parse_trust_domains("federatesWith", &self.federates_with)
-    }
 }
 
 /// The three CRDs, in a fixed order, with descriptions unwrapped (see [`unwrap_description`]).
@@ -611,7 +210,7 @@ pub struct GeneratedFile {
 
 /// First line of every generated file.
 pub const GENERATED_HEADER: &str =
-    "# Generated from operator/src/crd.rs by `cargo run -p sigil-operator --bin crdgen`. Do not edit.\n";
+    "# Generated from operator/src/crd/ by `cargo run -p sigil-operator --bin crdgen`. Do not edit.\n";
 
 /// Name of the file holding `crd`: `<group>_<plural>.yaml` (the controller-gen convention).
 pub fn crd_file_name(crd: &CustomResourceDefinition) -> String {
@@ -752,12 +351,12 @@ mod tests {
         }
     }
 
-    fn spec_schema(crd: &CustomResourceDefinition, part: &str) -> JSONSchemaProps {
+    pub(super) fn spec_schema(crd: &CustomResourceDefinition, part: &str) -> JSONSchemaProps {
         let root = crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap();
         root.properties.as_ref().unwrap()[part].clone()
     }
 
-    fn property(schema: &JSONSchemaProps, path: &[&str]) -> JSONSchemaProps {
+    pub(super) fn property(schema: &JSONSchemaProps, path: &[&str]) -> JSONSchemaProps {
         let mut current = schema.clone();
         for name in path {
             current =
@@ -766,98 +365,38 @@ mod tests {
         current
     }
 
-    fn field_names(schema: &JSONSchemaProps) -> Vec<String> {
+    pub(super) fn field_names(schema: &JSONSchemaProps) -> Vec<String> {
         schema.properties.as_ref().map(|p| p.keys().cloned().collect()).unwrap_or_default()
     }
 
-    fn sorted(names: &[&str]) -> Vec<String> {
+    pub(super) fn sorted(names: &[&str]) -> Vec<String> {
         let mut v: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         v.sort();
         v
     }
 
-    #[test]
-    fn field_names_match_spire_controller_manager() {
-        let table: &[(CustomResourceDefinition, &str, &[&str], &[&str])] = &[
-            (
-                ClusterSPIFFEID::crd(),
-                "spec",
-                &[
-                    "spiffeIDTemplate",
-                    "namespaceSelector",
-                    "podSelector",
-                    "workloadSelectorTemplates",
-                    "dnsNameTemplates",
-                    "autoPopulateDNSNames",
-                    "ttl",
-                    "jwtTtl",
-                    "federatesWith",
-                    "admin",
-                    "downstream",
-                    "className",
-                    "fallback",
-                    "hint",
-                ],
-                &["spiffeIDTemplate"],
-            ),
-            (
-                ClusterFederatedTrustDomain::crd(),
-                "spec",
-                &["trustDomain", "bundleEndpointURL", "bundleEndpointProfile", "trustDomainBundle", "className"],
-                &["bundleEndpointProfile", "bundleEndpointURL", "trustDomain"],
-            ),
-            (
-                ClusterStaticEntry::crd(),
-                "spec",
-                &[
-                    "spiffeID",
-                    "parentID",
-                    "selectors",
-                    "federatesWith",
-                    "x509SVIDTTL",
-                    "jwtSVIDTTL",
-                    "dnsNames",
-                    "hint",
-                    "admin",
-                    "downstream",
-                    "storeSVID",
-                    "className",
-                ],
-                &["parentID", "selectors", "spiffeID"],
-            ),
-            (ClusterStaticEntry::crd(), "status", &["rendered", "masked", "set", "conditions"], &[]),
-            (ClusterFederatedTrustDomain::crd(), "status", &["conditions"], &[]),
-            (ClusterSPIFFEID::crd(), "status", &["stats", "conditions"], &[]),
-        ];
-        for (crd, part, fields, required) in table {
-            let schema = spec_schema(crd, part);
-            assert_eq!(field_names(&schema), sorted(fields), "{} {part}", crd.spec.names.kind);
-            let mut got_required = schema.required.clone().unwrap_or_default();
-            got_required.sort();
-            assert_eq!(got_required, sorted(required), "{} {part} required", crd.spec.names.kind);
+    /// Walks every property below `schema`, calling `visit(path, property)`.
+    pub(super) fn walk(path: &str, schema: &JSONSchemaProps, visit: &mut dyn FnMut(&str, &JSONSchemaProps)) {
+        for (name, prop) in schema.properties.iter().flatten() {
+            let here = format!("{path}.{name}");
+            visit(&here, prop);
+            walk(&here, prop, visit);
         }
-        let stats = property(&spec_schema(&ClusterSPIFFEID::crd(), "status"), &["stats"]);
-        assert_eq!(
-            field_names(&stats),
-            sorted(&[
-                "namespacesSelected",
-                "namespacesIgnored",
-                "podsSelected",
-                "podEntryRenderFailures",
-                "entriesMasked",
-                "entriesToSet",
-                "entryFailures"
-            ])
-        );
-        let profile = property(&spec_schema(&ClusterFederatedTrustDomain::crd(), "spec"), &["bundleEndpointProfile"]);
-        assert_eq!(field_names(&profile), sorted(&["type", "endpointSPIFFEID"]));
-        assert_eq!(profile.required, Some(vec!["type".to_string()]));
-        let kinds: Vec<String> =
-            property(&profile, &["type"]).enum_.iter().flatten().map(|v| v.0.as_str().unwrap().to_string()).collect();
-        assert_eq!(
-            sorted(&kinds.iter().map(String::as_str).collect::<Vec<_>>()),
-            sorted(&["https_spiffe", "https_web"])
-        );
+        if let Some(
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray::Schema(items),
+        ) = &schema.items
+        {
+            walk(&format!("{path}[]"), items, visit);
+        }
+    }
+
+    pub(super) fn rules_of(schema: &JSONSchemaProps) -> Vec<(String, String)> {
+        schema
+            .x_kubernetes_validations
+            .iter()
+            .flatten()
+            .map(|r| (r.rule.clone(), r.message.clone().unwrap_or_default()))
+            .collect()
     }
 
     #[test]
@@ -888,25 +427,6 @@ mod tests {
             assert!(columns.contains(&READY_PATH), "{kind}: {columns:?}");
             assert!(columns.contains(&".metadata.creationTimestamp"), "{kind}: {columns:?}");
         }
-        let cftd = ClusterFederatedTrustDomain::crd();
-        let names: Vec<&str> =
-            cftd.spec.versions[0].additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["Trust Domain", "Endpoint URL", "Ready", "Age"]);
-    }
-
-    /// Walks every property below `schema`, calling `visit(path, property)`.
-    fn walk(path: &str, schema: &JSONSchemaProps, visit: &mut dyn FnMut(&str, &JSONSchemaProps)) {
-        for (name, prop) in schema.properties.iter().flatten() {
-            let here = format!("{path}.{name}");
-            visit(&here, prop);
-            walk(&here, prop, visit);
-        }
-        if let Some(
-            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray::Schema(items),
-        ) = &schema.items
-        {
-            walk(&format!("{path}[]"), items, visit);
-        }
     }
 
     #[test]
@@ -924,19 +444,6 @@ mod tests {
                 assert!(undocumented.is_empty(), "{}: undocumented {undocumented:?}", crd.spec.names.kind);
             }
         }
-        let template = property(&spec_schema(&ClusterSPIFFEID::crd(), "spec"), &["spiffeIDTemplate"]);
-        assert!(
-            template.description.as_deref().unwrap().contains("Go text/template rendering the workload's SPIFFE ID")
-        );
-    }
-
-    fn rules_of(schema: &JSONSchemaProps) -> Vec<(String, String)> {
-        schema
-            .x_kubernetes_validations
-            .iter()
-            .flatten()
-            .map(|r| (r.rule.clone(), r.message.clone().unwrap_or_default()))
-            .collect()
     }
 
     #[test]
@@ -964,90 +471,6 @@ mod tests {
             });
             assert!(checked > 0, "{} has no CEL rules", crd.spec.names.kind);
         }
-        let profile = property(&spec_schema(&ClusterFederatedTrustDomain::crd(), "spec"), &["bundleEndpointProfile"]);
-        assert!(rules_of(&profile).iter().any(|(rule, message)| rule.contains("https_spiffe")
-            && message == "endpointSPIFFEID is required when bundleEndpointProfile.type is https_spiffe"));
-        let url = property(&spec_schema(&ClusterFederatedTrustDomain::crd(), "spec"), &["bundleEndpointURL"]);
-        let messages: Vec<String> = rules_of(&url).into_iter().map(|(_, m)| m).collect();
-        assert!(messages.contains(&"bundleEndpointURL must be an https:// URL".to_string()), "{messages:?}");
-        assert!(messages.iter().any(|m| m.contains("userinfo")), "{messages:?}");
-        let td = property(&spec_schema(&ClusterFederatedTrustDomain::crd(), "spec"), &["trustDomain"]);
-        assert_eq!(td.pattern.as_deref(), Some(TRUST_DOMAIN_PATTERN));
-        let ttl = property(&spec_schema(&ClusterSPIFFEID::crd(), "spec"), &["ttl"]);
-        assert_eq!(ttl.pattern.as_deref(), Some(GO_DURATION_PATTERN));
-        assert_eq!(ttl.type_.as_deref(), Some("string"));
-    }
-
-    #[test]
-    fn typed_accessors_convert_or_explain() {
-        let entry = ClusterStaticEntrySpec {
-            spiffe_id: "spiffe://example.org/db".into(),
-            parent_id: "spiffe://example.org/spire/agent/x".into(),
-            selectors: vec!["unix:uid:1000".into(), "k8s:ns:default".into()],
-            federates_with: vec!["other.test".into(), "spiffe://third.test".into()],
-            ..Default::default()
-        };
-        assert_eq!(entry.spiffe_id().unwrap().as_str(), "spiffe://example.org/db");
-        assert_eq!(entry.parent_id().unwrap().as_str(), "spiffe://example.org/spire/agent/x");
-        let selectors = entry.selectors().unwrap();
-        assert_eq!(
-            selectors.iter().map(|s| (s.kind(), s.value())).collect::<Vec<_>>(),
-            [("unix", "uid:1000"), ("k8s", "ns:default")]
-        );
-        let tds: Vec<String> = entry.federates_with().unwrap().iter().map(|t| t.name().to_string()).collect();
-        assert_eq!(tds, ["other.test", "third.test"]);
-
-        let bad = ClusterStaticEntrySpec {
-            spiffe_id: "http://example.org/db".into(),
-            selectors: vec!["nocolon".into()],
-            ..entry.clone()
-        };
-        assert!(bad.spiffe_id().unwrap_err().to_string().starts_with("spiffeID: "));
-        assert!(bad.selectors().unwrap_err().to_string().contains("type:value"));
-
-        let mut cftd = ClusterFederatedTrustDomainSpec {
-            trust_domain: "backend".into(),
-            bundle_endpoint_url: "https://backend.test/bundle".into(),
-            bundle_endpoint_profile: BundleEndpointProfile {
-                kind: BundleEndpointProfileType::HttpsSpiffe,
-                endpoint_spiffe_id: None,
-            },
-            trust_domain_bundle: None,
-            class_name: None,
-        };
-        assert_eq!(cftd.trust_domain().unwrap().name(), "backend");
-        assert!(matches!(cftd.endpoint_spiffe_id(), Err(CrdError::MissingEndpointSpiffeId)));
-        cftd.bundle_endpoint_profile.endpoint_spiffe_id = Some("spiffe://backend/server".into());
-        assert_eq!(cftd.endpoint_spiffe_id().unwrap().unwrap().as_str(), "spiffe://backend/server");
-        cftd.bundle_endpoint_profile.kind = BundleEndpointProfileType::HttpsWeb;
-        assert_eq!(cftd.endpoint_spiffe_id().unwrap(), None);
-    }
-
-    #[test]
-    fn spire_controller_manager_json_round_trips() {
-        let json = serde_json::json!({
-            "spiffeIDTemplate": "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}",
-            "podSelector": {"matchLabels": {"app": "web"}},
-            "federatesWith": ["auditing"],
-            "ttl": "1h",
-            "jwtTtl": "5m",
-            "autoPopulateDNSNames": true,
-            "className": "sigil",
-        });
-        let spec: ClusterSPIFFEIDSpec = serde_json::from_value(json.clone()).unwrap();
-        assert_eq!(spec.ttl.as_ref().map(GoDuration::as_str), Some("1h"));
-        assert!(spec.auto_populate_dns_names);
-        assert_eq!(serde_json::to_value(&spec).unwrap(), json);
-
-        let entry = serde_json::json!({
-            "spiffeID": "spiffe://x.test/a", "parentID": "spiffe://x.test/b", "selectors": ["a:b"],
-            "x509SVIDTTL": "2h", "jwtSVIDTTL": "6m", "storeSVID": true, "dnsNames": ["d"],
-        });
-        let spec: ClusterStaticEntrySpec = serde_json::from_value(entry.clone()).unwrap();
-        assert!(spec.store_svid);
-        assert_eq!(spec.x509_svid_ttl.unwrap().to_duration(), Ok(Duration::from_secs(7200)));
-        let back: ClusterStaticEntrySpec = serde_json::from_value(entry.clone()).unwrap();
-        assert_eq!(serde_json::to_value(&back).unwrap(), entry);
     }
 
     #[test]
