@@ -8,6 +8,7 @@
 //! join_token = "..."                 # only needed for the first start (or after eviction)
 //! data_dir = "./.data"
 //! socket_path = "/tmp/sigil-agent/public/api.sock"
+//! admin_socket_path = "/run/sigil/agent-admin/admin.sock"  # optional; off when absent (see crate::admin)
 //! trust_bundle_path = "bundle.pem"   # or: insecure_bootstrap = true
 //! log_level = "info"
 //! log_format = "text"                # or "json"
@@ -76,6 +77,8 @@ pub struct AgentSection {
     pub join_token: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub socket_path: Option<PathBuf>,
+    /// SPIRE's key: the private admin socket (pod identity readiness for the CSI driver); off when absent.
+    pub admin_socket_path: Option<PathBuf>,
     pub trust_bundle_path: Option<PathBuf>,
     pub insecure_bootstrap: Option<bool>,
     pub log_level: Option<String>,
@@ -160,6 +163,8 @@ pub struct AgentConfig {
     pub k8s_psat: Option<K8sPsatConfig>,
     pub data_dir: PathBuf,
     pub socket_path: PathBuf,
+    /// `admin_socket_path`: the private admin socket ([`crate::admin`]); `None` = off.
+    pub admin_socket_path: Option<PathBuf>,
     pub bootstrap: Bootstrap,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -181,6 +186,7 @@ impl AgentConfig {
             k8s_psat: None,
             data_dir: DEFAULT_DATA_DIR.into(),
             socket_path: DEFAULT_SOCKET_PATH.into(),
+            admin_socket_path: None,
             bootstrap: Bootstrap::StoredOnly,
             log_level: "info".into(),
             log_format: LogFormat::Text,
@@ -261,6 +267,11 @@ impl AgentConfig {
         } else {
             None
         };
+        let socket_path = o.socket_path.or(a.socket_path).unwrap_or_else(|| DEFAULT_SOCKET_PATH.into());
+        let admin_socket_path = a.admin_socket_path;
+        if let Some(admin) = &admin_socket_path {
+            check_admin_socket_path(admin, &socket_path)?;
+        }
         Ok(Self {
             trust_domain,
             server_address,
@@ -268,7 +279,8 @@ impl AgentConfig {
             join_token,
             k8s_psat,
             data_dir: o.data_dir.or(a.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
-            socket_path: o.socket_path.or(a.socket_path).unwrap_or_else(|| DEFAULT_SOCKET_PATH.into()),
+            socket_path,
+            admin_socket_path,
             bootstrap,
             log_level,
             log_format,
@@ -277,6 +289,29 @@ impl AgentConfig {
             health,
         })
     }
+}
+
+/// The admin socket must have a file name, and must not be in the Workload API socket's directory or below
+/// it: that directory is public (and the CSI driver mounts it into pods). As SPIRE checks it.
+fn check_admin_socket_path(admin: &Path, workload: &Path) -> Result<(), ConfigError> {
+    let name = "admin_socket_path";
+    if admin.file_name().is_none() || admin.as_os_str().is_empty() {
+        return Err(field(name, format!("{:?} names no socket file", admin.display().to_string())));
+    }
+    let admin_dir = admin.parent().unwrap_or(Path::new(""));
+    let workload_dir = workload.parent().unwrap_or(Path::new(""));
+    if admin_dir.starts_with(workload_dir) {
+        return Err(field(
+            name,
+            format!(
+                "{} is inside the Workload API socket's directory {} (public, and mounted into pods): use a \
+                 directory of its own, e.g. /run/sigil/agent-admin/admin.sock",
+                admin.display(),
+                workload_dir.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -389,6 +424,21 @@ bind_port = 9999
         let plain = "[agent]\ntrust_domain = \"example.org\"\nserver_address = \"s\"\n";
         let c = AgentConfig::resolve(FileConfig::parse(plain).unwrap(), o).unwrap();
         assert_eq!(c.node_attestor(), Some(NodeAttestor::JoinToken("t".into())));
+    }
+
+    #[test]
+    fn admin_socket_path_is_optional_and_kept_out_of_the_public_directory() {
+        let base = "[agent]\ntrust_domain = \"example.org\"\nserver_address = \"s\"\nsocket_path = \"/run/spire/agent-sockets/spire-agent.sock\"\n";
+        let c = AgentConfig::resolve(FileConfig::parse(base).unwrap(), Overrides::default()).unwrap();
+        assert_eq!(c.admin_socket_path, None);
+        let ok = format!("{base}admin_socket_path = \"/run/sigil/agent-admin/admin.sock\"\n");
+        let c = AgentConfig::resolve(FileConfig::parse(&ok).unwrap(), Overrides::default()).unwrap();
+        assert_eq!(c.admin_socket_path, Some(PathBuf::from("/run/sigil/agent-admin/admin.sock")));
+        for bad in ["/run/spire/agent-sockets/admin.sock", "/run/spire/agent-sockets/private/admin.sock", "/"] {
+            let text = format!("{base}admin_socket_path = \"{bad}\"\n");
+            let err = AgentConfig::resolve(FileConfig::parse(&text).unwrap(), Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("`admin_socket_path`"), "{bad}: {err}");
+        }
     }
 
     #[test]

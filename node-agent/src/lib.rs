@@ -6,6 +6,7 @@
 //! Entry points: [`run::start`] (returns a [`run::RunningAgent`] with the bound addresses and
 //! `shutdown()`), and the CLI in [`cli`].
 
+pub mod admin;
 pub mod attest;
 pub mod attestation;
 pub mod cli;

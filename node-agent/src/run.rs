@@ -37,6 +37,8 @@ use crate::workload::{self, WorkloadApi};
 pub enum RunError {
     #[error(transparent)]
     Endpoint(#[from] workload::EndpointError),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
     #[error("health listener on {addr}: {source}")]
     Health { addr: String, source: std::io::Error },
     #[error(transparent)]
@@ -68,6 +70,8 @@ pub enum RunError {
 pub struct RunningAgent {
     /// The Workload API socket.
     pub socket_path: PathBuf,
+    /// The admin socket (`admin_socket_path`), when enabled.
+    pub admin_socket_path: Option<PathBuf>,
     /// Where /live, /ready and /metrics listen (when enabled).
     pub health_addr: Option<SocketAddr>,
     pub manager: ManagerHandle,
@@ -102,6 +106,9 @@ impl RunningAgent {
         // The manager holds no external resources; it ends with the agent.
         self.manager_task.abort();
         let _ = std::fs::remove_file(&self.socket_path);
+        if let Some(p) = &self.admin_socket_path {
+            let _ = std::fs::remove_file(p);
+        }
         result
     }
 }
@@ -111,6 +118,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, RunError> {
     let metrics = Arc::new(Metrics::new());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let listener = workload::bind_socket(&config.socket_path)?;
+    let admin_listener = config.admin_socket_path.as_deref().map(crate::admin::bind).transpose()?;
 
     let (bundle_tx, bundle_rx) = watch::channel(Arc::new(Bundle::new(config.trust_domain.clone())));
     let addr = node::resolve(&config.server_address, config.server_port).await?;
@@ -135,6 +143,10 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, RunError> {
         }
     }));
 
+    if let Some(l) = admin_listener {
+        tasks.push(tokio::spawn(crate::admin::serve(l, manager.subscribe(), metrics.clone(), shutdown_rx.clone())));
+    }
+
     let health_addr = match config.health {
         Some((ip, port)) => {
             let l = tokio::net::TcpListener::bind((ip, port))
@@ -149,10 +161,15 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, RunError> {
 
     tracing::info!(socket = %config.socket_path.display(), server = %addr, trust_domain = %config.trust_domain, "agent starting");
     let socket_path = config.socket_path.clone();
+    let admin_socket_path = config.admin_socket_path.clone();
+    if let Some(p) = &admin_socket_path {
+        tracing::info!(admin_socket = %p.display(), "admin socket serving pod identity readiness");
+    }
     let ctx = LoopCtx { config, conn, manager: manager.clone(), bundle_tx, bundle_rx, metrics: metrics.clone() };
     let agent_loop = tokio::spawn(agent_loop(ctx, shutdown_rx));
     Ok(RunningAgent {
         socket_path,
+        admin_socket_path,
         health_addr,
         manager,
         metrics,
