@@ -4,7 +4,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use sigil_core::{RegistrationEntry, TrustDomain};
 
-use crate::crd::{ClusterSPIFFEID, ClusterStaticEntry, GoDuration};
+use crate::crd::{ClusterSPIFFEID, ClusterStaticEntry, GoDuration, SPIFFE_ID_TEMPLATE_REASON};
 use crate::labels::LabelMatcher;
 use crate::template::Template;
 use crate::world::{Policy, Rank, StaticEntry};
@@ -49,7 +49,11 @@ pub fn policy(cr: &ClusterSPIFFEID) -> Result<Policy, CompileError> {
         namespace_selector: LabelMatcher::from_selector(s.namespace_selector.as_ref())
             .map_err(|e| err("namespaceSelector", e))?,
         pod_selector: LabelMatcher::from_selector(s.pod_selector.as_ref()).map_err(|e| err("podSelector", e))?,
-        spiffe_id: template("spiffeIDTemplate".into(), &s.spiffe_id_template)?,
+        spiffe_id: {
+            // The schema refuses these; an object stored before the CRD had the rule gets the same words here.
+            s.check_spiffe_id_template_start().map_err(|_| err("spiffeIDTemplate", SPIFFE_ID_TEMPLATE_REASON))?;
+            template("spiffeIDTemplate".into(), &s.spiffe_id_template)?
+        },
         workload_selectors: s
             .workload_selector_templates
             .iter()
@@ -104,4 +108,41 @@ pub fn static_entry(cr: &ClusterStaticEntry, td: &TrustDomain) -> Result<StaticE
         class_name: s.class_name.clone().filter(|c| !c.is_empty()),
         entry,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{ClusterSPIFFEIDSpec, SPIFFE_ID_TEMPLATE_MESSAGE};
+
+    fn csid(template: &str) -> ClusterSPIFFEID {
+        ClusterSPIFFEID::new("t", ClusterSPIFFEIDSpec { spiffe_id_template: template.into(), ..Default::default() })
+    }
+
+    #[test]
+    fn spiffe_id_template_start_agrees_with_the_schema() {
+        let refused =
+            ["http://example.org/x", " spiffe://example.org/x", "\t{{ .TrustDomain }}", "x{{ .TrustDomain }}", ""];
+        for template in refused {
+            let e = policy(&csid(template)).err().unwrap_or_else(|| panic!("{template:?} was accepted"));
+            assert_eq!(e.field, "spiffeIDTemplate", "{template:?}");
+            assert_eq!(e.reason, SPIFFE_ID_TEMPLATE_REASON, "{template:?}");
+            // The status says what the apiserver says for the same value.
+            assert_eq!(format!("spiffeIDTemplate {}", e.reason), SPIFFE_ID_TEMPLATE_MESSAGE);
+        }
+        let accepted = [
+            "spiffe://example.org/x",
+            "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}",
+            "{{ printf \"spiffe://%s/x\" .TrustDomain }}",
+            "{{- printf \"spiffe://%s/x\" .TrustDomain -}}",
+            "{{/* comment */}}spiffe://example.org/x",
+        ];
+        for template in accepted {
+            assert!(policy(&csid(template)).is_ok(), "{template:?}: {:?}", policy(&csid(template)).err());
+        }
+        // A template that starts well but does not parse still fails, with the parser's words.
+        let e = policy(&csid("{{ .TrustDomain")).err().unwrap_or_else(|| panic!("unclosed action accepted"));
+        assert_eq!(e.field, "spiffeIDTemplate");
+        assert_ne!(e.reason, SPIFFE_ID_TEMPLATE_REASON);
+    }
 }

@@ -318,6 +318,51 @@ spec:
     delete_node(&c.k, &node).await;
 }
 
+/// The apiserver itself refuses a spiffeIDTemplate that cannot render a spiffe:// URI (the CRD's CEL rule),
+/// with the rule's message, on `kubectl apply` and `kubectl create`; templates starting with spiffe:// or with
+/// an action are stored. No operator runs: this is the schema alone.
+#[tokio::test]
+#[ignore = "needs the api tier: e2e/operator/run.sh"]
+async fn spiffe_id_template_must_start_with_spiffe_or_an_action() {
+    let c = ctx("template-start").await;
+    let message = "spiffeIDTemplate must start with spiffe:// or with a template action {{ ... }}";
+    let manifest = |name: &str, template: &str| {
+        // A JSON string is a YAML double-quoted scalar.
+        let template = serde_json::to_string(template).unwrap();
+        format!(
+            "apiVersion: sigil.dev/v1alpha1\nkind: ClusterSPIFFEID\nmetadata:\n  name: {name}\nspec:\n  className: {}\n  \
+             spiffeIDTemplate: {template}\n",
+            c.class
+        )
+    };
+    let refused = ["http://example.org/x", " spiffe://example.org/x", "ns/{{ .PodMeta.Namespace }}"];
+    for (i, template) in refused.iter().enumerate() {
+        let name = format!("refused-{i}-{}", c.run);
+        for verb in [&["apply", "-f", "-"][..], &["create", "-f", "-"][..]] {
+            let (ok, out) = kubectl_stdin(verb, &manifest(&name, template));
+            assert!(!ok, "kubectl {verb:?} accepted spiffeIDTemplate {template:?}: {out}");
+            assert!(out.contains(message), "kubectl {verb:?} of {template:?} refused without {message:?}: {out}");
+        }
+        let (found, _) = kubectl_stdin(&["get", "clusterspiffeid", &name], "");
+        assert!(!found, "{name} was stored");
+    }
+    let accepted = [
+        "spiffe://example.org/x",
+        "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}",
+        "{{ printf \"spiffe://%s/ns/%s\" .TrustDomain .PodMeta.Namespace }}",
+        "{{- printf \"spiffe://%s/x\" .TrustDomain -}}",
+    ];
+    for (i, template) in accepted.iter().enumerate() {
+        let name = format!("accepted-{i}-{}", c.run);
+        let verb: &[&str] = if i % 2 == 0 { &["apply", "-f", "-"] } else { &["create", "-f", "-"] };
+        let (ok, out) = kubectl_stdin(verb, &manifest(&name, template));
+        assert!(ok, "kubectl {verb:?} refused spiffeIDTemplate {template:?}: {out}");
+        let stored = kubectl_get_json("clusterspiffeid", &name);
+        assert_eq!(stored["spec"]["spiffeIDTemplate"], *template, "{stored}");
+        kubectl_delete("clusterspiffeid", &name);
+    }
+}
+
 #[tokio::test]
 #[ignore = "needs the api tier: e2e/operator/run.sh"]
 async fn static_entries_and_federation_relationships() {

@@ -8,6 +8,26 @@ use sigil_core::TrustDomain;
 
 use super::{CrdError, FEDERATES_WITH_PATTERN, GoDuration, drop_property_defaults, is_false, parse_trust_domains};
 
+/// Pattern every `spiffeIDTemplate` matches: it starts with `spiffe://` or with a template action (`{{`, which
+/// includes `{{-`). Anything else cannot render a `spiffe://` URI: literal text before the first action is
+/// rendered as is, and leading whitespace is not trimmed (spire-controller-manager trims nothing either).
+pub const SPIFFE_ID_TEMPLATE_PATTERN: &str = r"^(spiffe://|\{\{)";
+/// The CEL rule of [`SPIFFE_ID_TEMPLATE_PATTERN`], so the apiserver's refusal carries
+/// [`SPIFFE_ID_TEMPLATE_MESSAGE`].
+pub const SPIFFE_ID_TEMPLATE_RULE: &str = "self.startsWith('spiffe://') || self.startsWith('{{')";
+/// What the apiserver says when [`SPIFFE_ID_TEMPLATE_RULE`] fails.
+pub const SPIFFE_ID_TEMPLATE_MESSAGE: &str = "spiffeIDTemplate must start with spiffe:// or with a template action \
+     {{ ... }} (nothing before it, not even whitespace)";
+/// The same refusal in the operator's own check ([`ClusterSPIFFEIDSpec::check_spiffe_id_template_start`]),
+/// which names the field separately.
+pub const SPIFFE_ID_TEMPLATE_REASON: &str =
+    "must start with spiffe:// or with a template action {{ ... }} (nothing before it, not even whitespace)";
+
+/// Whether `template` starts as [`SPIFFE_ID_TEMPLATE_PATTERN`] requires.
+pub fn spiffe_id_template_starts_well(template: &str) -> bool {
+    template.starts_with("spiffe://") || template.starts_with("{{")
+}
+
 /// Creates registration entries for the pods it selects, rendering the SPIFFE ID (and DNS names and selectors)
 /// from templates.
 // Several `printcolumn(...)` repeat the same keys, which clippy mistakes for duplicated attributes.
@@ -37,9 +57,13 @@ pub struct ClusterSPIFFEIDSpec {
     /// "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}".
     /// Data: .TrustDomain, .ClusterName, .ClusterDomain, .PodMeta, .PodSpec, .NodeMeta, .NodeSpec. The rendered ID
     /// must be in the operator's trust domain. Required.
+    ///
+    /// Must start with "spiffe://" or with a template action ("{{" or "{{-"); nothing may come before it, not
+    /// even whitespace, which is not trimmed (it would be rendered into the ID, as in spire-controller-manager).
     #[serde(rename = "spiffeIDTemplate")]
-    #[schemars(length(max = 2048), extend("x-kubernetes-validations" = [
-        {"rule": "self.matches('\\\\S')", "message": "spiffeIDTemplate must not be empty"}
+    #[schemars(length(max = 2048), pattern(SPIFFE_ID_TEMPLATE_PATTERN), extend("x-kubernetes-validations" = [
+        {"rule": "self.matches('\\\\S')", "message": "spiffeIDTemplate must not be empty"},
+        {"rule": SPIFFE_ID_TEMPLATE_RULE, "message": SPIFFE_ID_TEMPLATE_MESSAGE}
     ]))]
     pub spiffe_id_template: String,
 
@@ -158,6 +182,16 @@ pub struct ClusterSPIFFEIDStats {
 }
 
 impl ClusterSPIFFEIDSpec {
+    /// The schema's start rule on `spiffeIDTemplate` ([`SPIFFE_ID_TEMPLATE_RULE`]), for objects the apiserver
+    /// stored without it (created before the CRD had the rule).
+    pub fn check_spiffe_id_template_start(&self) -> Result<(), CrdError> {
+        if spiffe_id_template_starts_well(&self.spiffe_id_template) {
+            Ok(())
+        } else {
+            Err(CrdError::SpiffeIdTemplateStart)
+        }
+    }
+
     /// `federatesWith` as trust domains.
     pub fn federates_with(&self) -> Result<Vec<TrustDomain>, CrdError> {
         parse_trust_domains("federatesWith", &self.federates_with)
@@ -171,8 +205,8 @@ mod tests {
     use kube::CustomResourceExt;
 
     use super::*;
-    use crate::crd::GO_DURATION_PATTERN;
-    use crate::crd::tests::{field_names, property, sorted, spec_schema};
+    use crate::crd::tests::{field_names, property, rules_of, sorted, spec_schema};
+    use crate::crd::{GO_DURATION_PATTERN, generated_files, unwrap_description};
 
     #[test]
     fn field_names_match_spire_controller_manager() {
@@ -225,6 +259,69 @@ mod tests {
         let ttl = property(&spec, &["ttl"]);
         assert_eq!(ttl.pattern.as_deref(), Some(GO_DURATION_PATTERN));
         assert_eq!(ttl.type_.as_deref(), Some("string"));
+    }
+
+    #[test]
+    fn spiffe_id_template_must_start_with_spiffe_or_an_action() {
+        let template = property(&spec_schema(&ClusterSPIFFEID::crd(), "spec"), &["spiffeIDTemplate"]);
+        assert_eq!(template.pattern.as_deref(), Some(SPIFFE_ID_TEMPLATE_PATTERN));
+        assert!(
+            rules_of(&template)
+                .contains(&(SPIFFE_ID_TEMPLATE_RULE.to_string(), SPIFFE_ID_TEMPLATE_MESSAGE.to_string())),
+            "{:?}",
+            rules_of(&template)
+        );
+        assert_eq!(
+            SPIFFE_ID_TEMPLATE_MESSAGE,
+            "spiffeIDTemplate must start with spiffe:// or with a template action {{ ... }} (nothing before it, not \
+             even whitespace)"
+        );
+        assert!(unwrap_description(template.description.as_deref().unwrap()).contains("not even whitespace"));
+
+        // The generated YAML (what crds/ and the chart hold) carries the rule, the message and the pattern.
+        let files = generated_files().unwrap();
+        let yaml = &files.iter().find(|f| f.name == "sigil.dev_clusterspiffeids.yaml").unwrap().contents;
+        let doc: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+        let field = &doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["spiffeIDTemplate"];
+        assert_eq!(field["pattern"].as_str(), Some(r"^(spiffe://|\{\{)"));
+        let rules = field["x-kubernetes-validations"].as_sequence().unwrap();
+        assert!(
+            rules.iter().any(|r| r["rule"].as_str() == Some("self.startsWith('spiffe://') || self.startsWith('{{')")
+                && r["message"].as_str() == Some(SPIFFE_ID_TEMPLATE_MESSAGE)),
+            "{rules:?}"
+        );
+
+        // The pattern, the CEL rule (its two prefixes) and the operator's own check agree.
+        let pattern = regex::Regex::new(SPIFFE_ID_TEMPLATE_PATTERN).unwrap();
+        let table: &[(&str, bool)] = &[
+            ("spiffe://example.org/x", true),
+            ("spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}", true),
+            ("{{ .TrustDomain }}", true),
+            ("{{- .TrustDomain -}}", true),
+            ("{{/* c */}}spiffe://x", true),
+            ("http://example.org/x", false),
+            ("https://example.org/x", false),
+            ("SPIFFE://example.org/x", false),
+            ("spiffe:/example.org/x", false),
+            (" spiffe://example.org/x", false),
+            ("\n{{ .TrustDomain }}", false),
+            ("{ {.TrustDomain}}", false),
+            ("x", false),
+            ("", false),
+        ];
+        for (input, expected) in table {
+            assert_eq!(pattern.is_match(input), *expected, "pattern on {input:?}");
+            assert_eq!(spiffe_id_template_starts_well(input), *expected, "check on {input:?}");
+            let cel = input.starts_with("spiffe://") || input.starts_with("{{");
+            assert_eq!(cel, *expected, "CEL on {input:?}");
+            let spec = ClusterSPIFFEIDSpec { spiffe_id_template: input.to_string(), ..Default::default() };
+            assert_eq!(spec.check_spiffe_id_template_start().is_ok(), *expected, "{input:?}");
+        }
+        let refused = ClusterSPIFFEIDSpec { spiffe_id_template: "http://x".into(), ..Default::default() };
+        assert_eq!(
+            refused.check_spiffe_id_template_start().unwrap_err().to_string(),
+            format!("spiffeIDTemplate: {SPIFFE_ID_TEMPLATE_REASON}")
+        );
     }
 
     #[test]

@@ -32,7 +32,10 @@ pub use self::cluster_federated_trust_domain::{
     BundleEndpointProfile, BundleEndpointProfileType, ClusterFederatedTrustDomain, ClusterFederatedTrustDomainSpec,
     ClusterFederatedTrustDomainStatus,
 };
-pub use self::cluster_spiffe_id::{ClusterSPIFFEID, ClusterSPIFFEIDSpec, ClusterSPIFFEIDStats, ClusterSPIFFEIDStatus};
+pub use self::cluster_spiffe_id::{
+    ClusterSPIFFEID, ClusterSPIFFEIDSpec, ClusterSPIFFEIDStats, ClusterSPIFFEIDStatus, SPIFFE_ID_TEMPLATE_MESSAGE,
+    SPIFFE_ID_TEMPLATE_PATTERN, SPIFFE_ID_TEMPLATE_REASON, SPIFFE_ID_TEMPLATE_RULE, spiffe_id_template_starts_well,
+};
 pub use self::cluster_static_entry::{ClusterStaticEntry, ClusterStaticEntrySpec, ClusterStaticEntryStatus};
 
 /// API group of every Sigil custom resource.
@@ -70,6 +73,9 @@ pub enum CrdError {
         /// What is wrong with the value.
         source: SelectorError,
     },
+    /// `spiffeIDTemplate` cannot render a `spiffe://` URI (see [`SPIFFE_ID_TEMPLATE_PATTERN`]).
+    #[error("spiffeIDTemplate: {}", SPIFFE_ID_TEMPLATE_REASON)]
+    SpiffeIdTemplateStart,
     /// `https_spiffe` needs the endpoint's SPIFFE ID.
     #[error("bundleEndpointProfile: endpointSPIFFEID is required when type is https_spiffe")]
     MissingEndpointSpiffeId,

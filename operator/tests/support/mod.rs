@@ -320,6 +320,22 @@ pub fn kubectl_apply(yaml: &str) {
     assert!(out.status.success(), "kubectl apply: {}\n{yaml}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Runs `kubectl <args>` with `yaml` on stdin: whether it succeeded, and what it printed (stdout and stderr).
+pub fn kubectl_stdin(args: &[&str], yaml: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new(kubectl())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
 pub fn kubectl_delete(kind: &str, name: &str) {
     let out =
         Command::new(kubectl()).args(["delete", kind, name, "--ignore-not-found", "--wait=false"]).output().unwrap();
