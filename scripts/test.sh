@@ -53,6 +53,10 @@ tier "unit, spec, integration and interop tests (real SQLite, openssl, sockets, 
 cargo test --workspace --locked --no-fail-fast
 passed+=(cargo-test)
 
+tier "generated CRDs: crds/ and charts/sigil-crds/templates/ are what operator/src/crd/ generates (crdgen --check)"
+cargo run --locked -q -p sigil-operator --bin crdgen -- --check
+passed+=(crdgen)
+
 tier "test cluster: build its parts from Go modules and Debian packages (cached in ~/.cache/sigil-e2e)"
 e2e/cluster/build.sh
 

@@ -8,8 +8,9 @@
 //! manifests only need their `apiVersion` changed. The schema carries the validation (patterns and CEL rules)
 //! so the apiserver refuses bad objects with a message that says what is wrong; nothing here does I/O.
 //!
-//! The committed YAML in `crds/` is produced by [`generated_files`] (see the `crdgen` binary); a test fails when
-//! it drifts from these types.
+//! The committed YAML in `crds/` is produced by [`generated_files`], and the `sigil-crds` Helm chart's copy in
+//! [`CHART_TEMPLATES_DIR`] by [`chart_files`] (the same text, Helm-escaped); the `crdgen` binary writes both, and
+//! a test fails when either drifts from these types.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -238,6 +239,27 @@ pub fn render_crd(crd: &CustomResourceDefinition) -> Result<String, CrdError> {
 /// Every file the `crds/` directory should hold, in a fixed order.
 pub fn generated_files() -> Result<Vec<GeneratedFile>, CrdError> {
     crds().iter().map(|crd| Ok(GeneratedFile { name: crd_file_name(crd), contents: render_crd(crd)? })).collect()
+}
+
+/// Where the `sigil-crds` Helm chart keeps its copy of the CRDs, relative to the repository root.
+pub const CHART_TEMPLATES_DIR: &str = "charts/sigil-crds/templates";
+
+/// What Helm renders back as `{{`: Helm treats every file under a chart's `templates/` as a Go template.
+pub const HELM_OPEN_ACTION: &str = r#"{{ "{{" }}"#;
+
+/// `text` as a Helm template that renders to exactly `text`: every `{{` becomes [`HELM_OPEN_ACTION`] (a
+/// closing `}}` outside an action is plain text, so nothing else needs escaping).
+pub fn helm_escape(text: &str) -> String {
+    text.replace("{{", HELM_OPEN_ACTION)
+}
+
+/// Every file the `sigil-crds` chart's `templates/` should hold: the same files as [`generated_files`],
+/// escaped with [`helm_escape`], so `helm template` prints the text of `crds/` unchanged.
+pub fn chart_files() -> Result<Vec<GeneratedFile>, CrdError> {
+    Ok(generated_files()?
+        .into_iter()
+        .map(|file| GeneratedFile { contents: helm_escape(&file.contents), name: file.name })
+        .collect())
 }
 
 /// How a directory's CRD files differ from the generated ones.
@@ -524,6 +546,27 @@ mod tests {
         actual.insert("sigil.dev_a.yaml".into(), "x\ny\n".into());
         actual.insert("sigil.dev_b.yaml".into(), "b\n".into());
         assert!(diff_files(&expected, &actual).is_empty());
+    }
+
+    #[test]
+    fn chart_files_render_to_the_crds_with_go_templates() {
+        assert_eq!(helm_escape("a {{ .X }} b {{- y }}}"), r#"a {{ "{{" }} .X }} b {{ "{{" }}- y }}}"#);
+        assert_eq!(helm_escape("no actions }}"), "no actions }}");
+        let plain = generated_files().unwrap();
+        let chart = chart_files().unwrap();
+        assert_eq!(plain.len(), chart.len());
+        let mut escaped = 0;
+        for (p, c) in plain.iter().zip(&chart) {
+            assert_eq!(p.name, c.name);
+            escaped += usize::from(p.contents != c.contents);
+            // Rendered as a Go template (what Helm does with templates/), the chart's copy is the CRD again.
+            let rendered = crate::template::Template::parse(&c.contents)
+                .and_then(|t| t.render(&serde_json::json!({})))
+                .unwrap_or_else(|e| panic!("{}: {e}", c.name));
+            assert_eq!(rendered, p.contents, "{}", c.name);
+        }
+        // The ClusterSPIFFEID documents and validates templates, so its text has actions to escape.
+        assert!(escaped >= 1);
     }
 
     #[test]
