@@ -169,7 +169,8 @@ EOF
 for vs in default upstream minimal wait; do
   args=()
   [ "$vs" = default ] || args=(-f "$work/values-$vs.yaml")
-  helm template "$REL" "$REPO/charts/sigil" -n "$NS" "${chart_set[@]}" "${args[@]}" > "$work/rendered-$vs.yaml" \
+  # --skip-tests: the test pod names a ServiceAccount that only exists during `helm test` (run below).
+  helm template "$REL" "$REPO/charts/sigil" -n "$NS" --skip-tests "${chart_set[@]}" "${args[@]}" > "$work/rendered-$vs.yaml" \
     || fail "helm template ($vs)"
   kubectl apply --dry-run=server -n "$NS" -f "$work/rendered-$vs.yaml" > "$work/dryrun-$vs.txt" 2>&1 \
     || fail "server-side dry run of the $vs values: $(tail -5 "$work/dryrun-$vs.txt")"
