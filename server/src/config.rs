@@ -50,6 +50,8 @@ pub struct ServerSection {
     pub bind_address: Option<String>,
     pub bind_port: Option<u16>,
     pub socket_path: Option<PathBuf>,
+    /// See [`ServerConfig::socket_shared_volume`].
+    pub socket_shared_volume: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
@@ -134,6 +136,12 @@ pub struct ServerConfig {
     pub bind_address: IpAddr,
     pub bind_port: u16,
     pub socket_path: PathBuf,
+    /// `[server] socket_shared_volume`: a volume mounted for this pod only (a Kubernetes emptyDir shared
+    /// with the operator sidecar) above the admin socket's directory. That one directory may be writable by
+    /// others (an emptyDir is root-owned 0777, not sticky), but only if it is a mount point; the socket's
+    /// own directory below it is still created 0700 and checked as private. `None`: every directory above
+    /// the socket must be closed to others (or sticky), as on a host.
+    pub socket_shared_volume: Option<PathBuf>,
     pub data_dir: PathBuf,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -258,11 +266,14 @@ impl ServerConfig {
         } else {
             None
         };
+        let socket_path = o.socket_path.or(s.socket_path).unwrap_or_else(|| DEFAULT_SOCKET_PATH.into());
+        let socket_shared_volume = s.socket_shared_volume.map(|v| check_shared_volume(&socket_path, v)).transpose()?;
         Ok(Self {
             trust_domain,
             bind_address,
             bind_port: o.server_port.or(s.bind_port).unwrap_or(DEFAULT_SERVER_PORT),
-            socket_path: o.socket_path.or(s.socket_path).unwrap_or_else(|| DEFAULT_SOCKET_PATH.into()),
+            socket_path,
+            socket_shared_volume,
             data_dir: o.data_dir.or(s.data_dir).unwrap_or_else(|| "./.data".into()),
             log_level,
             log_format,
@@ -278,6 +289,29 @@ impl ServerConfig {
             k8s_psat: file.node_attestor.k8s_psat.map(resolve_k8s_psat).transpose()?,
         })
     }
+}
+
+/// `socket_shared_volume` must be an absolute path strictly above the socket's directory: the socket's own
+/// directory is created below it, private, so the volume's openness never reaches the socket itself.
+/// (Whether it really is a mount point is checked when the socket directory is prepared.)
+fn check_shared_volume(socket_path: &std::path::Path, volume: PathBuf) -> Result<PathBuf, ConfigError> {
+    let name = "socket_shared_volume";
+    if !volume.is_absolute() || volume.parent().is_none() {
+        return Err(field(name, format!("{} must be an absolute path other than /", volume.display())));
+    }
+    let socket_dir = socket_path.parent().unwrap_or(std::path::Path::new(""));
+    if socket_dir == volume || !socket_dir.starts_with(&volume) {
+        return Err(field(
+            name,
+            format!(
+                "{} must be a directory above the admin socket's own directory (socket_path {}), for example socket_path = \"{}/private/api.sock\"",
+                volume.display(),
+                socket_path.display(),
+                volume.display()
+            ),
+        ));
+    }
+    Ok(volume)
 }
 
 fn resolve_k8s_psat(section: K8sPsatSection) -> Result<K8sPsatConfig, ConfigError> {
@@ -558,6 +592,43 @@ mod tests {
         for (text, want) in cases {
             let err = resolve_text(text).unwrap_err();
             assert!(err.contains(want), "{text:?} -> {err}");
+        }
+    }
+
+    #[test]
+    fn socket_shared_volume_must_be_absolute_and_above_the_socket_directory() {
+        let sock = |p: &str| format!("socket_path = \"{p}\"\n");
+        let cases: &[(String, Result<Option<&str>, &str>)] = &[
+            (String::new(), Ok(None)),
+            (
+                sock("/run/sigil/admin/private/api.sock") + "socket_shared_volume = \"/run/sigil/admin\"\n",
+                Ok(Some("/run/sigil/admin")),
+            ),
+            (
+                sock("/run/sigil/admin/a/b/api.sock") + "socket_shared_volume = \"/run/sigil/admin\"\n",
+                Ok(Some("/run/sigil/admin")),
+            ),
+            (
+                sock("/run/sigil/admin/api.sock") + "socket_shared_volume = \"/run/sigil/admin\"\n",
+                Err(
+                    "`socket_shared_volume`: /run/sigil/admin must be a directory above the admin socket's own directory",
+                ),
+            ),
+            (
+                sock("/run/sigil/adminx/p/api.sock") + "socket_shared_volume = \"/run/sigil/admin\"\n",
+                Err("must be a directory above"),
+            ),
+            (sock("/tmp/x/api.sock") + "socket_shared_volume = \"/run/sigil\"\n", Err("must be a directory above")),
+            (sock("/run/a/api.sock") + "socket_shared_volume = \"run\"\n", Err("must be an absolute path")),
+            (sock("/run/a/api.sock") + "socket_shared_volume = \"/\"\n", Err("other than /")),
+        ];
+        for (text, want) in cases {
+            let got = resolve_text(text).map(|c| c.socket_shared_volume);
+            match (got, want) {
+                (Ok(v), Ok(w)) => assert_eq!(v, w.map(PathBuf::from), "{text}"),
+                (Err(e), Err(w)) => assert!(e.contains(w), "{text} -> {e}"),
+                (got, _) => panic!("{text} -> {got:?}"),
+            }
         }
     }
 

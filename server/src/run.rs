@@ -110,8 +110,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, RunError> {
     // Admin API on the Unix socket.
     let sock = config.socket_path.clone();
     if let Some(parent) = sock.parent() {
-        // Nobody but root and the server may be able to replace the socket, or even reach it.
-        sigil_tls::prepare_socket_dir(parent, true)?;
+        // Nobody but root and the server may be able to replace the socket, or even reach it; a configured
+        // shared volume above it may be open to the pod's other containers if it is a mount point.
+        sigil_tls::prepare_socket_dir_with(parent, true, config.socket_shared_volume.as_deref())?;
     }
     if sock.exists() {
         std::fs::remove_file(&sock).map_err(|source| RunError::AdminSocket { path: sock.clone(), source })?;

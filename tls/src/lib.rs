@@ -196,7 +196,7 @@ pub mod h2_authority;
 pub mod socket_dir;
 
 pub use h2_authority::{AuthorityFixStream, unix_incoming, unix_server};
-pub use socket_dir::{SocketDirError, prepare_socket_dir};
+pub use socket_dir::{SocketDirError, prepare_socket_dir, prepare_socket_dir_with};
 
 /// rustls server config for the agent API.
 pub fn server_config(cert: Arc<ServerCertSlot>, bundle: BundleWatch) -> Result<rustls::ServerConfig, TlsError> {
