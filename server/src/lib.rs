@@ -8,6 +8,7 @@ pub mod config;
 pub mod datastore;
 pub mod federation;
 pub mod health;
+pub mod kube_client;
 pub mod metrics;
 pub mod run;
 pub mod state;

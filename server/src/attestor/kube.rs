@@ -6,11 +6,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use ::kube::api::{Api, PostParams};
-use ::kube::config::{KubeConfigOptions, Kubeconfig};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use sigil_core::TrustDomain;
@@ -18,20 +16,15 @@ use sigil_core::TrustDomain;
 use super::k8s_psat::{self, NodeFacts, PodFacts, PsatAttestation, PsatError, TokenReviewFacts};
 use crate::config::{K8sPsatCluster, K8sPsatConfig};
 
-/// Bound of each Kubernetes API call (connect, send, answer).
-pub const KUBE_API_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::kube_client::KUBE_API_TIMEOUT;
+use crate::kube_client::{KubeClientError, unreachable};
 
 /// A cluster's client could not be built at start; the server does not start.
 #[derive(Debug, thiserror::Error)]
-pub enum KubeSetupError {
-    #[error("node_attestor.k8s_psat.clusters.{cluster}: kube_config_file {}: {message}", path.display())]
-    Kubeconfig { cluster: String, path: PathBuf, message: String },
-    #[error(
-        "node_attestor.k8s_psat.clusters.{cluster}: in-cluster Kubernetes configuration (kube_config_file is empty): {message}"
-    )]
-    InCluster { cluster: String, message: String },
-    #[error("node_attestor.k8s_psat.clusters.{cluster}: Kubernetes client: {message}")]
-    Client { cluster: String, message: String },
+#[error("node_attestor.k8s_psat.clusters.{cluster}: {source}")]
+pub struct KubeSetupError {
+    pub cluster: String,
+    pub source: KubeClientError,
 }
 
 /// The Kubernetes API of one cluster, as the attestor uses it.
@@ -51,26 +44,9 @@ impl ClusterApi {
     /// Builds the client of one configured cluster: from its kubeconfig file (current context), or the
     /// in-cluster service account when the file is not set. Nothing is sent to the API server yet.
     pub async fn connect(name: &str, cluster: &K8sPsatCluster) -> Result<Self, KubeSetupError> {
-        let mut config = match &cluster.kube_config_file {
-            Some(path) => {
-                let bad = |message: String| KubeSetupError::Kubeconfig {
-                    cluster: name.to_owned(),
-                    path: path.clone(),
-                    message,
-                };
-                let kubeconfig = Kubeconfig::read_from(path).map_err(|e| bad(e.to_string()))?;
-                ::kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                    .await
-                    .map_err(|e| bad(e.to_string()))?
-            }
-            None => ::kube::Config::incluster()
-                .map_err(|e| KubeSetupError::InCluster { cluster: name.to_owned(), message: e.to_string() })?,
-        };
-        config.connect_timeout = Some(KUBE_API_TIMEOUT);
-        config.read_timeout = Some(KUBE_API_TIMEOUT);
-        config.write_timeout = Some(KUBE_API_TIMEOUT);
-        let client = ::kube::Client::try_from(config)
-            .map_err(|e| KubeSetupError::Client { cluster: name.to_owned(), message: e.to_string() })?;
+        let client = crate::kube_client::connect(cluster.kube_config_file.as_deref())
+            .await
+            .map_err(|source| KubeSetupError { cluster: name.to_owned(), source })?;
         Ok(Self::from_client(client))
     }
 
@@ -150,11 +126,6 @@ impl ClusterApi {
             labels: n.metadata.labels.unwrap_or_default(),
         }))
     }
-}
-
-/// Transport failures (nothing answered) rather than an answer from the API server.
-fn unreachable(e: &::kube::Error) -> bool {
-    matches!(e, ::kube::Error::HyperError(_) | ::kube::Error::Service(_))
 }
 
 /// The configured `k8s_psat` attestor: the clusters' settings and their API clients.
