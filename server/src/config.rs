@@ -41,6 +41,8 @@ pub struct FileConfig {
     pub health_checks: HealthSection,
     #[serde(default)]
     pub node_attestor: NodeAttestorSection,
+    #[serde(default)]
+    pub notifier: NotifierSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -114,6 +116,23 @@ pub struct K8sPsatClusterSection {
     pub use_pod_uid_for_agent_id: Option<bool>,
 }
 
+/// `[notifier]`: plugins told about every change of the own trust bundle.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifierSection {
+    pub k8sbundle: Option<K8sBundleSection>,
+}
+
+/// `[notifier.k8sbundle]`, SPIRE's `Notifier "k8sbundle"` plugin data.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct K8sBundleSection {
+    pub namespace: Option<String>,
+    pub config_map: Option<String>,
+    pub config_map_key: Option<String>,
+    pub kube_config_file: Option<String>,
+}
+
 /// Flag overrides (`-trustDomain`, `-dataDir`, ...); `None` keeps the file's value.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -156,7 +175,24 @@ pub struct ServerConfig {
     pub health: Option<(IpAddr, u16)>,
     /// `None` when there is no `[node_attestor.k8s_psat]` section: the attestation type is then refused.
     pub k8s_psat: Option<K8sPsatConfig>,
+    /// `None` when there is no `[notifier.k8sbundle]` section: no ConfigMap is kept up to date.
+    pub k8sbundle: Option<K8sBundleConfig>,
 }
+
+/// The resolved `k8sbundle` notifier configuration: which ConfigMap key holds the bundle's PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct K8sBundleConfig {
+    pub namespace: String,
+    pub config_map: String,
+    pub config_map_key: String,
+    /// `None` = in-cluster configuration (the server runs in that cluster).
+    pub kube_config_file: Option<PathBuf>,
+}
+
+/// SPIRE's defaults for the `k8sbundle` notifier.
+pub const DEFAULT_K8SBUNDLE_NAMESPACE: &str = "spire";
+pub const DEFAULT_K8SBUNDLE_CONFIG_MAP: &str = "spire-bundle";
+pub const DEFAULT_K8SBUNDLE_CONFIG_MAP_KEY: &str = "bundle.crt";
 
 /// The resolved `k8s_psat` attestor configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -287,6 +323,7 @@ impl ServerConfig {
             upstream,
             health,
             k8s_psat: file.node_attestor.k8s_psat.map(resolve_k8s_psat).transpose()?,
+            k8sbundle: file.notifier.k8sbundle.map(resolve_k8sbundle).transpose()?,
         })
     }
 }
@@ -312,6 +349,58 @@ fn check_shared_volume(socket_path: &std::path::Path, volume: PathBuf) -> Result
         ));
     }
     Ok(volume)
+}
+
+fn resolve_k8sbundle(section: K8sBundleSection) -> Result<K8sBundleConfig, ConfigError> {
+    let namespace = section.namespace.unwrap_or_else(|| DEFAULT_K8SBUNDLE_NAMESPACE.into());
+    if !is_dns_label(&namespace) {
+        return Err(field(
+            "notifier.k8sbundle.namespace",
+            format!(
+                "{namespace:?} is not a Kubernetes namespace name (lower case letters, digits and '-', at most 63)"
+            ),
+        ));
+    }
+    let config_map = section.config_map.unwrap_or_else(|| DEFAULT_K8SBUNDLE_CONFIG_MAP.into());
+    if !is_dns_subdomain(&config_map) {
+        return Err(field(
+            "notifier.k8sbundle.config_map",
+            format!("{config_map:?} is not a ConfigMap name (lower case letters, digits, '-' and '.', at most 253)"),
+        ));
+    }
+    let config_map_key = section.config_map_key.unwrap_or_else(|| DEFAULT_K8SBUNDLE_CONFIG_MAP_KEY.into());
+    let key_ok = !config_map_key.is_empty()
+        && config_map_key.len() <= 253
+        && config_map_key != "."
+        && config_map_key != ".."
+        && config_map_key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if !key_ok {
+        return Err(field(
+            "notifier.k8sbundle.config_map_key",
+            format!("{config_map_key:?} is not a ConfigMap key (letters, digits, '-', '_' and '.')"),
+        ));
+    }
+    Ok(K8sBundleConfig {
+        namespace,
+        config_map,
+        config_map_key,
+        kube_config_file: section.kube_config_file.filter(|p| !p.is_empty()).map(PathBuf::from),
+    })
+}
+
+/// RFC 1123 label, as Kubernetes checks namespace names.
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.first().is_some_and(u8::is_ascii_alphanumeric)
+        && b.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+/// RFC 1123 subdomain, as Kubernetes checks most object names.
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 fn resolve_k8s_psat(section: K8sPsatSection) -> Result<K8sPsatConfig, ConfigError> {
@@ -596,6 +685,57 @@ mod tests {
     }
 
     #[test]
+    fn k8sbundle_absent_defaults_and_values() {
+        assert_eq!(resolve_text("").unwrap().k8sbundle, None);
+        let defaults = K8sBundleConfig {
+            namespace: "spire".into(),
+            config_map: "spire-bundle".into(),
+            config_map_key: "bundle.crt".into(),
+            kube_config_file: None,
+        };
+        let cases: &[(&str, K8sBundleConfig)] = &[
+            ("", defaults.clone()),
+            ("kube_config_file = \"\"\n", defaults.clone()),
+            (
+                "namespace = \"sigil-system\"\nconfig_map = \"sigil.bundle\"\nconfig_map_key = \"ca_bundle.pem\"\nkube_config_file = \"/k\"\n",
+                K8sBundleConfig {
+                    namespace: "sigil-system".into(),
+                    config_map: "sigil.bundle".into(),
+                    config_map_key: "ca_bundle.pem".into(),
+                    kube_config_file: Some("/k".into()),
+                },
+            ),
+        ];
+        for (body, want) in cases {
+            let c = resolve_text(&format!("[notifier.k8sbundle]\n{body}")).unwrap();
+            assert_eq!(c.k8sbundle.as_ref(), Some(want), "{body}");
+        }
+    }
+
+    #[test]
+    fn k8sbundle_errors_name_the_field() {
+        let cases: &[(&str, &str)] = &[
+            ("namespace = \"\"\n", "`notifier.k8sbundle.namespace`: \"\" is not"),
+            ("namespace = \"Spire\"\n", "`notifier.k8sbundle.namespace`: \"Spire\" is not"),
+            ("namespace = \"a.b\"\n", "`notifier.k8sbundle.namespace`"),
+            ("namespace = \"-a\"\n", "`notifier.k8sbundle.namespace`"),
+            ("config_map = \"a_b\"\n", "`notifier.k8sbundle.config_map`: \"a_b\" is not"),
+            ("config_map = \"a..b\"\n", "`notifier.k8sbundle.config_map`"),
+            ("config_map_key = \"\"\n", "`notifier.k8sbundle.config_map_key`"),
+            ("config_map_key = \"a/b\"\n", "`notifier.k8sbundle.config_map_key`: \"a/b\" is not"),
+            ("config_map_key = \"..\"\n", "`notifier.k8sbundle.config_map_key`"),
+            ("configmap = \"x\"\n", "unknown field `configmap`"),
+            ("namespace = 1\n", "invalid type"),
+        ];
+        for (body, want) in cases {
+            let err = resolve_text(&format!("[notifier.k8sbundle]\n{body}")).unwrap_err();
+            assert!(err.contains(want), "{body:?} -> {err}");
+        }
+        let err = resolve_text("[notifier.k8s_bundle]\n").unwrap_err();
+        assert!(err.contains("k8s_bundle"), "{err}");
+    }
+
+    #[test]
     fn socket_shared_volume_must_be_absolute_and_above_the_socket_directory() {
         let sock = |p: &str| format!("socket_path = \"{p}\"\n");
         let cases: &[(String, Result<Option<&str>, &str>)] = &[
@@ -630,6 +770,23 @@ mod tests {
                 (got, _) => panic!("{text} -> {got:?}"),
             }
         }
+    }
+
+    #[test]
+    fn in_cluster_example_file_is_valid() {
+        let file = FileConfig::parse(include_str!("../examples/server-in-cluster.toml")).unwrap();
+        let c = ServerConfig::resolve(file, Overrides::default()).unwrap();
+        assert_eq!(c.socket_shared_volume, Some(PathBuf::from("/run/sigil/admin")));
+        assert_eq!(c.socket_path, PathBuf::from("/run/sigil/admin/private/api.sock"));
+        assert_eq!(
+            c.k8sbundle,
+            Some(K8sBundleConfig {
+                namespace: "sigil-system".into(),
+                config_map: "sigil-bundle".into(),
+                config_map_key: "bundle.crt".into(),
+                kube_config_file: None,
+            })
+        );
     }
 
     #[test]

@@ -10,5 +10,6 @@ pub mod federation;
 pub mod health;
 pub mod kube_client;
 pub mod metrics;
+pub mod notifier;
 pub mod run;
 pub mod state;

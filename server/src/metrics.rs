@@ -15,6 +15,9 @@ pub struct Metrics {
     pub jwt_svids_signed: Counter,
     pub attestations: Family<Vec<(String, String)>, Counter>,
     pub admin_requests: Family<Vec<(String, String)>, Counter>,
+    /// `result` = `ok` (the ConfigMap key was written) or `error` (a sync attempt failed); a sync that
+    /// found the key already current writes nothing and counts nothing.
+    pub bundle_notifier_writes: Family<Vec<(String, String)>, Counter>,
 }
 
 impl Metrics {
@@ -27,5 +30,20 @@ impl Metrics {
         r.register("jwt_svids_signed", "JWT-SVIDs signed", self.jwt_svids_signed.clone());
         r.register("attestations", "Node attestations by type and result", self.attestations.clone());
         r.register("admin_requests", "Admin API requests by method and code", self.admin_requests.clone());
+        r.register(
+            "bundle_notifier_writes",
+            "Trust bundle ConfigMap writes of the k8sbundle notifier by result (ok, error)",
+            self.bundle_notifier_writes.clone(),
+        );
+    }
+
+    /// Counts one k8sbundle notifier write attempt with `result` "ok" or "error".
+    pub fn bundle_notifier_write(&self, result: &'static str) {
+        self.bundle_notifier_writes.get_or_create(&vec![("result".to_owned(), result.to_owned())]).inc();
+    }
+
+    /// The count of k8sbundle notifier writes with `result` so far.
+    pub fn bundle_notifier_writes_of(&self, result: &'static str) -> u64 {
+        self.bundle_notifier_writes.get_or_create(&vec![("result".to_owned(), result.to_owned())]).get()
     }
 }

@@ -19,6 +19,7 @@ use crate::attestor::Attestors;
 use crate::ca::CaManager;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
+use crate::notifier::k8sbundle::K8sBundleNotifier;
 use crate::state::{ServerState, now_unix};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,8 @@ pub enum RunError {
     Tls(#[from] sigil_tls::TlsError),
     #[error("node attestor: {0}")]
     Attestor(#[from] crate::attestor::KubeSetupError),
+    #[error("bundle notifier: {0}")]
+    Notifier(#[from] crate::notifier::k8sbundle::NotifierSetupError),
 }
 
 /// A started server; dropping it does not stop it, [`RunningServer::shutdown`] does.
@@ -92,6 +95,10 @@ fn refresh_server_svid(state: &ServerState, slot: &ServerCertSlot) -> Result<i64
 pub async fn start(config: ServerConfig) -> Result<RunningServer, RunError> {
     ensure_private_dir(&config.data_dir)?;
     let attestors = Arc::new(Attestors::from_config(&config).await?);
+    let notifier = match &config.k8sbundle {
+        Some(c) => Some(K8sBundleNotifier::connect(c).await?),
+        None => None,
+    };
     let ds = crate::datastore::open_sqlite(&config.data_dir.join("datastore.sqlite3")).await?;
     let journal = ds.load_ca_journal().await?;
     let (ca, journal) =
@@ -195,6 +202,13 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, RunError> {
             }
         }
     }));
+
+    // The k8sbundle notifier: the ConfigMap follows the bundle, from the one published above on.
+    if let Some(notifier) = notifier {
+        let bundles = state.bundle_watch();
+        let metrics = state.metrics.clone();
+        tasks.push(tokio::spawn(notifier.run(bundles, shutdown_rx.clone(), metrics)));
+    }
 
     let mut health_addr = None;
     if let Some((ip, port)) = config.health {
