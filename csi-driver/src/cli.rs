@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::RunConfig;
+use crate::identity::{self, IdentityWait};
 use crate::service::DriverConfig;
 
 /// Flags that take no value (for the single-dash normalizer).
@@ -38,6 +39,13 @@ pub struct Cli {
     /// Do not register with the kubelet (when running the node-driver-registrar sidecar instead).
     #[arg(long)]
     pub no_register: bool,
+    /// The agent's admin socket (its `admin_socket_path`), asked by -wait-for-identity.
+    #[arg(long)]
+    pub agent_admin_socket: Option<PathBuf>,
+    /// Before mounting a pod's volume, wait at most this long (Go duration, at most 30s) until the agent on
+    /// this node holds the pod's identity; the volume is mounted afterwards in every case. 0 = off.
+    #[arg(long, default_value = "0")]
+    pub wait_for_identity: String,
     /// Port for /healthz, /readyz and /metrics on all addresses; 0 turns them off.
     #[arg(long, default_value_t = 0)]
     pub health_port: u16,
@@ -55,6 +63,12 @@ pub enum CliError {
     /// An empty value where one is required.
     #[error("--{0} must not be empty")]
     Empty(&'static str),
+    /// -wait-for-identity is not a usable duration.
+    #[error("--wait-for-identity: {0}")]
+    WaitForIdentity(String),
+    /// -wait-for-identity without -agent-admin-socket.
+    #[error("--wait-for-identity needs --agent-admin-socket (the agent's admin_socket_path)")]
+    NoAdminSocket,
 }
 
 impl Cli {
@@ -73,12 +87,27 @@ impl Cli {
             let socket = self.kubelet_dir.join("plugins_registry").join(format!("{}-reg.sock", self.plugin_name));
             (socket, endpoint)
         });
+        let wait = sigil_core::duration::parse_go_duration(&self.wait_for_identity)
+            .map_err(|e| CliError::WaitForIdentity(e.to_string()))?;
+        if wait > identity::MAX_WAIT {
+            return Err(CliError::WaitForIdentity(format!(
+                "{:?} is longer than the agent's maximum wait of 30s",
+                self.wait_for_identity
+            )));
+        }
+        let identity_wait = match (&self.agent_admin_socket, wait.is_zero()) {
+            (_, true) => None,
+            (None, false) => return Err(CliError::NoAdminSocket),
+            (Some(p), false) if p.as_os_str().is_empty() => return Err(CliError::Empty("agent-admin-socket")),
+            (Some(p), false) => Some(IdentityWait { socket: p.clone(), timeout: wait }),
+        };
         Ok(RunConfig {
             driver: DriverConfig {
                 name: self.plugin_name.clone(),
                 node_id: self.node_id.clone(),
                 socket_dir: self.workload_api_socket_dir.clone(),
                 kubelet_dir: self.kubelet_dir.clone(),
+                identity_wait,
             },
             csi_socket_path: self.csi_socket_path.clone(),
             registration,
@@ -110,6 +139,32 @@ mod tests {
             ))
         );
         assert_eq!(r.health_port, None);
+        assert_eq!(r.driver.identity_wait, None);
+    }
+
+    #[test]
+    fn wait_for_identity_flags() {
+        let base = ["-node-id", "n", "-workload-api-socket-dir", "/s"];
+        let with = |extra: &[&str]| {
+            let args: Vec<&str> = base.iter().chain(extra.iter()).copied().collect();
+            parse(&args).run_config().map(|r| r.driver.identity_wait)
+        };
+        assert_eq!(with(&[]), Ok(None));
+        assert_eq!(with(&["-agent-admin-socket", "/run/sigil/agent-admin/admin.sock"]), Ok(None));
+        assert_eq!(with(&["-wait-for-identity", "0s", "-agent-admin-socket", "/a.sock"]), Ok(None));
+        assert_eq!(
+            with(&["-wait-for-identity", "10s", "-agent-admin-socket", "/a.sock"]),
+            Ok(Some(IdentityWait { socket: "/a.sock".into(), timeout: std::time::Duration::from_secs(10) }))
+        );
+        assert_eq!(
+            with(&["--wait-for-identity=1.5s", "--agent-admin-socket=/a.sock"]),
+            Ok(Some(IdentityWait { socket: "/a.sock".into(), timeout: std::time::Duration::from_millis(1500) }))
+        );
+        assert_eq!(with(&["-wait-for-identity", "10s"]), Err(CliError::NoAdminSocket));
+        let err = with(&["-wait-for-identity", "10", "-agent-admin-socket", "/a.sock"]).unwrap_err();
+        assert!(err.to_string().contains("--wait-for-identity") && err.to_string().contains("unit"), "{err}");
+        let err = with(&["-wait-for-identity", "1m", "-agent-admin-socket", "/a.sock"]).unwrap_err();
+        assert!(err.to_string().contains("30s"), "{err}");
     }
 
     #[test]

@@ -4,10 +4,12 @@
 //!
 //! - [`validate`], [`mountinfo`]: pure request/path rules and `/proc/self/mountinfo` parsing.
 //! - [`mounter`]: the bind mounts (nix syscalls).
+//! - [`identity`]: the optional wait for the pod's identity at the agent (`-wait-for-identity`).
 //! - [`service`]: the gRPC services (CSI Identity/Node/Controller, kubelet Registration).
 //! - [`run`]: serves everything until shutdown.
 
 pub mod cli;
+pub mod identity;
 pub mod mounter;
 pub mod mountinfo;
 pub mod service;
@@ -142,6 +144,11 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()> + Send + 'st
     let csi_listener = bind_unix(&cfg.csi_socket_path)?;
     tracing::info!(socket = %cfg.csi_socket_path.display(), name = %cfg.driver.name, node_id = %cfg.driver.node_id,
         socket_dir = %cfg.driver.socket_dir.display(), "serving CSI");
+    match &cfg.driver.identity_wait {
+        Some(w) => tracing::info!(agent_admin_socket = %w.socket.display(), timeout_ms = w.timeout.as_millis(),
+            "NodePublishVolume waits for the pod's identity at the agent before mounting"),
+        None => tracing::info!("NodePublishVolume mounts at once (no -wait-for-identity)"),
+    }
     let csi = sigil_tls::unix_server()
         .add_service(IdentityServer::new(driver.clone()))
         .add_service(NodeServer::new(driver.clone()))

@@ -155,6 +155,12 @@ impl Mounter {
         }
     }
 
+    /// Whether `target` (already lexically validated) is a mount point now.
+    pub fn is_mounted(&self, target: &Path) -> Result<bool, MountError> {
+        let resolved = self.resolve_inside(target)?;
+        Ok(!mountinfo::mounts_at(&Self::mounts()?, &resolved).is_empty())
+    }
+
     /// Bind-mounts the socket directory read-only onto `target` (already lexically validated).
     pub fn publish(&self, target: &Path) -> Result<Published, MountError> {
         let resolved = self.resolve_inside(target)?;

@@ -13,6 +13,7 @@ use sigil_proto::pluginregistration as reg;
 use sigil_proto::pluginregistration::registration_server::Registration;
 use tonic::{Request, Response, Status};
 
+use crate::identity::{self, IdentityWait, Outcome};
 use crate::mounter::{MountError, Mounter, Published};
 use crate::validate::{self, RequestError};
 
@@ -30,6 +31,14 @@ pub struct Metrics {
     pub unpublish_ok: AtomicU64,
     /// Refused or failed unpublishes.
     pub unpublish_err: AtomicU64,
+    /// Identity waits that ended with the pod's identity ready.
+    pub identity_ready: AtomicU64,
+    /// Identity waits that ended at the timeout without it.
+    pub identity_timeout: AtomicU64,
+    /// Identity waits skipped because the agent's admin socket could not be used.
+    pub identity_unavailable: AtomicU64,
+    /// Total time spent in identity waits, microseconds.
+    pub identity_wait_micros: AtomicU64,
 }
 
 impl Metrics {
@@ -49,6 +58,22 @@ impl Metrics {
             out.push_str(&format!("{name}{{result=\"ok\"}} {}\n", ok.load(Ordering::Relaxed)));
             out.push_str(&format!("{name}{{result=\"error\"}} {}\n", err.load(Ordering::Relaxed)));
         }
+        let name = "sigil_csi_identity_wait_total";
+        out.push_str(&format!(
+            "# HELP {name} NodePublishVolume waits for the pod's identity (-wait-for-identity) by result.\n# TYPE {name} counter\n"
+        ));
+        for (result, n) in [
+            ("ready", &self.identity_ready),
+            ("timeout", &self.identity_timeout),
+            ("unavailable", &self.identity_unavailable),
+        ] {
+            out.push_str(&format!("{name}{{result=\"{result}\"}} {}\n", n.load(Ordering::Relaxed)));
+        }
+        let name = "sigil_csi_identity_wait_seconds_total";
+        out.push_str(&format!(
+            "# HELP {name} Time NodePublishVolume spent waiting for pod identities.\n# TYPE {name} counter\n{name} {:.6}\n",
+            self.identity_wait_micros.load(Ordering::Relaxed) as f64 / 1e6
+        ));
         out
     }
 }
@@ -64,6 +89,8 @@ pub struct DriverConfig {
     pub socket_dir: PathBuf,
     /// The kubelet root directory (targets must be in its `pods/`).
     pub kubelet_dir: PathBuf,
+    /// Wait for the pod's identity before mounting (`-wait-for-identity`); `None` = mount at once.
+    pub identity_wait: Option<IdentityWait>,
 }
 
 /// The CSI driver (Identity, Node, Controller services share it).
@@ -99,8 +126,45 @@ impl Driver {
 
     async fn publish(&self, req: &csi::NodePublishVolumeRequest) -> Result<Published, Status> {
         let target = validate::validate_publish(req, self.pods_dir(), &self.cfg.name).map_err(invalid)?;
+        // Outside the lock: one pod's wait must not hold up another's publish. A target that is already
+        // mounted (a repeated publish) is answered at once, as is one the mounter will refuse.
+        if let Some(wait) = &self.cfg.identity_wait
+            && let Some(uid) = req.volume_context.get(identity::POD_UID_KEY).filter(|u| !u.is_empty())
+            && matches!(self.mounter.is_mounted(&target), Ok(false))
+        {
+            self.wait_for_identity(wait, uid, req).await;
+        }
         let _guard = self.lock.lock().await;
         self.mounter.publish(&target).map_err(mount_status)
+    }
+
+    /// Waits (bounded) until the agent holds the pod's identity; logs and counts how it ended. Never fails.
+    async fn wait_for_identity(&self, wait: &IdentityWait, uid: &str, req: &csi::NodePublishVolumeRequest) {
+        let ctx = |k: &str| req.volume_context.get(k).map(String::as_str).unwrap_or_default().to_owned();
+        let (namespace, name) = (ctx(identity::POD_NAMESPACE_KEY), ctx(identity::POD_NAME_KEY));
+        let start = std::time::Instant::now();
+        let outcome = wait.wait(uid).await;
+        let waited_ms = identity::millis_since(start);
+        let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.metrics.identity_wait_micros.fetch_add(micros, Ordering::Relaxed);
+        match outcome {
+            Outcome::Ready(ids) => {
+                self.metrics.identity_ready.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(pod_namespace = %namespace, pod_name = %name, pod_uid = %uid, identity_ready = true,
+                    waited_ms, spiffe_ids = ?ids, "pod identity ready; mounting");
+            }
+            Outcome::NotReady(reason) => {
+                self.metrics.identity_timeout.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(pod_namespace = %namespace, pod_name = %name, pod_uid = %uid, identity_ready = false,
+                    waited_ms, timeout_ms = wait.timeout.as_millis(), reason,
+                    "pod identity not ready at the timeout; mounting anyway (its containers may start before it)");
+            }
+            Outcome::Unavailable(error) => {
+                self.metrics.identity_unavailable.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(pod_namespace = %namespace, pod_name = %name, pod_uid = %uid, identity_ready = false,
+                    waited_ms, error, "cannot ask the agent about the pod's identity; mounting without waiting");
+            }
+        }
     }
 
     async fn unpublish(&self, req: &csi::NodeUnpublishVolumeRequest) -> Result<(), Status> {

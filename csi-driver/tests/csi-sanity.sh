@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # csi-sanity (kubernetes-csi/csi-test v5.4.0, built from its Go module) against sigil-csi-driver.
 #
-#   csi-driver/tests/csi-sanity.sh [path/to/sigil-csi-driver]
+#   csi-driver/tests/csi-sanity.sh [path/to/sigil-csi-driver [extra driver flags...]]
+#
+# Extra flags are passed to the driver as they are; `@WORK@` in them becomes the run's temporary directory
+# (csi_sanity.rs runs it once plain and once with `-wait-for-identity 5s -agent-admin-socket
+# @WORK@/agent-admin/admin.sock`: csi-sanity's volume context has no pod UID, so nothing waits).
 #
 # csi-sanity is looked up in $CSI_SANITY, $PATH, ~/.cache/sigil-e2e/bin, $(go env GOPATH)/bin; when absent and
 # `go` is available it is installed (pinned, from its Go module) into ~/.cache/sigil-e2e/bin:
@@ -32,6 +36,8 @@
 set -euo pipefail
 
 driver=${1:-${SIGIL_CSI_DRIVER:-}}
+shift || true
+extra_args=("$@")
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 if [[ -z "$driver" ]]; then
@@ -70,6 +76,7 @@ fi
 [[ -x "$driver" ]] || { echo "csi-sanity.sh: driver binary $driver not found (cargo build -p sigil-csi-driver)" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/sigil-csi-sanity.XXXXXX)
+extra_args=("${extra_args[@]//@WORK@/$work}")
 pid=""
 cleanup() {
   if [[ -n "$pid" ]]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
@@ -87,7 +94,7 @@ csi.storage.k8s.io/ephemeral: "true"
 YAML
 
 "$driver" -node-id csi-sanity-node -workload-api-socket-dir "$work/sockets" -kubelet-dir "$work/kubelet" \
-  -csi-socket-path "$work/csi.sock" -no-register -log-level debug >"$work/driver.log" 2>&1 &
+  -csi-socket-path "$work/csi.sock" -no-register -log-level debug "${extra_args[@]}" >"$work/driver.log" 2>&1 &
 pid=$!
 for _ in $(seq 100); do [[ -S "$work/csi.sock" ]] && break; sleep 0.1; done
 [[ -S "$work/csi.sock" ]] || { cat "$work/driver.log" >&2; echo "csi-sanity.sh: driver did not start" >&2; exit 1; }

@@ -6,8 +6,20 @@ use std::process::Command;
 
 #[test]
 fn csi_sanity_passes_with_only_the_documented_skips() {
+    sanity(&[]);
+}
+
+/// With `-wait-for-identity` on (csi-sanity's volume context has no pod UID, so no publish waits; the admin
+/// socket does not even exist).
+#[test]
+fn csi_sanity_passes_with_wait_for_identity_on() {
+    sanity(&["-wait-for-identity", "5s", "-agent-admin-socket", "@WORK@/agent-admin/admin.sock"]);
+}
+
+fn sanity(extra: &[&str]) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/csi-sanity.sh");
-    let out = Command::new("bash").arg(script).arg(env!("CARGO_BIN_EXE_sigil-csi-driver")).output().unwrap();
+    let out =
+        Command::new("bash").arg(script).arg(env!("CARGO_BIN_EXE_sigil-csi-driver")).args(extra).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "csi-sanity.sh failed:\n{stdout}\n{stderr}");

@@ -103,9 +103,12 @@ impl Stack {
     }
 }
 
-/// A fresh pod UID in the Kubernetes form.
+/// A fresh pod UID in the Kubernetes form (std only: the CSI driver's tests include this file too).
 pub fn pod_uid() -> String {
-    let b: [u8; 16] = rand::random();
-    let h = hex::encode(b);
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let h = format!("{:016x}{:016x}", nanos ^ (u64::from(std::process::id()) << 40), n);
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
