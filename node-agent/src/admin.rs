@@ -620,6 +620,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn bind_tightens_a_0755_directory_but_refuses_one_others_can_write() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let root = tempfile::tempdir().unwrap();
+        let fresh = root.path().join("fresh/admin.sock");
+        bind(&fresh).unwrap();
+        assert_eq!(mode(fresh.parent().unwrap()), 0o700);
+        assert_eq!(mode(&fresh), 0o600);
+        // As the kubelet creates a DirectoryOrCreate hostPath.
+        let kubelet_made = root.path().join("kubelet-made");
+        std::fs::create_dir(&kubelet_made).unwrap();
+        std::fs::set_permissions(&kubelet_made, std::fs::Permissions::from_mode(0o755)).unwrap();
+        bind(&kubelet_made.join("admin.sock")).unwrap();
+        assert_eq!(mode(&kubelet_made), 0o700);
+        // Others could have planted something in it: left alone and refused.
+        let open = root.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = bind(&open.join("admin.sock")).unwrap_err();
+        assert!(matches!(err, AdminError::Dir(_)), "{err}");
+        assert_eq!(mode(&open), 0o777);
+    }
+
+    #[tokio::test]
     async fn a_waiter_wakes_on_the_snapshot_that_makes_it_ready() {
         let (tx, rx) = watch::channel(Arc::new(synced()));
         let (_stop_tx, stop) = watch::channel(false);
