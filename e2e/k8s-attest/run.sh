@@ -16,7 +16,9 @@
 #      the node, and workloads get their SVIDs again without new entries;
 #   5b. the agent re-attests with a fresh token at half its SVID's life (no RenewAgentSvid), one record;
 #   6. the server's k8s_psat refusals against this apiserver (server/tests/k8s_psat.rs with --ignored:
-#      wrong audience, service account not allowed, deleted pod, unknown cluster, expired token);
+#      wrong audience, service account not allowed, deleted pod, unknown cluster, expired token) and its
+#      k8sbundle notifier (server/tests/k8s_bundle.rs: fills the ConfigMap, follows a CA rotation, waits for
+#      a missing ConfigMap);
 #   7. benchmark against the real kubelet (node-agent/benches/k8s_attest.rs with SIGIL_KUBELET_*).
 # Prints `k8s-attest: N passed, 0 failed`; exits non-zero on the first failure (component logs kept).
 set -euo pipefail
@@ -375,14 +377,16 @@ case "$out" in *"\"spiffe_id\":\"$want_a\""*) ;; *) fail "after re-attestation: 
 log "agent re-attested ($n attestations by this pod), serial $serial1 -> $serial2, one record"
 ok
 
-step "server k8s_psat refusals against this apiserver (server/tests/k8s_psat.rs --ignored)"
-out=$(cargo test -q --locked -p sigil-server --test k8s_psat -- --ignored --test-threads=1 2>&1) || {
-  echo "$out" >&2
-  fail "server k8s_psat tests failed"
-}
-n=$(sed -n 's/^test result: ok\. \([0-9][0-9]*\) passed.*/\1/p' <<<"$out" | tail -1)
-[ "${n:-0}" -ge 6 ] || { echo "$out" >&2; fail "only ${n:-0} k8s_psat tests ran"; }
-log "$n server k8s_psat tests passed"
+step "server k8s_psat refusals and the k8sbundle notifier against this apiserver (server/tests/k8s_{psat,bundle}.rs --ignored)"
+for t in k8s_psat:6 k8s_bundle:3; do
+  out=$(cargo test -q --locked -p sigil-server --test "${t%:*}" -- --ignored --test-threads=1 2>&1) || {
+    echo "$out" >&2
+    fail "server ${t%:*} tests failed"
+  }
+  n=$(sed -n 's/^test result: ok\. \([0-9][0-9]*\) passed.*/\1/p' <<<"$out" | tail -1)
+  [ "${n:-0}" -ge "${t#*:}" ] || { echo "$out" >&2; fail "only ${n:-0} ${t%:*} tests ran"; }
+  log "$n server ${t%:*} tests passed"
+done
 ok
 
 if $bench; then

@@ -447,7 +447,8 @@ fn bundle_show(s: &TestServer) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-#[tokio::test]
+// Multi-threaded: `bundle show` blocks this thread while the server (same runtime) answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a kube-apiserver: KUBECONFIG"]
 async fn real_the_server_fills_an_existing_config_map_with_bundle_show_and_leaves_other_keys() {
     let Some(k) = Kube::from_env().await else { return };
