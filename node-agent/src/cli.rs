@@ -86,9 +86,18 @@ pub struct ApiCommon {
     /// Output format.
     #[arg(long = "output", value_enum, default_value_t = Output::Pretty)]
     pub output: Output,
-    /// Seconds to wait for an answer.
-    #[arg(long = "timeout", default_value_t = 5)]
-    pub timeout: u64,
+    /// How long to wait for an answer: a Go duration as SPIRE's flag takes it (`5s`, `1m30s`), or a bare
+    /// number of seconds.
+    #[arg(long = "timeout", default_value = "5s", value_parser = parse_timeout)]
+    pub timeout: Duration,
+}
+
+/// `-timeout`: SPIRE's Go duration, or whole seconds (what this CLI took before).
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    sigil_core::duration::parse_go_duration(s).map_err(|e| format!("{e} (a Go duration such as 5s or 1m, or seconds)"))
 }
 
 #[derive(Debug, Args)]
@@ -184,8 +193,8 @@ pub enum CliError {
     Connect(#[from] client::ClientError),
     #[error("{}: {}", code_name(.0.code()), .0.message())]
     Rpc(#[from] tonic::Status),
-    #[error("timed out after {0} s waiting for the agent")]
-    Timeout(u64),
+    #[error("timed out after {0:?} waiting for the agent")]
+    Timeout(Duration),
     #[error("the agent closed the stream without an answer")]
     NoAnswer,
     #[error("writing {path}: {source}")]
@@ -198,8 +207,12 @@ fn code_name(c: tonic::Code) -> String {
     format!("{c:?}")
 }
 
-async fn with_timeout<T>(secs: u64, f: impl std::future::Future<Output = Result<T, CliError>>) -> Result<T, CliError> {
-    tokio::time::timeout(Duration::from_secs(secs.max(1)), f).await.map_err(|_| CliError::Timeout(secs))?
+async fn with_timeout<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = Result<T, CliError>>,
+) -> Result<T, CliError> {
+    let limit = limit.max(Duration::from_millis(100));
+    tokio::time::timeout(limit, f).await.map_err(|_| CliError::Timeout(limit))?
 }
 
 /// Splits concatenated DER certificates.
@@ -500,7 +513,7 @@ pub async fn watch(common: &ApiCommon, mut print: impl FnMut(&str)) -> Result<()
 /// `healthcheck`: Ok when the agent answers; an agent with no identity for the caller still counts as
 /// healthy (it answered PermissionDenied), `Unavailable` (not synced) does not.
 pub async fn healthcheck(socket: &Path) -> Result<(), CliError> {
-    with_timeout(5, async {
+    with_timeout(Duration::from_secs(5), async {
         let mut c = client::connect(socket).await?;
         match c.fetch_x509_bundles(pb::X509BundlesRequest {}).await {
             Ok(_) => Ok(()),
@@ -517,6 +530,25 @@ mod tests {
 
     fn n(v: &[&str]) -> Vec<String> {
         normalize_args(v.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn timeout_takes_spire_durations_and_seconds() {
+        let cases: &[(&str, Option<Duration>)] = &[
+            ("5s", Some(Duration::from_secs(5))),
+            ("1m30s", Some(Duration::from_secs(90))),
+            ("250ms", Some(Duration::from_millis(250))),
+            ("10", Some(Duration::from_secs(10))),
+            ("-1s", None),
+            ("ten", None),
+            ("", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(parse_timeout(input).ok(), *want, "{input:?}");
+        }
+        let cli = Cli::try_parse_from(n(&["sigil-agent", "api", "fetch", "x509", "-timeout", "10s"])).unwrap();
+        let Command::Api(ApiCmd::Fetch(FetchCmd::X509 { common, .. })) = cli.command else { panic!("{cli:?}") };
+        assert_eq!(common.timeout, Duration::from_secs(10));
     }
 
     #[test]
