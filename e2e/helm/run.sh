@@ -284,16 +284,18 @@ ok
 step "helm upgrade (log level, X509-SVID TTL) rolls the components; a workload's open watch never loses its SVID"
 agent_pod=$(kubectl -n "$NS" get pods -l app.kubernetes.io/name="$REL-agent" -o jsonpath='{.items[0].metadata.name}')
 server_uid=$(kubectl -n "$NS" get pod "$REL-server-0" -o jsonpath='{.metadata.uid}')
-kubectl -n "$WL_NS" exec "${app_pods[0]}" -- /workload watch -id "$want" -for 150s > "$work/watch.out" 2> "$work/watch.err" &
+kubectl -n "$WL_NS" exec "${app_pods[0]}" -- /workload watch -id "$want" -for 100s > "$work/watch.out" 2> "$work/watch.err" &
 watch_pid=$!
 bg_pids+=("$watch_pid")
 sleep 3
+t_upgrade=$(date +%s.%N)
 helm upgrade "$REL" "$REPO/charts/sigil" -n "$NS" --reuse-values --set logLevel=debug \
   --set server.defaultX509SvidTTL=30m --wait --timeout 5m > "$work/upgrade.out" 2>&1 \
   || fail "helm upgrade: $(tail -20 "$work/upgrade.out")"
 for r in "sts/$REL-server" "ds/$REL-agent" "ds/$REL-csi-driver"; do
   kubectl -n "$NS" rollout status "$r" --timeout=180s >/dev/null || fail "$r did not roll out"
 done
+log "helm upgrade --wait and the three rollouts took $(python3 -c "import sys; print(round(float(sys.argv[2])-float(sys.argv[1]),1))" "$t_upgrade" "$(date +%s.%N)") s"
 [ "$(kubectl -n "$NS" get pod "$REL-server-0" -o jsonpath='{.metadata.uid}')" != "$server_uid" ] || fail "the server pod was not rolled"
 kubectl -n "$NS" get pod "$agent_pod" >/dev/null 2>&1 && fail "the agent pod was not rolled"
 wait "$watch_pid" || fail "the watch lost its SVID: $(tail -5 "$work/watch.err")"
@@ -316,16 +318,26 @@ step "server pod deleted: workloads keep their SVIDs meanwhile; entries, agents 
 srv entry show -output json > "$work/entries1.json" || fail "entry show"
 srv agent list -output json > "$work/agents1.json" || fail "agent list"
 srv bundle show > "$work/bundle1.pem" || fail "bundle show"
-kubectl -n "$NS" delete pod "$REL-server-0" --wait=false >/dev/null
-# While it is gone, the agent serves X509-SVIDs from its cache.
+old_uid=$(kubectl -n "$NS" get pod "$REL-server-0" -o jsonpath='{.metadata.uid}')
+# --wait: returns once the old pod is gone, i.e. no server runs until the StatefulSet's new pod is Ready.
+kubectl -n "$NS" delete pod "$REL-server-0" --wait=true --timeout=60s >/dev/null || fail "server pod delete"
+server_ready() {
+  [ "$(kubectl -n "$NS" get pod "$REL-server-0" -o jsonpath='{.metadata.uid} {.status.containerStatuses[?(@.name=="server")].ready}' 2>/dev/null)" \
+    != "${1:-x} true" ] && return 1
+  return 0
+}
+# While it is gone, the agent serves X509-SVIDs from its cache: count the checks that began and ended with
+# the new server pod not Ready.
 down_checks=0
-for _ in $(seq 10); do
-  phase=$(kubectl -n "$NS" get pod "$REL-server-0" -o jsonpath='{.status.containerStatuses[?(@.name=="server")].ready}' 2>/dev/null || true)
-  [ "$phase" = true ] && [ "$down_checks" -gt 0 ] && break
+for _ in $(seq 40); do
+  new_uid=$(kubectl -n "$NS" get pod "$REL-server-0" -o jsonpath='{.metadata.uid}' 2>/dev/null || true)
+  [ "$new_uid" = "$old_uid" ] && fail "the old server pod is still there"
+  server_ready "$new_uid" && break
   kubectl -n "$WL_NS" exec "${app_pods[0]}" -- /workload check -id "$want" -timeout 5s -jwt=false >/dev/null 2>"$work/down.err" \
     || fail "X509-SVID while the server was down: $(cat "$work/down.err")"
-  down_checks=$((down_checks + 1))
+  server_ready "$new_uid" || down_checks=$((down_checks + 1))
 done
+[ "$down_checks" -ge 1 ] || fail "no check ran while the server was down"
 kubectl -n "$NS" rollout status "sts/$REL-server" --timeout=180s >/dev/null || fail "server not back"
 kubectl -n "$NS" wait --for=condition=Ready "pod/$REL-server-0" --timeout=120s >/dev/null || fail "server pod not Ready"
 for _ in $(seq 30); do srv entry show -output json > "$work/entries2.json" 2>/dev/null && break; sleep 1; done

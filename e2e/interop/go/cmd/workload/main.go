@@ -85,7 +85,9 @@ func main() {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
-		select {} // stay up: the test reads the log, the pod never restarts
+		for { // stay up: the test reads the log, the pod never restarts (a bare select{} is a deadlock to Go)
+			time.Sleep(time.Hour)
+		}
 
 	case "check":
 		ctx, cancel := context.WithTimeout(context.Background(), *timeout)
