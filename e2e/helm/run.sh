@@ -284,7 +284,7 @@ ok
 step "helm upgrade (log level, X509-SVID TTL) rolls the components; a workload's open watch never loses its SVID"
 agent_pod=$(kubectl -n "$NS" get pods -l app.kubernetes.io/name="$REL-agent" -o jsonpath='{.items[0].metadata.name}')
 server_uid=$(kubectl -n "$NS" get pod "$REL-server-0" -o jsonpath='{.metadata.uid}')
-kubectl -n "$WL_NS" exec "${app_pods[0]}" -- /workload watch -id "$want" -for 100s > "$work/watch.out" 2> "$work/watch.err" &
+kubectl -n "$WL_NS" exec "${app_pods[0]}" -- /workload watch -id "$want" -for 45s > "$work/watch.out" 2> "$work/watch.err" &
 watch_pid=$!
 bg_pids+=("$watch_pid")
 sleep 3
@@ -302,7 +302,7 @@ wait "$watch_pid" || fail "the watch lost its SVID: $(tail -5 "$work/watch.err")
 python3 - "$(cat "$work/watch.out")" <<'EOF' || fail "watch: $(cat "$work/watch.out") $(cat "$work/watch.err")"
 import json, sys
 r = json.loads(sys.argv[1])
-assert r["checks"] > 1000, r
+assert r["checks"] > 300, r
 assert len(r["serials"]) >= 2, f"no new SVID reached the watch across the upgrade: {r}"
 EOF
 log "watch across the upgrade: $(cat "$work/watch.out")"
