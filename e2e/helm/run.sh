@@ -358,56 +358,120 @@ out=$(check "$new_pod")
 log "$down_checks X509 checks passed while the server was down; $(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' "$work/entries2.json") entries kept; new pod $new_pod: $out"
 ok
 
-race() { # NAME -> "ok fail" counts and $work/NAME.results (one line per pod)
-  local name=$1 t0
-  t0=$(date +%s%N)
-  workload "$name" "$pods" race -id "$want" | kubectl apply -f - >/dev/null || fail "$name apply"
-  kubectl -n "$WL_NS" rollout status "deploy/$name" --timeout=600s >/dev/null || fail "$name not ready"
-  : > "$work/$name.results"
-  for p in $(kubectl -n "$WL_NS" get pods -l "app=$name" -o jsonpath='{.items[*].metadata.name}'); do
-    line=""
-    for _ in $(seq 20); do
-      line=$(kubectl -n "$WL_NS" logs "$p" 2>/dev/null | grep -m1 '^RESULT' || true)
-      [ -n "$line" ] && break
-      sleep 0.5
-    done
-    [ -n "$line" ] || fail "$p printed no RESULT"
-    echo "$line $t0" >> "$work/$name.results"
+# pod_watch NAME OUT: one line "<host ns> <pod> <node or ->" per watch event of the pods app=NAME (the host
+# clock, so that creation and scheduling are timed in ms, not the API's 1 s timestamps).
+pod_watch() {
+  python3 -u - "$WL_NS" "$1" > "$2" <<'EOF' &
+import json, subprocess, sys, time
+ns, app = sys.argv[1], sys.argv[2]
+p = subprocess.Popen(["kubectl", "-n", ns, "get", "pods", "-l", f"app={app}", "--watch", "--output-watch-events",
+                      "-o", "json"], stdout=subprocess.PIPE, text=True)
+dec, buf = json.JSONDecoder(), ""
+for line in p.stdout:
+    buf += line
+    try:
+        ev, _ = dec.raw_decode(buf.lstrip())
+    except ValueError:
+        continue
+    buf = ""
+    o = ev["object"]
+    print(f'{time.time_ns()} {o["metadata"]["name"]} {o["spec"].get("nodeName") or "-"}', flush=True)
+EOF
+  bg_pids+=("$!")
+  sleep 1
+}
+# result POD: its "RESULT ok|fail <ms> <start ns> <done ns>" line (the workload prints it once).
+result() {
+  local line=""
+  for _ in $(seq 100); do
+    line=$(kubectl -n "$WL_NS" logs "$1" 2>/dev/null | grep -m1 '^RESULT' || true)
+    [ -n "$line" ] && break
+    sleep 0.1
   done
+  [ -n "$line" ] || fail "$1 printed no RESULT"
+  echo "$1 $line"
+}
+# race NAME burst|serial: $pods pods whose container fetches once at start (no retry); results in
+# $work/NAME.results, watch events in $work/NAME.watch. burst = one Deployment of $pods replicas;
+# serial = the same Deployment scaled up one pod at a time (each pod alone on the node).
+race() {
+  local name=$1 mode=$2 p i before
+  pod_watch "$name" "$work/$name.watch"
+  : > "$work/$name.results"
+  if [ "$mode" = burst ]; then
+    workload "$name" "$pods" race -id "$want" | kubectl apply -f - >/dev/null || fail "$name apply"
+    kubectl -n "$WL_NS" rollout status "deploy/$name" --timeout=600s >/dev/null || fail "$name not ready"
+    for p in $(kubectl -n "$WL_NS" get pods -l "app=$name" -o jsonpath='{.items[*].metadata.name}'); do
+      result "$p" >> "$work/$name.results"
+    done
+  else
+    workload "$name" 0 race -id "$want" | kubectl apply -f - >/dev/null || fail "$name apply"
+    for i in $(seq "$pods"); do
+      before=" $(kubectl -n "$WL_NS" get pods -l "app=$name" -o jsonpath='{.items[*].metadata.name}') "
+      kubectl -n "$WL_NS" scale "deploy/$name" --replicas="$i" >/dev/null
+      kubectl -n "$WL_NS" rollout status "deploy/$name" --timeout=120s >/dev/null || fail "$name pod $i not ready"
+      for p in $(kubectl -n "$WL_NS" get pods -l "app=$name" -o jsonpath='{.items[*].metadata.name}'); do
+        case $before in *" $p "*) ;; *) result "$p" >> "$work/$name.results" ;; esac
+      done
+    done
+  fi
+  kill "${bg_pids[-1]}" 2>/dev/null || true
+  pkill -f "app=$name --watch" 2>/dev/null || true
   kubectl -n "$WL_NS" delete deploy "$name" --wait=false >/dev/null
 }
-figures() { # NAME: p50/p99 of deployment applied -> container start, and -> first successful fetch
-  python3 - "$work/$1.results" <<'EOF'
+# figures NAME: p50/p99 of pod created -> scheduled -> container process start -> first SVID.
+figures() {
+  python3 - "$work/$1.results" "$work/$1.watch" <<'EOF'
 import sys
-rows = [l.split() for l in open(sys.argv[1])]
+created, scheduled = {}, {}
+for line in open(sys.argv[2]):
+    t, pod, node = line.split()
+    created.setdefault(pod, int(t))
+    if node != "-":
+        scheduled.setdefault(pod, int(t))
+rows = [l.split() for l in open(sys.argv[1])]  # pod RESULT ok|fail ms start done
 def pct(v, p):
-    v = sorted(v); return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
-start = [(int(r[3]) - int(r[5])) / 1e6 for r in rows]
-done = [(int(r[4]) - int(r[5])) / 1e6 for r in rows if r[1] == "ok"]
-inproc = [int(r[2]) for r in rows if r[1] == "ok"]
-print(f"{len(rows)} pods, {len(done)} ok: applied->container start p50 {pct(start,50):.0f} ms p99 {pct(start,99):.0f} ms; "
-      f"applied->first SVID p50 {pct(done,50):.0f} ms p99 {pct(done,99):.0f} ms; in-container wait p50 {pct(inproc,50)} ms p99 {pct(inproc,99)} ms"
-      if done else f"{len(rows)} pods, 0 ok")
+    v = sorted(v)
+    return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))] if v else float("nan")
+ok = [r for r in rows if r[2] == "ok" and r[0] in created]
+ms = lambda a, b: (b - a) / 1e6
+parts = {
+    "created->scheduled": [ms(created[r[0]], scheduled.get(r[0], created[r[0]])) for r in ok],
+    "scheduled->container start (sandbox, CNI, CSI publish, container)": [ms(scheduled.get(r[0], created[r[0]]), int(r[4])) for r in ok],
+    "container start->first SVID (attestation, entry, signing)": [ms(int(r[4]), int(r[5])) for r in ok],
+    "created->first SVID": [ms(created[r[0]], int(r[5])) for r in ok],
+}
+fails = sum(1 for r in rows if r[2] != "ok")
+print(f"{len(rows)} pods, {fails} first fetches failed; " +
+      "; ".join(f"{k} p50 {pct(v, 50):.0f} ms p99 {pct(v, 99):.0f} ms" for k, v in parts.items()))
 EOF
 }
 
 step "start-up race: $pods pods that fetch once at start, csiDriver.waitForIdentity off, then on"
-race race-off
-fails_off=$(grep -c '^RESULT fail' "$work/race-off.results" || true)
-log "waitForIdentity off: $fails_off of $pods first fetches failed; $(figures race-off)"
+race race-off burst
+fails_off=$(grep -c ' RESULT fail' "$work/race-off.results" || true)
+log "waitForIdentity off: $(figures race-off)"
 helm upgrade "$REL" "$REPO/charts/sigil" -n "$NS" --reuse-values --set csiDriver.waitForIdentity=10s \
   --wait --timeout 5m > "$work/upgrade2.out" 2>&1 || fail "helm upgrade waitForIdentity: $(tail -20 "$work/upgrade2.out")"
 kubectl -n "$NS" rollout status "ds/$REL-csi-driver" --timeout=180s >/dev/null || fail "CSI driver did not roll"
 kubectl -n "$NS" rollout status "ds/$REL-agent" --timeout=180s >/dev/null || fail "agent did not roll"
-race race-on
-fails_on=$(grep -c '^RESULT fail' "$work/race-on.results" || true)
-log "waitForIdentity on: $fails_on of $pods first fetches failed; $(figures race-on)"
+race race-on burst
+fails_on=$(grep -c ' RESULT fail' "$work/race-on.results" || true)
+log "waitForIdentity on: $(figures race-on)"
 [ "$fails_on" = 0 ] || fail "$fails_on pods started without their identity: $(grep fail "$work/race-on.results" | head -3)"
+log "first fetches that failed: $fails_off of $pods with waitForIdentity off, $fails_on with it on"
 if $bench; then
-  log "BENCH pod created -> first FetchX509SVID ($profile images, $pods pods): waitForIdentity on: $(figures race-on)"
-  log "BENCH waitForIdentity off (failures are pods whose one fetch came too early): $(figures race-off)"
+  race serial-on serial
+  log "BENCH ($profile images) $pods pods created one at a time, waitForIdentity on: $(figures serial-on)"
+  log "BENCH ($profile images) $pods pods of one fresh Deployment at once, waitForIdentity on: $(figures race-on)"
+  log "BENCH ($profile images) the same, waitForIdentity off: $(figures race-off)"
   kubectl -n "$NS" logs "ds/$REL-csi-driver" > "$work/csi.log" 2>/dev/null || true
-  grep -i 'wait' "$work/csi.log" | tail -3 >&2 || true
+  python3 - "$work/csi.log" <<'EOF' >&2 || true
+import re, sys
+w = sorted(int(m.group(1)) for m in re.finditer(r'wait(?:ed)?_ms[=:" ]+(\d+)', open(sys.argv[1]).read()))
+if w:
+    print(f"BENCH CSI NodePublishVolume waited for the identity: {len(w)} publishes, p50 {w[len(w)//2]} ms, max {w[-1]} ms")
+EOF
 fi
 ok
 
@@ -420,8 +484,14 @@ on_node "grep 'kubernetes.io~csi' /proc/mounts" && fail "CSI mounts left on the 
 for _ in $(seq 20); do on_node "[ -S $SOCK ]" || break; sleep 0.5; done
 on_node "[ -S $SOCK ]" && fail "the agent socket $SOCK is left"
 on_node "[ -S /run/sigil/agent-admin/private/admin.sock ]" && fail "the agent admin socket is left"
-left=$(kubectl get all,configmaps,serviceaccounts,roles,rolebindings,clusterroles,clusterrolebindings,csidrivers,pvc -A \
-  -l app.kubernetes.io/part-of=sigil -o name 2>/dev/null | grep -v '^persistentvolumeclaim/' || true)
+# `helm uninstall --wait` returns when the objects are deleted; their pods may still be terminating.
+left=""
+for _ in $(seq 60); do
+  left=$(kubectl get all,configmaps,serviceaccounts,roles,rolebindings,clusterroles,clusterrolebindings,csidrivers,pvc -A \
+    -l app.kubernetes.io/part-of=sigil -o name 2>/dev/null | grep -v '^persistentvolumeclaim/' || true)
+  [ -z "$left" ] && break
+  sleep 1
+done
 [ -z "$left" ] || fail "objects left: $left"
 kubectl get crd -o name | grep -q sigil.dev && fail "CRDs left after uninstalling sigil-crds"
 pvc=$(kubectl -n "$NS" get pvc -o name)
