@@ -15,14 +15,10 @@
 //! `GET /v1/pods/<uid>/identity?timeout=<ms>ms` -> 200 ready `{"ready":true,"spiffe_ids":[...]}`, 503 not
 //! ready at the timeout `{"ready":false,"reason":...}`, 4xx `{"error":...}`.
 
-use std::future::poll_fn;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use hyper::Request;
-use hyper::body::Body;
-use hyper_util::rt::TokioIo;
 
 /// The volume-context key with the pod's UID (`podInfoOnMount: true`).
 pub const POD_UID_KEY: &str = "csi.storage.k8s.io/pod.uid";
@@ -76,41 +72,13 @@ impl IdentityWait {
     }
 
     async fn exchange(&self, stream: tokio::net::UnixStream, uid: &str) -> Result<Outcome, String> {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, String>(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
         let req = Request::get(format!("/v1/pods/{uid}/identity?timeout={}ms", self.timeout.as_millis()))
             .header(hyper::header::HOST, "sigil-agent")
             .body(String::new())
             .map_err(|e| e.to_string())?;
-        let exchange = async move {
-            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-            let status = resp.status().as_u16();
-            let mut body = resp.into_body();
-            let mut out = Vec::new();
-            while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-                let frame = frame.map_err(|e| e.to_string())?;
-                if let Ok(data) = frame.into_data() {
-                    if out.len() + data.len() > MAX_ANSWER_BYTES {
-                        return Err("answer too large".to_owned());
-                    }
-                    out.extend_from_slice(&data);
-                }
-            }
-            Ok(interpret(status, &out))
-        };
-        let mut conn = std::pin::pin!(conn);
-        let mut exchange = std::pin::pin!(exchange);
-        let mut conn_done = false;
-        loop {
-            tokio::select! {
-                r = &mut exchange => return r,
-                c = &mut conn, if !conn_done => {
-                    conn_done = true;
-                    c.map_err(|e| e.to_string())?;
-                }
-            }
-        }
+        let limit = |_| sigil_tls::http1::BodyLimit { limit: MAX_ANSWER_BYTES, truncate: false };
+        let (status, body) = sigil_tls::http1::request(stream, req, limit).await.map_err(|e| e.to_string())?;
+        Ok(interpret(status.as_u16(), &body))
     }
 }
 

@@ -28,14 +28,12 @@
 //! admin socket ([`sigil_tls::prepare_socket_dir`] with `private`), and each connection's peer credentials
 //! must be uid 0 or the agent's own uid ([`peer_allowed`]).
 
-use std::future::poll_fn;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper::body::{Body, Incoming};
+use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -389,45 +387,19 @@ pub enum ClientError {
 pub async fn ask(socket: &Path, uid: &str, timeout: Duration) -> Result<(u16, Answer), ClientError> {
     let stream =
         UnixStream::connect(socket).await.map_err(|source| ClientError::Connect { path: socket.to_owned(), source })?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, String>(TokioIo::new(stream))
-        .await
-        .map_err(|e| ClientError::Http(e.to_string()))?;
     let uri = format!("/v1/pods/{uid}/identity?timeout={}ms", timeout.as_millis());
     let req = Request::get(uri)
         .header(HOST, "sigil-agent")
         .body(String::new())
         .map_err(|e| ClientError::Http(e.to_string()))?;
-    let exchange = async move {
-        let resp = sender.send_request(req).await.map_err(|e| ClientError::Http(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let mut body = resp.into_body();
-        let mut out = Vec::new();
-        while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-            let frame = frame.map_err(|e| ClientError::Http(e.to_string()))?;
-            if let Ok(data) = frame.into_data() {
-                if out.len() + data.len() > MAX_ANSWER_BYTES {
-                    return Err(ClientError::Body { status, reason: "too large".into() });
-                }
-                out.extend_from_slice(&data);
-            }
-        }
-        let answer = serde_json::from_slice(&out).map_err(|e| ClientError::Body { status, reason: e.to_string() })?;
-        Ok((status, answer))
-    };
-    let mut conn = std::pin::pin!(conn);
-    let mut exchange = std::pin::pin!(exchange);
-    let mut conn_done = false;
-    loop {
-        tokio::select! {
-            r = &mut exchange => return r,
-            c = &mut conn, if !conn_done => {
-                conn_done = true;
-                if let Err(e) = c {
-                    return Err(ClientError::Http(e.to_string()));
-                }
-            }
-        }
-    }
+    let limit = |_| sigil_tls::http1::BodyLimit { limit: MAX_ANSWER_BYTES, truncate: false };
+    let (status, body) = sigil_tls::http1::request(stream, req, limit).await.map_err(|e| match e {
+        sigil_tls::http1::Http1Error::TooLarge { .. } => ClientError::Body { status: 0, reason: "too large".into() },
+        e => ClientError::Http(e.to_string()),
+    })?;
+    let status = status.as_u16();
+    let answer = serde_json::from_slice(&body).map_err(|e| ClientError::Body { status, reason: e.to_string() })?;
+    Ok((status, answer))
 }
 
 #[cfg(test)]

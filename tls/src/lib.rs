@@ -193,6 +193,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 }
 
 pub mod h2_authority;
+pub mod http1;
 pub mod socket_dir;
 
 pub use h2_authority::{AuthorityFixStream, unix_incoming, unix_server};

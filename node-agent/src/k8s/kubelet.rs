@@ -17,23 +17,20 @@
 //! always fetches. Not `reload_interval` (1 m, SPIRE's period for re-reading the kubelet CA and client
 //! certificate): a label change must not wait a minute to show in a new call's selectors.
 
-use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper::body::{Body, Incoming};
-use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, HOST, HeaderValue, USER_AGENT};
+use hyper::header::{ACCEPT, AUTHORIZATION, HOST, HeaderValue, USER_AGENT};
 use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use sigil_tls::http1::{BodyLimit, Http1Error};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -181,7 +178,7 @@ impl KubeletClient {
         let req = req.body(String::new()).map_err(|e| FetchError::Http(e.to_string()))?;
         let tcp = connect(host, port).await?;
         match &self.settings.transport {
-            Transport::ReadOnly => self.send(TokioIo::new(tcp), req).await,
+            Transport::ReadOnly => self.send(tcp, req).await,
             Transport::Secure { .. } => {
                 let config = self.tls_config()?;
                 let server_name = match &self.settings.node_name {
@@ -193,49 +190,30 @@ impl KubeletClient {
                     .connect(server_name, tcp)
                     .await
                     .map_err(|e| FetchError::Tls(e.to_string()))?;
-                self.send(TokioIo::new(tls), req).await
+                self.send(tls, req).await
             }
         }
     }
 
-    async fn send<I>(&self, io: TokioIo<I>, req: Request<String>) -> Result<Vec<u8>, FetchError>
+    async fn send<I>(&self, io: I, req: Request<String>) -> Result<Vec<u8>, FetchError>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(io).await.map_err(|e| FetchError::Http(e.to_string()))?;
         let limit = self.settings.max_body_bytes;
-        let exchange = async move {
-            let resp = sender.send_request(req).await.map_err(|e| FetchError::Http(e.to_string()))?;
-            let status = resp.status();
-            if status != StatusCode::OK {
-                // A short excerpt is enough to tell a 401/403 (RBAC, #3152) from a proxy page.
-                let body = read_body(resp.into_body(), 4096, true).await.unwrap_or_default();
-                let excerpt: String = String::from_utf8_lossy(&body).chars().take(200).collect();
-                return Err(FetchError::Status { status: status.as_u16(), body: excerpt.trim().to_owned() });
-            }
-            let declared = resp.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > limit as u64) {
-                return Err(FetchError::TooLarge { limit });
-            }
-            read_body(resp.into_body(), limit, false).await
+        // A short excerpt of an error is enough to tell a 401/403 (RBAC, #3152) from a proxy page.
+        let body_limit = |status| match status {
+            StatusCode::OK => BodyLimit { limit, truncate: false },
+            _ => BodyLimit { limit: 4096, truncate: true },
         };
-        // The connection future does the I/O; it is driven here, next to the exchange, so that a timeout
-        // or a dropped caller ends both (no task outlives the request).
-        let mut conn = std::pin::pin!(conn);
-        let mut exchange = std::pin::pin!(exchange);
-        let mut conn_done = false;
-        loop {
-            tokio::select! {
-                r = &mut exchange => return r,
-                c = &mut conn, if !conn_done => {
-                    conn_done = true;
-                    if let Err(e) = c {
-                        return Err(FetchError::Http(e.to_string()));
-                    }
-                }
-            }
+        let (status, body) = sigil_tls::http1::request(io, req, body_limit).await.map_err(|e| match e {
+            Http1Error::TooLarge { limit } => FetchError::TooLarge { limit },
+            Http1Error::Http(e) => FetchError::Http(e.to_string()),
+        })?;
+        if status != StatusCode::OK {
+            let excerpt: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+            return Err(FetchError::Status { status: status.as_u16(), body: excerpt.trim().to_owned() });
         }
+        Ok(body)
     }
 
     fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>, FetchError> {
@@ -270,23 +248,6 @@ async fn connect(host: &str, port: u16) -> Result<TcpStream, FetchError> {
 }
 
 /// Reads a body up to `limit` bytes; over it: an error, or with `truncate` what was read.
-async fn read_body(mut body: Incoming, limit: usize, truncate: bool) -> Result<Vec<u8>, FetchError> {
-    let mut out = Vec::new();
-    while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-        let frame = frame.map_err(|e| FetchError::Http(e.to_string()))?;
-        let Ok(data) = frame.into_data() else { continue };
-        if out.len() + data.len() > limit {
-            if truncate {
-                out.extend_from_slice(data.get(..limit - out.len()).unwrap_or_default());
-                return Ok(out);
-            }
-            return Err(FetchError::TooLarge { limit });
-        }
-        out.extend_from_slice(&data);
-    }
-    Ok(out)
-}
-
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
