@@ -30,6 +30,8 @@ pub const POD_NAMESPACE_KEY: &str = "csi.storage.k8s.io/pod.namespace";
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
 /// Connecting to the admin socket must not take longer than this (it is a local socket).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often an unreachable admin socket is tried again within the wait.
+const CONNECT_RETRY: Duration = Duration::from_millis(100);
 /// Time allowed beyond the wait for the agent's answer to arrive.
 const ANSWER_GRACE: Duration = Duration::from_secs(2);
 /// Largest answer read.
@@ -56,23 +58,34 @@ pub enum Outcome {
 }
 
 impl IdentityWait {
-    /// Asks the agent about pod `uid` and waits for its answer (at most the timeout, plus a short grace for
-    /// the answer to arrive). Never fails: every problem is an [`Outcome::Unavailable`].
+    /// Asks the agent about pod `uid` and waits for its answer, all within the timeout (plus a short grace
+    /// for the answer to arrive). An agent that cannot be reached yet (restarting in a rollout, or not yet
+    /// started on a booting node) is asked again every [`CONNECT_RETRY`] until the deadline: giving up at
+    /// once would start exactly the pods the wait is for without their identity. Never fails: every problem
+    /// is an [`Outcome::Unavailable`].
     pub async fn wait(&self, uid: &str) -> Outcome {
-        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(&self.socket)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Outcome::Unavailable(format!("connect {}: {e}", self.socket.display())),
-            Err(_) => return Outcome::Unavailable(format!("connect {}: timed out", self.socket.display())),
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let stream = loop {
+            let why = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(&self.socket)).await {
+                Ok(Ok(s)) => break s,
+                Ok(Err(e)) => format!("connect {}: {e}", self.socket.display()),
+                Err(_) => format!("connect {}: timed out", self.socket.display()),
+            };
+            if tokio::time::Instant::now() + CONNECT_RETRY >= deadline {
+                return Outcome::Unavailable(why);
+            }
+            tokio::time::sleep(CONNECT_RETRY).await;
         };
-        match tokio::time::timeout(self.timeout + ANSWER_GRACE, self.exchange(stream, uid)).await {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left + ANSWER_GRACE, self.exchange(stream, uid, left)).await {
             Ok(Ok(o)) => o,
             Ok(Err(e)) => Outcome::Unavailable(e),
             Err(_) => Outcome::Unavailable("the agent did not answer in time".into()),
         }
     }
 
-    async fn exchange(&self, stream: tokio::net::UnixStream, uid: &str) -> Result<Outcome, String> {
-        let req = Request::get(format!("/v1/pods/{uid}/identity?timeout={}ms", self.timeout.as_millis()))
+    async fn exchange(&self, stream: tokio::net::UnixStream, uid: &str, wait: Duration) -> Result<Outcome, String> {
+        let req = Request::get(format!("/v1/pods/{uid}/identity?timeout={}ms", wait.as_millis()))
             .header(hyper::header::HOST, "sigil-agent")
             .body(String::new())
             .map_err(|e| e.to_string())?;
@@ -141,12 +154,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_missing_socket_is_unavailable_at_once() {
+    async fn a_missing_socket_is_tried_until_the_deadline_then_unavailable() {
         let dir = tempfile::tempdir().unwrap();
-        let w = IdentityWait { socket: dir.path().join("none.sock"), timeout: Duration::from_secs(20) };
+        let w = IdentityWait { socket: dir.path().join("none.sock"), timeout: Duration::from_millis(700) };
         let t = Instant::now();
         let o = w.wait("0f1e2d3c-4b5a-4978-8a6b-5c4d3e2f1a0b").await;
         assert!(matches!(o, Outcome::Unavailable(ref m) if m.contains("none.sock")), "{o:?}");
-        assert!(t.elapsed() < Duration::from_secs(1));
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(550) && took < Duration::from_millis(1500), "{took:?}");
     }
 }

@@ -3,8 +3,9 @@
 //! sigil-agent in-process, the agent attested with a join token) and real bind mounts (needs root):
 //! - a pod no entry selects is mounted after the bound (never refused);
 //! - a pod whose entry is created while its publish waits is mounted promptly once the SVID is signed;
-//! - a repeated publish of a mounted target, a request without a pod UID, and an unreachable admin socket
-//!   are answered at once; invalid requests stay InvalidArgument without waiting.
+//! - a repeated publish of a mounted target and a request without a pod UID are answered at once; an
+//!   unreachable admin socket is tried again until the bound, then the volume is mounted; invalid requests
+//!   stay InvalidArgument without waiting.
 
 #[path = "../../node-agent/tests/support/mod.rs"]
 mod support;
@@ -151,13 +152,14 @@ async fn publish_waits_for_the_pods_identity_at_the_real_agent() {
     assert!(text.contains("sigil_csi_identity_wait_total{result=\"timeout\"} 1"), "{text}");
     assert!(text.contains("sigil_csi_identity_wait_total{result=\"unavailable\"} 0"), "{text}");
 
-    // An admin socket nobody serves: logged, mounted at once (the bound is not added).
+    // An admin socket nobody serves (the agent restarting): asked again until the bound, then mounted.
+    let short = Duration::from_millis(800);
     let (d2, m2) =
-        driver(dir.path(), Some(IdentityWait { socket: dir.path().join("no-agent/admin.sock"), timeout: bound }));
+        driver(dir.path(), Some(IdentityWait { socket: dir.path().join("no-agent/admin.sock"), timeout: short }));
     let e = support::pod_uid();
     let te = target(dir.path(), &e);
     let took = publish_timed(&d2, publish_req(&te, Some(&e))).await;
-    assert!(took < Duration::from_millis(1000), "{took:?}");
+    assert!(took >= Duration::from_millis(600) && took < Duration::from_millis(2500), "{took:?}");
     assert!(mounted(&te));
     assert!(m2.render().contains("sigil_csi_identity_wait_total{result=\"unavailable\"} 1"));
     targets.push(te);

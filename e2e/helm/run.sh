@@ -67,6 +67,8 @@ cluster_up() { if [ -n "$KIND" ]; then "$E2E/cluster/kind.sh" up; else "$CLUSTER
 import_image() { if [ -n "$KIND" ]; then "$E2E/cluster/kind.sh" load "$1"; else "$CLUSTER" import-image "$1"; fi; }
 cleanup() {
   for p in "${bg_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # fail() may have run in a command substitution (a subshell): its marker, not its variable, survives.
+  [ -f "$work/.failed" ] && keep=true
   if ! $keep; then
     if [ -z "$KIND" ]; then
       "$CLUSTER" down >/dev/null 2>&1 || true
@@ -85,6 +87,7 @@ fail() {
     kubectl -n "$NS" logs "ds/$REL-csi-driver" --tail=20 >&2 2>/dev/null || true
   fi
   echo "[helm-e2e] work dir $work and /tmp/sigil-cluster/logs kept" >&2
+  touch "$work/.failed"
   keep=true
   cleanup
   exit 1
@@ -169,7 +172,7 @@ EOF
 for vs in default upstream minimal wait; do
   args=()
   [ "$vs" = default ] || args=(-f "$work/values-$vs.yaml")
-  # --skip-tests: the test pod names a ServiceAccount that only exists during `helm test` (run below).
+  # --skip-tests: the test pod's ServiceAccount is in the same manifest, which a dry run does not create.
   helm template "$REL" "$REPO/charts/sigil" -n "$NS" --skip-tests "${chart_set[@]}" "${args[@]}" > "$work/rendered-$vs.yaml" \
     || fail "helm template ($vs)"
   kubectl apply --dry-run=server -n "$NS" -f "$work/rendered-$vs.yaml" > "$work/dryrun-$vs.txt" 2>&1 \
@@ -200,9 +203,7 @@ grep -q "helm test $REL" "$work/install.out" || fail "NOTES.txt not shown: $(cat
 # The bundle ConfigMap holds the server's bundle (the notifier), and the agent attested with k8s_psat.
 srv bundle show > "$work/bundle.pem" || fail "bundle show"
 kubectl -n "$NS" get configmap "$REL-bundle" -o jsonpath='{.data.bundle\.crt}' > "$work/bundle-cm.pem"
-diff <(openssl x509 -noout -fingerprint -sha256 < "$work/bundle.pem") \
-     <(openssl x509 -noout -fingerprint -sha256 < "$work/bundle-cm.pem") >/dev/null \
-  || fail "the bundle ConfigMap does not hold the server's bundle"
+diff "$work/bundle.pem" "$work/bundle-cm.pem" >/dev/null || fail "the bundle ConfigMap does not hold exactly \`bundle show\`"
 srv agent list -output json > "$work/agents.json" || fail "agent list"
 python3 - "$work/agents.json" "$CLUSTER_NAME" <<'EOF' || fail "agents: $(cat "$work/agents.json")"
 import json, sys
@@ -305,6 +306,15 @@ r = json.loads(sys.argv[1])
 assert r["checks"] > 300, r
 assert len(r["serials"]) >= 2, f"no new SVID reached the watch across the upgrade: {r}"
 EOF
+# The last new serial reached the watch after the new agent pod started (not only the cached SVID).
+new_agent_start=$(kubectl -n "$NS" get pods -l app.kubernetes.io/name="$REL-agent" -o jsonpath='{.items[0].status.startTime}')
+last_serial_at=$(grep ' serial ' "$work/watch.err" | tail -1 | cut -d' ' -f1)
+python3 - "$new_agent_start" "$last_serial_at" <<'EOF' || fail "no SVID from the new agent reached the watch: agent started $new_agent_start, last serial at $last_serial_at"
+import sys, datetime
+start = datetime.datetime.fromisoformat(sys.argv[1].replace("Z", "+00:00"))
+last = datetime.datetime.fromisoformat(sys.argv[2][:26].rstrip("Z") + "+00:00")
+assert last >= start, (start, last)
+EOF
 log "watch across the upgrade: $(cat "$work/watch.out")"
 out=$(check "${app_pods[1]}")
 python3 - "$out" <<'EOF' || fail "the SVID after the upgrade does not have the new TTL: $out"
@@ -332,6 +342,7 @@ down_checks=0
 for _ in $(seq 40); do
   new_uid=$(kubectl -n "$NS" get pod "$REL-server-0" -o jsonpath='{.metadata.uid}' 2>/dev/null || true)
   [ "$new_uid" = "$old_uid" ] && fail "the old server pod is still there"
+  # No pod at all yet: certainly down (the StatefulSet has not recreated it).
   server_ready "$new_uid" && break
   kubectl -n "$WL_NS" exec "${app_pods[0]}" -- /workload check -id "$want" -timeout 5s -jwt=false >/dev/null 2>"$work/down.err" \
     || fail "X509-SVID while the server was down: $(cat "$work/down.err")"
@@ -459,7 +470,13 @@ race race-on burst
 fails_on=$(grep -c ' RESULT fail' "$work/race-on.results" || true)
 log "waitForIdentity on: $(figures race-on)"
 [ "$fails_on" = 0 ] || fail "$fails_on pods started without their identity: $(grep fail "$work/race-on.results" | head -3)"
-log "first fetches that failed: $fails_off of $pods with waitForIdentity off, $fails_on with it on"
+# The driver really waited and found each pod's identity ready (not "agent unavailable, mounted anyway").
+csi_log=$(kubectl -n "$NS" logs "ds/$REL-csi-driver" 2>/dev/null) || fail "CSI driver logs"
+ready_n=$(grep -c 'pod identity ready; mounting' <<<"$csi_log" || true)
+unavail_n=$(grep -c 'identity_ready=false' <<<"$csi_log" || true)
+[ "$ready_n" -ge "$pods" ] || fail "the CSI driver logged $ready_n ready identities for $pods pods"
+[ "$unavail_n" = 0 ] || fail "the CSI driver mounted $unavail_n volumes without the identity: $(grep -m2 'identity_ready=false' <<<"$csi_log")"
+log "first fetches that failed: $fails_off of $pods with waitForIdentity off, $fails_on with it on ($ready_n publishes waited for a ready identity)"
 if $bench; then
   race serial-on serial
   log "BENCH ($profile images) $pods pods created one at a time, waitForIdentity on: $(figures serial-on)"
@@ -484,11 +501,15 @@ on_node "grep 'kubernetes.io~csi' /proc/mounts" && fail "CSI mounts left on the 
 for _ in $(seq 20); do on_node "[ -S $SOCK ]" || break; sleep 0.5; done
 on_node "[ -S $SOCK ]" && fail "the agent socket $SOCK is left"
 on_node "[ -S /run/sigil/agent-admin/private/admin.sock ]" && fail "the agent admin socket is left"
+for s in /var/lib/kubelet/plugins/csi.spiffe.io/csi.sock /var/lib/kubelet/plugins_registry/csi.spiffe.io-reg.sock; do
+  on_node "[ -S $s ]" && fail "the CSI driver's socket $s is left"
+done
 # `helm uninstall --wait` returns when the objects are deleted; their pods may still be terminating.
 left=""
 for _ in $(seq 60); do
-  left=$(kubectl get all,configmaps,serviceaccounts,roles,rolebindings,clusterroles,clusterrolebindings,csidrivers,pvc -A \
-    -l app.kubernetes.io/part-of=sigil -o name 2>/dev/null | grep -v '^persistentvolumeclaim/' || true)
+  all=$(kubectl get all,configmaps,serviceaccounts,roles,rolebindings,clusterroles,clusterrolebindings,csidrivers,pvc -A \
+    -l app.kubernetes.io/part-of=sigil -o name) || fail "kubectl get (objects left)"
+  left=$(grep -v '^persistentvolumeclaim/' <<<"$all" || true)
   [ -z "$left" ] && break
   sleep 1
 done

@@ -170,6 +170,11 @@ pub struct Answer {
 pub fn bind(path: &Path) -> Result<UnixListener, AdminError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // The directories above first: once nobody else can write to them, nobody can swap `dir` for a
+        // symlink between the look below and the chmod (which follows symlinks).
+        if let Some(up) = dir.parent().filter(|d| !d.as_os_str().is_empty()) {
+            sigil_tls::prepare_socket_dir(up, false)?;
+        }
         if let Ok(m) = std::fs::symlink_metadata(dir) {
             let me = nix::unistd::geteuid().as_raw();
             let mode = m.mode() & 0o7777;

@@ -32,7 +32,7 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- with .Values.image.pullSecrets }}
 imagePullSecrets:
 {{- range . }}
-  - name: {{ . }}
+  - name: {{ . | quote }}
 {{- end }}
 {{- end }}
 {{- end -}}

@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use sigil_core::bundle::Bundle;
 use tokio::sync::watch;
 
-use super::{Backoff, FailureLog, LogAs, SETTLE, needs_write, render_pem};
+use super::{Backoff, FailureLog, LogAs, RESYNC, SETTLE, needs_write, render_pem};
 use crate::config::K8sBundleConfig;
 use crate::kube_client::{KUBE_API_TIMEOUT, KubeClientError, unreachable};
 use crate::metrics::Metrics;
@@ -184,7 +184,12 @@ impl K8sBundleNotifier {
         loop {
             let bundle = bundles.borrow_and_update().clone();
             let pem = render_pem(&bundle);
-            let wait = match self.sync(&pem).await {
+            // Raced with shutdown: a silent API server must not hold the server's stop for the call bounds.
+            let synced = tokio::select! {
+                r = self.sync(&pem) => r,
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            let wait = match synced {
                 Ok(synced) => {
                     if synced == Synced::Written {
                         metrics.bundle_notifier_write("ok");
@@ -231,7 +236,7 @@ impl K8sBundleNotifier {
                         _ = shutdown.wait_for(|s| *s) => return,
                     }
                 }
-                // In step: wait for the next change, then let a burst settle.
+                // In step: wait for the next change (or the periodic re-check), then let a burst settle.
                 None => {
                     tokio::select! {
                         changed = bundles.changed() => {
@@ -239,6 +244,10 @@ impl K8sBundleNotifier {
                                 return; // the state is gone: the server is stopping
                             }
                         }
+                        // The ConfigMap can lose its data without a bundle change (deleted and re-created,
+                        // `helm upgrade --force`, a hand edit); new agents could not bootstrap until the
+                        // next rotation. A GET every RESYNC repairs that (a PATCH only when it differs).
+                        _ = tokio::time::sleep(RESYNC) => {}
                         _ = shutdown.wait_for(|s| *s) => return,
                     }
                     tokio::select! {

@@ -19,6 +19,8 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long a bundle change is left to settle before it is written, so a burst of changes (a prepared
 /// CA and a JWT key published one after the other) becomes one write.
 pub const SETTLE: Duration = Duration::from_millis(250);
+/// How often the ConfigMap is read again while nothing changed, to repair data lost outside the server.
+pub const RESYNC: Duration = Duration::from_secs(60);
 
 /// What the ConfigMap key holds for `bundle`: every X.509 authority (root CA certificate) as a PEM
 /// `CERTIFICATE` block, in the bundle's order; exactly what `sigil-server bundle show` prints. JWT
