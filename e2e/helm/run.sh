@@ -184,7 +184,10 @@ ok
 step "helm install of the chart into the empty cluster: everything Ready, helm test passes"
 # No dynamic provisioner in this cluster (kind has one): one hostPath PersistentVolume for the server's claim,
 # owned by the server's uid (the kubelet applies fsGroup to provisioned volumes, not to hostPath ones).
-[ -z "$KIND" ] && mkdir -p "$PV_DIR" && chown 65532:65532 "$PV_DIR" && chmod 0700 "$PV_DIR"
+# A kept run (failed or killed) leaves its database behind: start from an empty one, as a fresh cluster does.
+if [ -z "$KIND" ]; then
+  rm -rf "$PV_DIR" && mkdir -p "$PV_DIR" && chown 65532:65532 "$PV_DIR" && chmod 0700 "$PV_DIR"
+fi
 [ -n "$KIND" ] || kubectl apply -f - >/dev/null <<EOF || fail "PV apply"
 apiVersion: v1
 kind: PersistentVolume

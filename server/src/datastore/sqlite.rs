@@ -2,8 +2,9 @@
 //!
 //! One connection guarded by a mutex; every call runs on tokio's blocking pool. The database runs with
 //! `journal_mode=WAL` and `synchronous=FULL`, so a write is on disk (WAL fsynced) before it is acknowledged,
-//! and with `foreign_keys=ON`. The schema is versioned by `PRAGMA user_version`: the numbered migrations in
-//! `migrations/` that the file lacks are applied in one transaction at open. The file is created mode 0600.
+//! with `foreign_keys=ON`, and with `temp_store=MEMORY` (no temporary files: see `open_connection`). The
+//! schema is versioned by `PRAGMA user_version`: the numbered migrations in `migrations/` that the file
+//! lacks are applied in one transaction at open. The file is created mode 0600.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -14,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::types::Value;
-use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params, params_from_iter};
+use rusqlite::{
+    Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params, params_from_iter,
+};
 use sha2::{Digest, Sha256};
 use sigil_core::bundle::{Bundle, JwtAuthority};
 use sigil_core::{RegistrationEntry, Selector, SpiffeId, TrustDomain};
@@ -137,11 +140,16 @@ fn open_connection(path: &Path) -> Result<Connection> {
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Statement journals (one per savepoint) and temporary tables stay in memory. On disk they would go to a
+    // temporary directory, and a server with a read-only root filesystem has none writable: SQLite then
+    // fails the statement with an I/O error and rolls the whole transaction back.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     let synchronous: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get(0))?;
     let foreign_keys: i64 = conn.pragma_query_value(None, "foreign_keys", |r| r.get(0))?;
-    if synchronous != 2 || foreign_keys != 1 {
+    let temp_store: i64 = conn.pragma_query_value(None, "temp_store", |r| r.get(0))?;
+    if synchronous != 2 || foreign_keys != 1 || temp_store != 2 {
         return Err(DatastoreError::Backend(format!(
-            "{}: pragmas not applied (synchronous={synchronous}, foreign_keys={foreign_keys})",
+            "{}: pragmas not applied (synchronous={synchronous}, foreign_keys={foreign_keys}, temp_store={temp_store})",
             path.display()
         )));
     }
@@ -671,6 +679,39 @@ fn check_relationship_bundle(rel: &FederationRelationship, bundle: Option<&Bundl
     }
 }
 
+/// Runs `item` for every input inside `tx`, each under a savepoint of its own so that a failed item leaves
+/// no partial rows behind while the others go on.
+///
+/// SQLite rolls the whole transaction back by itself on some errors (an I/O error, a temporary file it
+/// cannot create, an interrupt). The items after that would run in autocommit mode, each committed on its
+/// own, while the final COMMIT fails and the caller reports the whole batch as failed. So once the
+/// transaction is gone the batch stops and fails as a whole: nothing of it was written.
+fn run_batch<I, T>(
+    tx: &mut Transaction<'_>,
+    inputs: Vec<I>,
+    mut item: impl FnMut(&Connection, I) -> Result<T>,
+) -> Result<Vec<Result<T>>> {
+    let mut results = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let sp = tx.savepoint()?;
+        let result = item(&sp, input);
+        match &result {
+            Ok(_) => sp.commit()?,
+            // Dropping the savepoint rolls the item back (ROLLBACK TO, RELEASE).
+            Err(e) => {
+                drop(sp);
+                if tx.is_autocommit() {
+                    return Err(DatastoreError::Backend(format!(
+                        "sqlite rolled back the whole batch (nothing was written): {e}"
+                    )));
+                }
+            }
+        }
+        results.push(result);
+    }
+    Ok(results)
+}
+
 #[async_trait::async_trait]
 impl Datastore for SqliteDatastore {
     async fn create_entry(&self, entry: RegistrationEntry) -> Result<RegistrationEntry> {
@@ -690,17 +731,11 @@ impl Datastore for SqliteDatastore {
             .run(move |conn| {
                 let now = now_unix();
                 let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let mut results = Vec::with_capacity(entries.len());
-                for entry in entries {
-                    let result = prepare_new_entry(entry, now).and_then(|entry| {
-                        // A savepoint per item: a failed item leaves no partial rows behind.
-                        let sp = tx.savepoint()?;
-                        insert_entry(&sp, &entry)?;
-                        sp.commit()?;
-                        Ok(entry)
-                    });
-                    results.push(result);
-                }
+                let results = run_batch(&mut tx, entries, |conn, entry| {
+                    let entry = prepare_new_entry(entry, now)?;
+                    insert_entry(conn, &entry)?;
+                    Ok(entry)
+                })?;
                 tx.commit()?;
                 Ok(results)
             })
@@ -750,18 +785,14 @@ impl Datastore for SqliteDatastore {
         let n = ids.len();
         let outcome = self
             .run(move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let mut results = Vec::with_capacity(ids.len());
-                for id in ids {
-                    let result = load_entry(&tx, &id).and_then(|found| match found {
-                        None => Err(DatastoreError::NotFound(format!("entry {id}"))),
-                        Some(entry) => {
-                            tx.execute("DELETE FROM entries WHERE id = ?1", params![id])?;
-                            Ok(entry)
-                        }
-                    });
-                    results.push(result);
-                }
+                let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let results = run_batch(&mut tx, ids, |conn, id| match load_entry(conn, &id)? {
+                    None => Err(DatastoreError::NotFound(format!("entry {id}"))),
+                    Some(entry) => {
+                        conn.execute("DELETE FROM entries WHERE id = ?1", params![id])?;
+                        Ok(entry)
+                    }
+                })?;
                 tx.commit()?;
                 Ok(results)
             })
@@ -1232,6 +1263,87 @@ mod tests {
         assert!(matches!(ds.delete_federation_relationship(&td).await, Err(DatastoreError::NotFound(_))));
         let unknown = FederationRelationship { trust_domain: TrustDomain::new("nope.test").unwrap(), ..rel };
         assert!(matches!(ds.update_federation_relationship(unknown, None).await, Err(DatastoreError::NotFound(_))));
+    }
+
+    /// No temporary files: a savepoint whose journal outgrows SQLite's in-memory spill threshold (64 KiB)
+    /// would otherwise need a writable temporary directory, which the server's read-only root filesystem
+    /// lacks (reproduced in the chart's e2e: the batch failed with "cannot commit - no transaction is active").
+    #[tokio::test]
+    async fn temporary_files_stay_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = SqliteDatastore::open(&dir.path().join("ds.sqlite3")).await.unwrap();
+        let temp_store: i64 = ds.run(|c| Ok(c.pragma_query_value(None, "temp_store", |r| r.get(0))?)).await.unwrap();
+        assert_eq!(temp_store, 2, "temp_store=MEMORY");
+        // One batch item big enough to spill its savepoint journal (about 1 MiB of selector rows).
+        let many: Vec<String> = (0..4000).map(|i| format!("k8s:pod-label:key{i}:{}", "v".repeat(200))).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let big = RegistrationEntry::new(
+            SpiffeId::new("spiffe://td/big").unwrap(),
+            SpiffeId::new("spiffe://td/agent").unwrap(),
+            sels(&many),
+        );
+        let small = RegistrationEntry::new(
+            SpiffeId::new("spiffe://td/small").unwrap(),
+            SpiffeId::new("spiffe://td/agent").unwrap(),
+            sels(&["a:1"]),
+        );
+        let results = ds.create_entries(vec![big, small.clone(), small]).await;
+        assert!(results[0].is_ok() && results[1].is_ok(), "{results:?}");
+        assert!(matches!(results[2], Err(DatastoreError::AlreadyExists(_))), "{:?}", results[2]);
+        assert_eq!(rows(&ds, "entries").await, 2);
+        assert_eq!(rows(&ds, "entry_selectors").await, 4001);
+    }
+
+    /// When SQLite rolls the whole transaction back by itself (an I/O error, an interrupt), the batch stops
+    /// and fails as a whole: the items after it must not run in autocommit mode and be written one by one
+    /// while the caller is told that the batch failed. The automatic rollback is made here with ROLLBACK,
+    /// because the real causes need a broken disk or a racing interrupt.
+    #[tokio::test]
+    async fn batch_stops_when_sqlite_rolled_the_transaction_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = SqliteDatastore::open(&dir.path().join("ds.sqlite3")).await.unwrap();
+        let (calls, outcome, autocommit) = ds
+            .run(|conn| {
+                let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let mut calls = 0;
+                let outcome = run_batch(&mut tx, vec!["one", "breaks", "three"], |c, name| {
+                    calls += 1;
+                    if name == "breaks" {
+                        c.execute_batch("ROLLBACK")?;
+                        return Err(DatastoreError::Backend("disk I/O error".into()));
+                    }
+                    let e = RegistrationEntry::new(
+                        SpiffeId::new(&format!("spiffe://td/{name}")).unwrap(),
+                        SpiffeId::new("spiffe://td/agent").unwrap(),
+                        sels(&["a:1"]),
+                    );
+                    insert_entry(c, &prepare_new_entry(e, 0)?)
+                });
+                let autocommit = tx.is_autocommit();
+                Ok((calls, outcome.map(|r| r.len()), autocommit))
+            })
+            .await
+            .unwrap();
+        assert_eq!(calls, 2, "the item after the rollback must not run");
+        assert!(autocommit);
+        match outcome {
+            Err(DatastoreError::Backend(m)) => assert!(m.contains("whole batch") && m.contains("disk I/O"), "{m}"),
+            other => panic!("expected the batch to fail, got {other:?}"),
+        }
+        assert_eq!(rows(&ds, "entries").await, 0, "nothing of the batch is written");
+
+        // An ordinary item error keeps the transaction: the other items are written.
+        let ok = RegistrationEntry::new(
+            SpiffeId::new("spiffe://td/ok").unwrap(),
+            SpiffeId::new("spiffe://td/agent").unwrap(),
+            sels(&["a:1"]),
+        );
+        let bad = RegistrationEntry { selectors: vec![], ..ok.clone() };
+        let results = ds.create_entries(vec![bad, ok]).await;
+        assert!(matches!(results[0], Err(DatastoreError::Invalid(_))) && results[1].is_ok(), "{results:?}");
+        let deleted = ds.delete_entries(&["missing".into(), results[1].as_ref().unwrap().id.clone()]).await;
+        assert!(matches!(deleted[0], Err(DatastoreError::NotFound(_))) && deleted[1].is_ok(), "{deleted:?}");
+        assert_eq!(rows(&ds, "entries").await, 0);
     }
 
     #[test]
