@@ -405,15 +405,22 @@ result() {
   [ -n "$line" ] || fail "$1 printed no RESULT"
   echo "$1 $line"
 }
-# race NAME burst|serial: $pods pods whose container fetches once at start (no retry); results in
+# race NAME burst|serial|plain: $pods pods whose container fetches once at start (no retry); results in
 # $work/NAME.results, watch events in $work/NAME.watch. burst = one Deployment of $pods replicas;
-# serial = the same Deployment scaled up one pod at a time (each pod alone on the node).
+# serial = the same Deployment scaled up one pod at a time (each pod alone on the node); plain = a burst of
+# pods with no CSI volume that never call the Workload API (the node's own pod start-up time).
 race() {
   local name=$1 mode=$2 p i before
   pod_watch "$name" "$work/$name.watch"
   : > "$work/$name.results"
-  if [ "$mode" = burst ]; then
+  if [ "$mode" = plain ]; then
+    workload "$name" "$pods" start -id "$want" | grep -v -e 'volumeMounts:' -e 'volumes:' -e 'spiffe-workload-api$' \
+      -e 'csi: {driver' | kubectl apply -f - >/dev/null || fail "$name apply"
+    mode=burst
+  elif [ "$mode" = burst ]; then
     workload "$name" "$pods" race -id "$want" | kubectl apply -f - >/dev/null || fail "$name apply"
+  fi
+  if [ "$mode" = burst ]; then
     kubectl -n "$WL_NS" rollout status "deploy/$name" --timeout=600s >/dev/null || fail "$name not ready"
     for p in $(kubectl -n "$WL_NS" get pods -l "app=$name" -o jsonpath='{.items[*].metadata.name}'); do
       result "$p" >> "$work/$name.results"
@@ -481,10 +488,16 @@ unavail_n=$(grep -c 'identity_ready=false' <<<"$csi_log" || true)
 [ "$unavail_n" = 0 ] || fail "the CSI driver mounted $unavail_n volumes without the identity: $(grep -m2 'identity_ready=false' <<<"$csi_log")"
 log "first fetches that failed: $fails_off of $pods with waitForIdentity off, $fails_on with it on ($ready_n publishes waited for a ready identity)"
 if $bench; then
+  # Each measurement alone on the node: the previous pods are gone first.
+  gone() { kubectl -n "$WL_NS" wait --for=delete pod -l "app=$1" --timeout=300s >/dev/null 2>&1 || true; }
+  gone race-on
   race serial-on serial
+  gone serial-on
+  race plain-start plain
   log "BENCH ($profile images) $pods pods created one at a time, waitForIdentity on: $(figures serial-on)"
   log "BENCH ($profile images) $pods pods of one fresh Deployment at once, waitForIdentity on: $(figures race-on)"
   log "BENCH ($profile images) the same, waitForIdentity off: $(figures race-off)"
+  log "BENCH the node alone: $pods pods of one Deployment without the CSI volume or any Workload API call (the first SVID column is the container start): $(figures plain-start)"
   kubectl -n "$NS" logs "ds/$REL-csi-driver" > "$work/csi.log" 2>/dev/null || true
   python3 - "$work/csi.log" <<'EOF' >&2 || true
 import re, sys

@@ -11,6 +11,8 @@
 //	workload race -id ID                    ONE FetchX509SVID at process start, no retry; prints
 //	                                        RESULT ok|fail <ms since start> <start unix ns> <done unix ns>, then sleeps
 //	workload first -id ID                   like race, but retries every 20 ms until it succeeds
+//	workload start -id ID                   no Workload API at all: RESULT ok 0 <start> <start>, then sleeps
+//	                                        (the pod start-up floor of the node, without Sigil)
 package main
 
 import (
@@ -45,7 +47,7 @@ func printJSON(v any) {
 func main() {
 	start := time.Now()
 	if len(os.Args) < 2 {
-		fail("usage: workload serve|dial|check|watch|race|first -id SPIFFE_ID [flags]")
+		fail("usage: workload serve|dial|check|watch|race|first|start -id SPIFFE_ID [flags]")
 	}
 	cmd := os.Args[1]
 	fs := flag.NewFlagSet(cmd, flag.ExitOnError)
@@ -63,6 +65,12 @@ func main() {
 	}
 
 	switch cmd {
+	case "start":
+		fmt.Printf("RESULT ok 0 %d %d\n", start.UnixNano(), start.UnixNano())
+		for {
+			time.Sleep(time.Hour)
+		}
+
 	case "race", "first":
 		for {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
