@@ -411,7 +411,7 @@ pub async fn ask(socket: &Path, uid: &str, timeout: Duration) -> Result<(u16, An
 mod tests {
     use super::*;
     use crate::state::CachedSvid;
-    use crate::state::tests::entry;
+    use crate::state::tests::{entry, svid};
     use sigil_core::TrustDomain;
     use sigil_core::bundle::Bundle;
 
@@ -453,18 +453,6 @@ mod tests {
         for (peer, me, want) in cases {
             assert_eq!(peer_allowed(*peer, *me), *want, "{peer:?} {me}");
         }
-    }
-
-    fn svid(entry_id: &str, spiffe: &str, not_after: i64) -> Arc<CachedSvid> {
-        Arc::new(CachedSvid {
-            entry_id: entry_id.into(),
-            spiffe_id: SpiffeId::new(spiffe).unwrap(),
-            chain_der: vec![vec![1]],
-            key_pkcs8: vec![2],
-            not_before: 0,
-            not_after,
-            rotate_at: not_after / 2,
-        })
     }
 
     fn synced() -> Snapshot {

@@ -189,7 +189,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn svid(entry_id: &str, spiffe: &str, not_after: i64) -> Arc<CachedSvid> {
+    pub(crate) fn svid(entry_id: &str, spiffe: &str, not_after: i64) -> Arc<CachedSvid> {
         Arc::new(CachedSvid {
             entry_id: entry_id.into(),
             spiffe_id: SpiffeId::new(spiffe).unwrap(),
