@@ -33,7 +33,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use common::*;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use k8s_support::{Kube, unused_addr, write_kubeconfig};
+use k8s_support::{Kube, silent_api_server, unused_addr, write_kubeconfig};
 use kube::api::{Api, DeleteParams, PostParams};
 use sigil_core::TrustDomain;
 use sigil_core::bundle::Bundle;
@@ -367,16 +367,8 @@ async fn bundle_changes_are_written_and_a_burst_is_one_write() {
 
 #[tokio::test]
 async fn a_silent_api_server_ends_in_the_bound() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let holder = tokio::spawn(async move {
-        let mut held = vec![];
-        while let Ok((conn, _)) = listener.accept().await {
-            held.push(conn);
-        }
-    });
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = write_kubeconfig(dir.path(), &format!("https://{addr}"));
+    let (kubeconfig, holder) = silent_api_server(dir.path()).await;
     let n = K8sBundleNotifier::connect(&bundle_config(&kubeconfig)).await.unwrap().with_timeout(Duration::from_secs(1));
     let started = Instant::now();
     let err = n.sync("PEM").await.unwrap_err();

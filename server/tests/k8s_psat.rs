@@ -93,17 +93,8 @@ async fn unreachable_api_server_is_unavailable() {
 
 #[tokio::test]
 async fn silent_api_server_ends_in_the_bound_not_a_hang() {
-    // A peer that accepts TCP and never says a word (not even the TLS handshake).
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let holder = tokio::spawn(async move {
-        let mut held = vec![];
-        while let Ok((conn, _)) = listener.accept().await {
-            held.push(conn);
-        }
-    });
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = write_kubeconfig(dir.path(), &format!("https://{addr}"));
+    let (kubeconfig, holder) = silent_api_server(dir.path()).await;
     let cluster = psat_cluster(&["spire:spire-agent"], Some(kubeconfig.into()));
     let api = ClusterApi::connect("c1", &cluster).await.unwrap().with_timeout(Duration::from_secs(1));
     let config = K8sPsatConfig { clusters: [("c1".to_owned(), cluster)].into() };

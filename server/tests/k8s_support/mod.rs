@@ -45,6 +45,20 @@ pub fn unused_addr() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
+/// A peer that accepts TCP and never says a word (not even the TLS handshake), and the kubeconfig of a
+/// cluster at it. Abort the task to let the connections go.
+pub async fn silent_api_server(dir: &Path) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held = vec![];
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    (write_kubeconfig(dir, &format!("https://{addr}")), holder)
+}
+
 /// A kubeconfig for `server` (TLS not verified: these API servers never get that far).
 pub fn write_kubeconfig(dir: &Path, server: &str) -> String {
     let path = dir.join("test.kubeconfig");
