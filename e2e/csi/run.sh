@@ -14,12 +14,8 @@
 set -euo pipefail
 
 E2E=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-REPO=$(cd "$E2E/.." && pwd)
-CLUSTER=$E2E/cluster/cluster
-# shellcheck source-path=SCRIPTDIR source=../cluster/versions.env
-. "$E2E/cluster/versions.env"
-CACHE=${SIGIL_E2E_CACHE:-$HOME/.cache/sigil-e2e}
-export PATH=$CACHE/bin:$PATH
+# shellcheck source-path=SCRIPTDIR source=../cluster/tier-env.sh
+. "$E2E/cluster/tier-env.sh"
 NS=sigil-csi-e2e
 DRIVER_NS=sigil-system
 IMAGE=docker.io/sigil-e2e/sigil-csi-driver:e2e

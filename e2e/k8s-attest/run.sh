@@ -24,12 +24,8 @@
 set -euo pipefail
 
 E2E=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-REPO=$(cd "$E2E/.." && pwd)
-CLUSTER=$E2E/cluster/cluster
-# shellcheck source-path=SCRIPTDIR source=../cluster/versions.env
-. "$E2E/cluster/versions.env"
-CACHE=${SIGIL_E2E_CACHE:-$HOME/.cache/sigil-e2e}
-export PATH=$CACHE/bin:$PATH
+# shellcheck source-path=SCRIPTDIR source=../cluster/tier-env.sh
+. "$E2E/cluster/tier-env.sh"
 SYS=sigil-system
 TD=example.org
 CLUSTER_NAME=e2e-cluster
