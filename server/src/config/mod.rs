@@ -11,6 +11,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use sigil_core::TrustDomain;
 
+pub mod federation;
+
+pub use federation::{BundleEndpointConfig, ServingCertFile, ServingProfile};
+
 /// A configuration problem, always naming the field.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -43,6 +47,8 @@ pub struct FileConfig {
     pub node_attestor: NodeAttestorSection,
     #[serde(default)]
     pub notifier: NotifierSection,
+    #[serde(default)]
+    pub federation: federation::FederationSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -177,6 +183,8 @@ pub struct ServerConfig {
     pub k8s_psat: Option<K8sPsatConfig>,
     /// `None` when there is no `[notifier.k8sbundle]` section: no ConfigMap is kept up to date.
     pub k8sbundle: Option<K8sBundleConfig>,
+    /// `None` when there is no `[federation.bundle_endpoint]` section: the bundle is not served.
+    pub bundle_endpoint: Option<BundleEndpointConfig>,
 }
 
 /// The resolved `k8sbundle` notifier configuration: which ConfigMap key holds the bundle's PEM.
@@ -324,6 +332,7 @@ impl ServerConfig {
             health,
             k8s_psat: file.node_attestor.k8s_psat.map(resolve_k8s_psat).transpose()?,
             k8sbundle: file.notifier.k8sbundle.map(resolve_k8sbundle).transpose()?,
+            bundle_endpoint: federation::resolve(file.federation, ca_ttl)?,
         })
     }
 }
@@ -774,7 +783,7 @@ mod tests {
 
     #[test]
     fn in_cluster_example_file_is_valid() {
-        let file = FileConfig::parse(include_str!("../examples/server-in-cluster.toml")).unwrap();
+        let file = FileConfig::parse(include_str!("../../examples/server-in-cluster.toml")).unwrap();
         let c = ServerConfig::resolve(file, Overrides::default()).unwrap();
         assert_eq!(c.socket_shared_volume, Some(PathBuf::from("/run/sigil/admin")));
         assert_eq!(c.socket_path, PathBuf::from("/run/sigil/admin/private/api.sock"));
@@ -791,7 +800,7 @@ mod tests {
 
     #[test]
     fn k8s_psat_example_file_is_valid() {
-        let file = FileConfig::parse(include_str!("../examples/server-k8s-psat.toml")).unwrap();
+        let file = FileConfig::parse(include_str!("../../examples/server-k8s-psat.toml")).unwrap();
         let c = ServerConfig::resolve(file, Overrides::default()).unwrap();
         let psat = c.k8s_psat.unwrap();
         assert_eq!(psat.clusters.keys().collect::<Vec<_>>(), ["demo", "other"]);
