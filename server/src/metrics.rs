@@ -18,6 +18,8 @@ pub struct Metrics {
     /// `result` = `ok` (the ConfigMap key was written) or `error` (a sync attempt failed); a sync that
     /// found the key already current writes nothing and counts nothing.
     pub bundle_notifier_writes: Family<Vec<(String, String)>, Counter>,
+    /// Requests answered by the federation bundle endpoint, by HTTP status `code` (200, 404, 405, 500).
+    pub bundle_endpoint_requests: Family<Vec<(String, String)>, Counter>,
 }
 
 impl Metrics {
@@ -35,6 +37,11 @@ impl Metrics {
             "Trust bundle ConfigMap writes of the k8sbundle notifier by result (ok, error)",
             self.bundle_notifier_writes.clone(),
         );
+        r.register(
+            "bundle_endpoint_requests",
+            "Requests answered by the federation bundle endpoint by HTTP status code",
+            self.bundle_endpoint_requests.clone(),
+        );
     }
 
     /// Counts one k8sbundle notifier write attempt with `result` "ok" or "error".
@@ -45,5 +52,15 @@ impl Metrics {
     /// The count of k8sbundle notifier writes with `result` so far.
     pub fn bundle_notifier_writes_of(&self, result: &'static str) -> u64 {
         self.bundle_notifier_writes.get_or_create(&vec![("result".to_owned(), result.to_owned())]).get()
+    }
+
+    /// Counts one bundle endpoint request answered with HTTP status `code`.
+    pub fn bundle_endpoint_request(&self, code: u16) {
+        self.bundle_endpoint_requests.get_or_create(&vec![("code".to_owned(), code.to_string())]).inc();
+    }
+
+    /// The count of bundle endpoint requests answered with `code` so far.
+    pub fn bundle_endpoint_requests_of(&self, code: u16) -> u64 {
+        self.bundle_endpoint_requests.get_or_create(&vec![("code".to_owned(), code.to_string())]).get()
     }
 }
