@@ -241,10 +241,12 @@ mod tests {
     }
 
     fn sec1_pem(key: &rcgen::KeyPair) -> String {
-        // PKCS#8 wraps the SEC1 ECPrivateKey; ring parses only PKCS#8, so build SEC1 with a known prefix of
-        // this P-256 key's PKCS#8 encoding: skip to the inner OCTET STRING.
+        // rcgen writes PKCS#8 only. For P-256 its last 109 bytes are the embedded SEC1 ECPrivateKey
+        // (SEQUENCE of 0x6b bytes: version, 32-byte key, [1] public key), which is what an "EC PRIVATE KEY"
+        // PEM block holds.
         let der = key.serialize_der();
-        let inner = &der[der.len() - 0x6d..]; // ECPrivateKey of P-256 with public key = 109 bytes
+        let inner = &der[der.len() - 0x6d..];
+        assert_eq!(&inner[..2], &[0x30, 0x6b], "unexpected PKCS#8 layout");
         pem::encode(&pem::Pem::new("EC PRIVATE KEY", inner.to_vec()))
     }
 
