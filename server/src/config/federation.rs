@@ -1,6 +1,7 @@
 //! `[federation]`: SPIRE's `server { federation { ... } }` block, in TOML.
 //!
-//! So far only the bundle endpoint (`[federation.bundle_endpoint]`, issue 12 item 1). SPIRE's HCL
+//! This module: the bundle endpoint (`[federation.bundle_endpoint]`, issue 12 item 1); the relationships
+//! (`[federation.federates_with."<td>"]`, item 2) are in [`super::federates_with`]. SPIRE's HCL
 //!
 //! ```hcl
 //! federation {
@@ -44,6 +45,9 @@ use crate::ca::rotation::{SlotState, SlotTimes, activate_threshold, prepare_thre
 #[serde(deny_unknown_fields)]
 pub struct FederationSection {
     pub bundle_endpoint: Option<BundleEndpointSection>,
+    /// Keyed by the foreign trust domain's name.
+    #[serde(default)]
+    pub federates_with: std::collections::BTreeMap<String, super::federates_with::FederatesWithSection>,
 }
 
 /// `[federation.bundle_endpoint]`.

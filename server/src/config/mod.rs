@@ -11,8 +11,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use sigil_core::TrustDomain;
 
+pub mod federates_with;
 pub mod federation;
 
+pub use federates_with::ConfiguredRelationship;
 pub use federation::{BundleEndpointConfig, ServingCertFile, ServingProfile};
 
 /// A configuration problem, always naming the field.
@@ -27,6 +29,9 @@ pub enum ConfigError {
     /// A field of one `[node_attestor.k8s_psat.clusters.<cluster>]` table.
     #[error("config field `node_attestor.k8s_psat.clusters.{cluster}.{field}`: {message}")]
     ClusterField { cluster: String, field: &'static str, message: String },
+    /// A field whose path holds a name from the file, e.g. `federation.federates_with."b.test".bundle_endpoint_url`.
+    #[error("config field `{field}`: {message}")]
+    DynField { field: String, message: String },
 }
 
 fn field(field: &'static str, message: impl Into<String>) -> ConfigError {
@@ -185,6 +190,9 @@ pub struct ServerConfig {
     pub k8sbundle: Option<K8sBundleConfig>,
     /// `None` when there is no `[federation.bundle_endpoint]` section: the bundle is not served.
     pub bundle_endpoint: Option<BundleEndpointConfig>,
+    /// `[federation.federates_with."<td>"]`: the config file's federation relationships, in trust domain
+    /// order. They override admin API relationships with the same trust domain.
+    pub federates_with: Vec<ConfiguredRelationship>,
 }
 
 /// The resolved `k8sbundle` notifier configuration: which ConfigMap key holds the bundle's PEM.
@@ -312,6 +320,8 @@ impl ServerConfig {
         };
         let socket_path = o.socket_path.or(s.socket_path).unwrap_or_else(|| DEFAULT_SOCKET_PATH.into());
         let socket_shared_volume = s.socket_shared_volume.map(|v| check_shared_volume(&socket_path, v)).transpose()?;
+        let mut federation = file.federation;
+        let federates_with = federates_with::resolve(&trust_domain, std::mem::take(&mut federation.federates_with))?;
         Ok(Self {
             trust_domain,
             bind_address,
@@ -332,7 +342,8 @@ impl ServerConfig {
             health,
             k8s_psat: file.node_attestor.k8s_psat.map(resolve_k8s_psat).transpose()?,
             k8sbundle: file.notifier.k8sbundle.map(resolve_k8sbundle).transpose()?,
-            bundle_endpoint: federation::resolve(file.federation, ca_ttl)?,
+            bundle_endpoint: federation::resolve(federation, ca_ttl)?,
+            federates_with,
         })
     }
 }
