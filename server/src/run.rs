@@ -49,6 +49,8 @@ pub enum RunError {
     Notifier(#[from] crate::notifier::k8sbundle::NotifierSetupError),
     #[error(transparent)]
     BundleEndpoint(#[from] crate::bundle_endpoint::BundleEndpointError),
+    #[error("config field `federation.federates_with.\"{trust_domain}\".ca_file_path`: {message}")]
+    FederationCaFile { trust_domain: String, message: String },
 }
 
 /// A started server; dropping it does not stop it, [`RunningServer::shutdown`] does.
@@ -116,6 +118,15 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, RunError> {
         }
         _ => None,
     };
+    // The config file's https_web CA files are read before anything starts too (and again at every fetch).
+    for c in &config.federates_with {
+        if let Some(path) = &c.ca_file_path {
+            crate::federation::check_ca_file(path).map_err(|message| RunError::FederationCaFile {
+                trust_domain: c.relationship.trust_domain.to_string(),
+                message,
+            })?;
+        }
+    }
     let ds = crate::datastore::open_sqlite(&config.data_dir.join("datastore.sqlite3")).await?;
     let journal = ds.load_ca_journal().await?;
     let (ca, journal) =
@@ -218,6 +229,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, RunError> {
         );
         bundle_endpoint_addr = Some(addr);
     }
+
+    // Fetching the bundles of the trust domains this server federates with (config file and admin API).
+    tasks.push(tokio::spawn(crate::federation::manager::run(state.clone(), shutdown_rx.clone())));
 
     // CA rotation and the server's own SVID, checked often enough for short test lifetimes.
     let tick = (config.ca_ttl / 24).clamp(Duration::from_secs(1), Duration::from_secs(10));
