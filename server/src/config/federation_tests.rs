@@ -270,9 +270,28 @@ fn federation_example_file_is_valid() {
     assert_eq!(be.refresh_hint, Duration::from_secs(300));
     assert_eq!(be.profile, ServingProfile::HttpsSpiffe);
     assert_eq!(be.warnings, Vec::<String>::new());
+    // The federates_with tables.
+    let rels: Vec<(&str, &str, &str)> = c
+        .federates_with
+        .iter()
+        .map(|r| {
+            (
+                r.relationship.trust_domain.name(),
+                r.relationship.profile.name(),
+                r.relationship.bundle_endpoint_url.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rels,
+        [
+            ("b.test", "https_spiffe", "https://b.test:8443"),
+            ("partner.example", "https_web", "https://bundles.partner.example/spiffe"),
+        ]
+    );
     // The https_web alternative in the same file (lines marked `#~ `) is valid too.
     let text = include_str!("../../examples/server-federation.toml");
-    let web = text.replace("profile = \"https_spiffe\"", "").replace("#~ ", "");
+    let web = text.replacen("\nprofile = \"https_spiffe\"", "\n", 1).replace("#~ ", "");
     let c = ServerConfig::resolve(FileConfig::parse(&web).unwrap(), Overrides::default()).unwrap();
     assert_eq!(
         c.bundle_endpoint.unwrap().profile,
