@@ -1,8 +1,16 @@
 //! Federation relationships: which foreign trust domains this server federates with, and where and how
-//! their bundles are published (SPIFFE Federation, G1/G2). Fetching the bundles is a later step; this
-//! module holds the validated relationship itself.
+//! their bundles are published (SPIFFE Federation, G1/G2).
+//!
+//! - this module: the validated relationship itself;
+//! - [`refresh`]: when to fetch a foreign bundle again (refresh hint, bounds, backoff);
+//! - [`accept`]: whether a fetched bundle may be stored and whether it changes the stored one.
+//!
+//! The fetching itself (HTTPS, TLS checks) is I/O and lives in the server.
 
 use crate::{SpiffeId, TrustDomain};
+
+pub mod accept;
+pub mod refresh;
 
 /// How the foreign bundle endpoint authenticates itself (SPIFFE Federation 5.2).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

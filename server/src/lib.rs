@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod attestor;
+pub mod bundle_endpoint;
 pub mod ca;
 pub mod cli;
 pub mod config;

@@ -16,8 +16,9 @@ use tokio::sync::watch;
 use crate::api::admin::{AdminApi, PeerUidCheck};
 use crate::api::agent::AgentApi;
 use crate::attestor::Attestors;
+use crate::bundle_endpoint::cert_file;
 use crate::ca::CaManager;
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, ServingProfile};
 use crate::metrics::Metrics;
 use crate::notifier::k8sbundle::K8sBundleNotifier;
 use crate::state::{ServerState, now_unix};
@@ -46,6 +47,10 @@ pub enum RunError {
     Attestor(#[from] crate::attestor::KubeSetupError),
     #[error("bundle notifier: {0}")]
     Notifier(#[from] crate::notifier::k8sbundle::NotifierSetupError),
+    #[error(transparent)]
+    BundleEndpoint(#[from] crate::bundle_endpoint::BundleEndpointError),
+    #[error("config field `federation.federates_with.\"{trust_domain}\".ca_file_path`: {message}")]
+    FederationCaFile { trust_domain: String, message: String },
 }
 
 /// A started server; dropping it does not stop it, [`RunningServer::shutdown`] does.
@@ -54,6 +59,8 @@ pub struct RunningServer {
     pub state: Arc<ServerState>,
     pub agent_addr: SocketAddr,
     pub health_addr: Option<SocketAddr>,
+    /// The federation bundle endpoint's bound address, when `[federation.bundle_endpoint]` is configured.
+    pub bundle_endpoint_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -99,6 +106,27 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, RunError> {
         Some(c) => Some(K8sBundleNotifier::connect(c).await?),
         None => None,
     };
+    // The https_web certificate files are read before anything starts, so a bad pair stops the start
+    // with nothing left running.
+    let web_cert = match config.bundle_endpoint.as_ref().map(|b| &b.profile) {
+        Some(ServingProfile::HttpsWeb(files)) => {
+            let contents = cert_file::read_pair(files).map_err(crate::bundle_endpoint::BundleEndpointError::from)?;
+            Some(
+                cert_file::Reloader::start(files.clone(), contents)
+                    .map_err(crate::bundle_endpoint::BundleEndpointError::from)?,
+            )
+        }
+        _ => None,
+    };
+    // The config file's https_web CA files are read before anything starts too (and again at every fetch).
+    for c in &config.federates_with {
+        if let Some(path) = &c.ca_file_path {
+            crate::federation::check_ca_file(path).map_err(|message| RunError::FederationCaFile {
+                trust_domain: c.relationship.trust_domain.to_string(),
+                message,
+            })?;
+        }
+    }
     let ds = crate::datastore::open_sqlite(&config.data_dir.join("datastore.sqlite3")).await?;
     let journal = ds.load_ca_journal().await?;
     let (ca, journal) =
@@ -175,6 +203,36 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, RunError> {
         }
     }));
 
+    // The federation bundle endpoint. https_spiffe presents the server's own SVID from the agent API's
+    // slot, so it is renewed with it by the rotation task below.
+    let mut bundle_endpoint_addr = None;
+    if let Some(be) = &config.bundle_endpoint {
+        for warning in &be.warnings {
+            tracing::warn!("{warning}");
+        }
+        let certs = match web_cert {
+            None => slot.clone(),
+            Some((reloader, loaded)) => {
+                let web = Arc::new(ServerCertSlot::default());
+                web.set(loaded.key);
+                tasks.push(tokio::spawn(cert_file::watch(reloader, web.clone(), shutdown_rx.clone())));
+                web
+            }
+        };
+        let (addr, task) = crate::bundle_endpoint::start(be, certs, state.clone(), shutdown_rx.clone()).await?;
+        tasks.push(task);
+        tracing::info!(
+            address = %addr,
+            profile = be.profile.name(),
+            refresh_hint_secs = be.refresh_hint.as_secs(),
+            "federation bundle endpoint serving"
+        );
+        bundle_endpoint_addr = Some(addr);
+    }
+
+    // Fetching the bundles of the trust domains this server federates with (config file and admin API).
+    tasks.push(tokio::spawn(crate::federation::manager::run(state.clone(), shutdown_rx.clone())));
+
     // CA rotation and the server's own SVID, checked often enough for short test lifetimes.
     let tick = (config.ca_ttl / 24).clamp(Duration::from_secs(1), Duration::from_secs(10));
     let rot_state = state.clone();
@@ -227,7 +285,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, RunError> {
         agent_api = %agent_addr,
         admin_socket = %config.socket_path.display(),
         health = ?health_addr,
+        bundle_endpoint = ?bundle_endpoint_addr,
         "sigil-server ready"
     );
-    Ok(RunningServer { state, agent_addr, health_addr, shutdown, tasks })
+    Ok(RunningServer { state, agent_addr, health_addr, bundle_endpoint_addr, shutdown, tasks })
 }

@@ -56,6 +56,8 @@ pub struct ServerState {
     changes: broadcast::Sender<Change>,
     write_lock: Mutex<()>,
     pub metrics: Metrics,
+    /// The foreign bundle fetchers' status, and the way to ask one for a refresh.
+    pub federation: crate::federation::Board,
     ready: std::sync::atomic::AtomicBool,
 }
 
@@ -125,6 +127,7 @@ impl ServerState {
             changes,
             write_lock: Mutex::new(()),
             metrics,
+            federation: crate::federation::Board::default(),
             ready: std::sync::atomic::AtomicBool::new(false),
         });
         state.publish_own_bundle().await?;
@@ -446,6 +449,28 @@ impl ServerState {
         self.federated.write().unwrap_or_else(|p| p.into_inner()).insert(bundle.trust_domain.clone(), bundle.clone());
         self.notify(Change::FederatedBundles);
         Ok(bundle)
+    }
+
+    /// Stores a bundle fetched from a bundle endpoint when it changes the stored one
+    /// ([`sigil_core::federation::accept::update`]), and announces it as `bundle set` does, so agents'
+    /// sync streams carry it. Returns the stored bundle and whether the served sequence went backwards, or
+    /// `None` when nothing changed (nothing written, nobody told).
+    pub async fn store_fetched_bundle(&self, fetched: Bundle) -> Result<Option<(Bundle, bool)>, StateError> {
+        if fetched.trust_domain == self.trust_domain {
+            return Err(StateError::Other("the server's own bundle is never replaced by a fetched one".into()));
+        }
+        let _guard = self.write_lock.lock().await;
+        let stored = self.federated_bundle(&fetched.trust_domain);
+        let (bundle, went_back) = match sigil_core::federation::accept::update(stored.as_ref(), fetched) {
+            sigil_core::federation::accept::Update::Unchanged => return Ok(None),
+            sigil_core::federation::accept::Update::Store { bundle, sequence_went_back } => {
+                (bundle, sequence_went_back)
+            }
+        };
+        self.ds.set_bundle(bundle.clone()).await?;
+        self.federated.write().unwrap_or_else(|p| p.into_inner()).insert(bundle.trust_domain.clone(), bundle.clone());
+        self.notify(Change::FederatedBundles);
+        Ok(Some((bundle, went_back)))
     }
 
     pub async fn delete_federated_bundle(&self, td: &TrustDomain) -> Result<(), StateError> {

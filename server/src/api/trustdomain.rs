@@ -8,7 +8,8 @@ use tonic::{Request, Response, Status};
 
 use super::admin::{AdminApi, ok_status, state_status, status_of};
 use super::convert;
-use crate::federation::{BundleEndpointProfile, FederationRelationship};
+use crate::federation::{BundleEndpointProfile, FederationRelationship, FetchStatus, RefreshError, Target};
+use crate::state::ServerState;
 
 /// A client-supplied relationship: field-level checks (syntax); the state checks it against the server's
 /// own trust domain and the bundle against the relationship.
@@ -66,6 +67,44 @@ impl AdminApi {
     fn relationship_out(&self, r: &FederationRelationship) -> pb::FederationRelationship {
         relationship_to_pb(r, self.state.federated_bundle(&r.trust_domain).as_ref())
     }
+}
+
+/// A fetcher's status as the admin API shows it, with the stored bundle's sequence.
+pub fn status_to_pb(state: &ServerState, target: &Target, s: &FetchStatus) -> pb::FederationStatus {
+    let stored = state.federated_bundle(target.trust_domain());
+    pb::FederationStatus {
+        trust_domain: target.trust_domain().name().to_owned(),
+        source: target.source.name().to_owned(),
+        overrides_api_relationship: target.overrides_api_relationship,
+        bundle_endpoint_url: target.relationship.bundle_endpoint_url.clone(),
+        bundle_endpoint_profile: target.relationship.profile.name().to_owned(),
+        endpoint_spiffe_id: target.endpoint_spiffe_id().map(ToString::to_string).unwrap_or_default(),
+        last_attempt_at: s.last_attempt_at,
+        last_success_at: s.last_success_at,
+        last_change_at: s.last_change_at,
+        last_error: s.last_error.clone(),
+        last_error_at: s.last_error_at,
+        consecutive_failures: s.consecutive_failures,
+        next_refresh_at: s.next_refresh_at,
+        has_bundle: stored.is_some(),
+        sequence: stored.map(|b| b.sequence).unwrap_or_default(),
+    }
+}
+
+/// SPIRE's words for a refresh of a trust domain nothing federates with.
+fn no_relationship(td: &sigil_core::TrustDomain) -> Status {
+    Status::not_found(format!("there is no federation relationship with trust domain {td}"))
+}
+
+/// The relationship of `td` comes from the config file (and is not in the datastore): say so, since the
+/// admin API cannot change it.
+fn config_only(state: &ServerState, td: &sigil_core::TrustDomain) -> Option<Status> {
+    let in_config = state.config.federates_with.iter().any(|c| &c.relationship.trust_domain == td);
+    (in_config && state.federation_relationship(td).is_none()).then(|| {
+        Status::failed_precondition(format!(
+            "the federation relationship with {td} comes from the server's config file              ([federation.federates_with.\"{td}\"]); change it there"
+        ))
+    })
 }
 
 #[tonic::async_trait]
@@ -138,6 +177,9 @@ impl trust_domains_server::TrustDomains for AdminApi {
         for r in req.into_inner().federation_relationships {
             let outcome = async {
                 let (rel, bundle) = relationship_from_pb(&r)?;
+                if let Some(s) = config_only(&self.state, &rel.trust_domain) {
+                    return Err(s);
+                }
                 self.state.update_federation_relationship(rel, bundle).await.map_err(state_status)
             }
             .await;
@@ -166,6 +208,9 @@ impl trust_domains_server::TrustDomains for AdminApi {
         for name in req.into_inner().trust_domains {
             let outcome = async {
                 let td = convert::trust_domain("trust_domain", &name)?;
+                if let Some(s) = config_only(&self.state, &td) {
+                    return Err(s);
+                }
                 self.state.delete_federation_relationship(&td).await.map_err(state_status)?;
                 Ok::<_, Status>(td)
             }
@@ -182,5 +227,54 @@ impl trust_domains_server::TrustDomains for AdminApi {
             });
         }
         Ok(Response::new(pb::BatchDeleteFederationRelationshipResponse { results }))
+    }
+
+    async fn refresh_bundle(
+        &self,
+        req: Request<pb::RefreshBundleRequest>,
+    ) -> Result<Response<pb::RefreshBundleResponse>, Status> {
+        let td = convert::trust_domain("trust_domain", &req.into_inner().trust_domain)?;
+        let known = self.state.federation_relationship(&td).is_some()
+            || self.state.config.federates_with.iter().any(|c| c.relationship.trust_domain == td);
+        let mut outcome = self.state.federation.refresh(&td).await;
+        if outcome == Err(RefreshError::NotFound) && known {
+            // Written a moment ago, its fetcher not registered yet: wait for it a little.
+            for _ in 0..40 {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                if self.state.federation.status(&td).is_some() {
+                    outcome = self.state.federation.refresh(&td).await;
+                    break;
+                }
+            }
+        }
+        let changed = match outcome {
+            Ok(changed) => changed,
+            Err(RefreshError::NotFound) if !known => return Err(no_relationship(&td)),
+            Err(RefreshError::NotFound) => {
+                return Err(Status::unavailable(format!("the bundle fetcher of {td} is not running yet; try again")));
+            }
+            Err(RefreshError::Failed(e)) => {
+                return Err(Status::unavailable(format!("failed to refresh the bundle of {td}: {e}")));
+            }
+            Err(RefreshError::Unavailable(e)) => return Err(Status::unavailable(e)),
+        };
+        tracing::info!(trust_domain = %td, changed, "bundle refreshed on request");
+        let status = self.state.federation.status(&td).map(|(t, s)| status_to_pb(&self.state, &t, &s));
+        Ok(Response::new(pb::RefreshBundleResponse { changed, status }))
+    }
+
+    async fn list_federation_status(
+        &self,
+        req: Request<pb::ListFederationStatusRequest>,
+    ) -> Result<Response<pb::ListFederationStatusResponse>, Status> {
+        let req = req.into_inner();
+        let statuses = if req.trust_domain.is_empty() {
+            self.state.federation.statuses().iter().map(|(t, s)| status_to_pb(&self.state, t, s)).collect()
+        } else {
+            let td = convert::trust_domain("trust_domain", &req.trust_domain)?;
+            let (t, s) = self.state.federation.status(&td).ok_or_else(|| no_relationship(&td))?;
+            vec![status_to_pb(&self.state, &t, &s)]
+        };
+        Ok(Response::new(pb::ListFederationStatusResponse { statuses }))
     }
 }

@@ -318,6 +318,16 @@ pub enum FederationCmd {
         #[arg(long = "output", value_enum, default_value = "pretty")]
         output: Output,
     },
+    /// Fetches the trust domain's bundle from its bundle endpoint now.
+    Refresh {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Trust domain of the relationship.
+        #[arg(long = "id")]
+        id: String,
+        #[arg(long = "output", value_enum, default_value = "pretty")]
+        output: Output,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -21,8 +21,13 @@ use tonic::transport::Channel;
 pub const TD: &str = "example.org";
 
 pub fn config(dir: &Path, extra_toml: &str) -> ServerConfig {
+    config_td(dir, TD, extra_toml)
+}
+
+/// [`config`] for another trust domain (federation tests run two servers).
+pub fn config_td(dir: &Path, td: &str, extra_toml: &str) -> ServerConfig {
     let text = format!(
-        "[server]\ntrust_domain = \"{TD}\"\nbind_address = \"127.0.0.1\"\nbind_port = 0\n{extra_toml}\n[health_checks]\nbind_address = \"127.0.0.1\"\nbind_port = 0\n"
+        "[server]\ntrust_domain = \"{td}\"\nbind_address = \"127.0.0.1\"\nbind_port = 0\n{extra_toml}\n[health_checks]\nbind_address = \"127.0.0.1\"\nbind_port = 0\n"
     );
     let file = FileConfig::parse(&text).unwrap();
     ServerConfig::resolve(
@@ -45,6 +50,22 @@ impl TestServer {
     pub async fn start(extra_toml: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let server = sigil_server::run::start(config(dir.path(), extra_toml)).await.unwrap();
+        Self { dir, server }
+    }
+
+    /// A server of trust domain `td` (federation tests).
+    pub async fn start_td(td: &str, extra_toml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let server = sigil_server::run::start(config_td(dir.path(), td, extra_toml)).await.unwrap();
+        Self { dir, server }
+    }
+
+    /// Stops the server and starts it again on the same data directory (same CA, same datastore) with
+    /// `extra_toml`.
+    pub async fn restart(self, td: &str, extra_toml: &str) -> Self {
+        let Self { dir, server } = self;
+        server.shutdown().await;
+        let server = sigil_server::run::start(config_td(dir.path(), td, extra_toml)).await.unwrap();
         Self { dir, server }
     }
 

@@ -11,6 +11,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use sigil_core::TrustDomain;
 
+pub mod federates_with;
+pub mod federation;
+
+pub use federates_with::ConfiguredRelationship;
+pub use federation::{BundleEndpointConfig, ServingCertFile, ServingProfile};
+
 /// A configuration problem, always naming the field.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -23,6 +29,9 @@ pub enum ConfigError {
     /// A field of one `[node_attestor.k8s_psat.clusters.<cluster>]` table.
     #[error("config field `node_attestor.k8s_psat.clusters.{cluster}.{field}`: {message}")]
     ClusterField { cluster: String, field: &'static str, message: String },
+    /// A field whose path holds a name from the file, e.g. `federation.federates_with."b.test".bundle_endpoint_url`.
+    #[error("config field `{field}`: {message}")]
+    DynField { field: String, message: String },
 }
 
 fn field(field: &'static str, message: impl Into<String>) -> ConfigError {
@@ -43,6 +52,8 @@ pub struct FileConfig {
     pub node_attestor: NodeAttestorSection,
     #[serde(default)]
     pub notifier: NotifierSection,
+    #[serde(default)]
+    pub federation: federation::FederationSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -177,6 +188,11 @@ pub struct ServerConfig {
     pub k8s_psat: Option<K8sPsatConfig>,
     /// `None` when there is no `[notifier.k8sbundle]` section: no ConfigMap is kept up to date.
     pub k8sbundle: Option<K8sBundleConfig>,
+    /// `None` when there is no `[federation.bundle_endpoint]` section: the bundle is not served.
+    pub bundle_endpoint: Option<BundleEndpointConfig>,
+    /// `[federation.federates_with."<td>"]`: the config file's federation relationships, in trust domain
+    /// order. They override admin API relationships with the same trust domain.
+    pub federates_with: Vec<ConfiguredRelationship>,
 }
 
 /// The resolved `k8sbundle` notifier configuration: which ConfigMap key holds the bundle's PEM.
@@ -304,6 +320,8 @@ impl ServerConfig {
         };
         let socket_path = o.socket_path.or(s.socket_path).unwrap_or_else(|| DEFAULT_SOCKET_PATH.into());
         let socket_shared_volume = s.socket_shared_volume.map(|v| check_shared_volume(&socket_path, v)).transpose()?;
+        let mut federation = file.federation;
+        let federates_with = federates_with::resolve(&trust_domain, std::mem::take(&mut federation.federates_with))?;
         Ok(Self {
             trust_domain,
             bind_address,
@@ -324,6 +342,8 @@ impl ServerConfig {
             health,
             k8s_psat: file.node_attestor.k8s_psat.map(resolve_k8s_psat).transpose()?,
             k8sbundle: file.notifier.k8sbundle.map(resolve_k8sbundle).transpose()?,
+            bundle_endpoint: federation::resolve(federation, ca_ttl)?,
+            federates_with,
         })
     }
 }
@@ -774,7 +794,7 @@ mod tests {
 
     #[test]
     fn in_cluster_example_file_is_valid() {
-        let file = FileConfig::parse(include_str!("../examples/server-in-cluster.toml")).unwrap();
+        let file = FileConfig::parse(include_str!("../../examples/server-in-cluster.toml")).unwrap();
         let c = ServerConfig::resolve(file, Overrides::default()).unwrap();
         assert_eq!(c.socket_shared_volume, Some(PathBuf::from("/run/sigil/admin")));
         assert_eq!(c.socket_path, PathBuf::from("/run/sigil/admin/private/api.sock"));
@@ -791,7 +811,7 @@ mod tests {
 
     #[test]
     fn k8s_psat_example_file_is_valid() {
-        let file = FileConfig::parse(include_str!("../examples/server-k8s-psat.toml")).unwrap();
+        let file = FileConfig::parse(include_str!("../../examples/server-k8s-psat.toml")).unwrap();
         let c = ServerConfig::resolve(file, Overrides::default()).unwrap();
         let psat = c.k8s_psat.unwrap();
         assert_eq!(psat.clusters.keys().collect::<Vec<_>>(), ["demo", "other"]);
