@@ -227,18 +227,11 @@ impl AgentConfig {
             (None, true) => Bootstrap::Insecure,
             (None, false) => Bootstrap::StoredOnly,
         };
-        // The agent has always also taken the upper-case spellings.
-        let log_format = match o.log_format.or(a.log_format).as_deref().unwrap_or("text") {
-            "TEXT" => LogFormat::Text,
-            "JSON" => LogFormat::Json,
-            other => {
-                LogFormat::parse(other).map_err(|e| field("log_format", format!("{:?}: expected text or json", e.0)))?
-            }
-        };
-        let log_level = o.log_level.or(a.log_level).unwrap_or_else(|| "info".into()).to_lowercase();
-        if !["trace", "debug", "info", "warn", "error"].contains(&log_level.as_str()) {
-            return Err(field("log_level", format!("{log_level:?}: expected debug, info, warn or error")));
-        }
+        let log_format = LogFormat::parse(o.log_format.or(a.log_format).as_deref().unwrap_or("text"))
+            .map_err(|e| field("log_format", e.to_string()))?;
+        let log_level = sigil_telemetry::parse_log_level(o.log_level.or(a.log_level).as_deref().unwrap_or("info"))
+            .map_err(|e| field("log_level", e.to_string()))?
+            .to_owned();
         let join_token = o.join_token.or(a.join_token).filter(|t| !t.is_empty());
         let k8s_psat = file.node_attestor.k8s_psat;
         if let Some(p) = &k8s_psat {
@@ -390,8 +383,8 @@ bind_port = 9999
             (Some("TEXT"), Ok(LogFormat::Text)),
             (Some("json"), Ok(LogFormat::Json)),
             (Some("JSON"), Ok(LogFormat::Json)),
-            (Some("Json"), Err(r#"config field `log_format`: "Json": expected text or json"#)),
-            (Some("xml"), Err(r#"config field `log_format`: "xml": expected text or json"#)),
+            (Some("Json"), Ok(LogFormat::Json)),
+            (Some("xml"), Err(r#"config field `log_format`: "xml" is not one of text, json"#)),
         ];
         for (value, want) in cases {
             let o = Overrides {

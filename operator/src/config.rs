@@ -241,7 +241,7 @@ impl OperatorConfig {
             ":8083",
         )?;
         let log_format = LogFormat::parse(o.log_format.or(file.log_format).as_deref().unwrap_or("text"))
-            .map_err(|e| field("logFormat", format!("{:?} is not text or json", e.0)))?;
+            .map_err(|e| field("logFormat", e.to_string()))?;
         Ok(Self {
             settings: Settings {
                 trust_domain,
@@ -340,8 +340,8 @@ reconcile:
             (None, Ok(LogFormat::Text)),
             (Some("text"), Ok(LogFormat::Text)),
             (Some("json"), Ok(LogFormat::Json)),
-            (Some("JSON"), Err(r#"logFormat: "JSON" is not text or json"#)),
-            (Some("xml"), Err(r#"logFormat: "xml" is not text or json"#)),
+            (Some("JSON"), Ok(LogFormat::Json)),
+            (Some("xml"), Err(r#"logFormat: "xml" is not one of text, json"#)),
         ];
         for (value, want) in cases {
             let o = Overrides { log_format: value.map(str::to_owned), ..Default::default() };

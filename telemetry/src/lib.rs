@@ -23,16 +23,35 @@ pub enum LogFormat {
 
 /// A log format name other than `text` or `json`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown log format {0:?}: expected text or json")]
+#[error("{0:?} is not one of text, json")]
 pub struct UnknownLogFormat(pub String);
 
+/// A log level name that logrus (and so SPIRE) does not know either.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not one of trace, debug, info, warn, error")]
+pub struct UnknownLogLevel(pub String);
+
+/// Parses a log level as SPIRE does (logrus' names in any case: `warning` is `warn`; `fatal` and `panic`,
+/// which only say how little to log, are `error`) and returns the name the tracing filter takes. One rule
+/// for the server, the agent and the operator, so a SPIRE config's `log_level` works in all of them.
+pub fn parse_log_level(value: &str) -> Result<&'static str, UnknownLogLevel> {
+    match value.to_ascii_lowercase().as_str() {
+        "trace" => Ok("trace"),
+        "debug" => Ok("debug"),
+        "info" => Ok("info"),
+        "warn" | "warning" => Ok("warn"),
+        "error" | "fatal" | "panic" => Ok("error"),
+        _ => Err(UnknownLogLevel(value.to_owned())),
+    }
+}
+
 impl LogFormat {
-    /// Parses a format name: exactly `text` or `json`.
+    /// Parses a format name as SPIRE does: `text` or `json` in any case, and empty for the default (text).
     pub fn parse(value: &str) -> Result<Self, UnknownLogFormat> {
-        match value {
-            "text" => Ok(Self::Text),
-            "json" => Ok(Self::Json),
-            other => Err(UnknownLogFormat(other.to_owned())),
+        match value.to_ascii_uppercase().as_str() {
+            "" | "TEXT" => Ok(Self::Text),
+            "JSON" => Ok(Self::Json),
+            _ => Err(UnknownLogFormat(value.to_owned())),
         }
     }
 
@@ -107,26 +126,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parse_accepts_exactly_text_and_json() {
+    fn format_parses_as_spire_does() {
         let cases: &[(&str, Result<LogFormat, UnknownLogFormat>)] = &[
             ("text", Ok(LogFormat::Text)),
             ("json", Ok(LogFormat::Json)),
-            ("TEXT", Err(UnknownLogFormat("TEXT".into()))),
-            ("Json", Err(UnknownLogFormat("Json".into()))),
+            ("TEXT", Ok(LogFormat::Text)),
+            ("Json", Ok(LogFormat::Json)),
+            ("", Ok(LogFormat::Text)),
             ("xml", Err(UnknownLogFormat("xml".into()))),
-            ("", Err(UnknownLogFormat(String::new()))),
             (" text", Err(UnknownLogFormat(" text".into()))),
         ];
         for (input, want) in cases {
             assert_eq!(&LogFormat::parse(input), want, "input {input:?}");
             assert_eq!(&input.parse::<LogFormat>(), want, "FromStr for {input:?}");
         }
+        assert_eq!(LogFormat::parse("xml").unwrap_err().to_string(), r#""xml" is not one of text, json"#);
     }
 
     #[test]
-    fn unknown_format_message_names_the_value() {
-        let err = LogFormat::parse("xml").unwrap_err();
-        assert_eq!(err.to_string(), r#"unknown log format "xml": expected text or json"#);
+    fn level_parses_as_spire_does() {
+        let cases: &[(&str, Result<&str, UnknownLogLevel>)] = &[
+            ("info", Ok("info")),
+            ("INFO", Ok("info")),
+            ("Debug", Ok("debug")),
+            ("trace", Ok("trace")),
+            ("warn", Ok("warn")),
+            ("WARNING", Ok("warn")),
+            ("error", Ok("error")),
+            ("fatal", Ok("error")),
+            ("panic", Ok("error")),
+            ("loud", Err(UnknownLogLevel("loud".into()))),
+            ("", Err(UnknownLogLevel(String::new()))),
+        ];
+        for (input, want) in cases {
+            assert_eq!(&parse_log_level(input), want, "input {input:?}");
+        }
+        assert_eq!(
+            parse_log_level("loud").unwrap_err().to_string(),
+            r#""loud" is not one of trace, debug, info, warn, error"#
+        );
     }
 
     #[test]
