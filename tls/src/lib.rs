@@ -13,13 +13,13 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls::DistinguishedName;
 use sigil_core::SpiffeId;
 use sigil_core::bundle::Bundle;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -111,25 +111,7 @@ impl ClientCertVerifier for OptionalSvidClientVerifier {
             .map_err(bad_cert)?;
         Ok(ClientCertVerified::assertion())
     }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
+    crate::handshake_signatures!(algorithms);
 }
 
 /// How a client checks the server it dials.
@@ -171,25 +153,39 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             }
         }
     }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
+    crate::handshake_signatures!(algorithms);
+}
+
+#[doc(hidden)]
+pub use rustls as __rustls;
+
+/// The handshake-signature methods of a rustls certificate verifier (`ServerCertVerifier` or
+/// `ClientCertVerifier`), checked with the provider's algorithms in the named field. Every verifier here
+/// decides only whom to trust and checks signatures the standard way, so that part has one home:
+/// `impl ServerCertVerifier for V { fn verify_server_cert(..) {..} sigil_tls::handshake_signatures!(algorithms); }`
+#[macro_export]
+macro_rules! handshake_signatures {
+    ($field:ident) => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &$crate::__rustls::pki_types::CertificateDer<'_>,
+            dss: &$crate::__rustls::DigitallySignedStruct,
+        ) -> Result<$crate::__rustls::client::danger::HandshakeSignatureValid, $crate::__rustls::Error> {
+            $crate::__rustls::crypto::verify_tls12_signature(message, cert, dss, &self.$field)
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &$crate::__rustls::pki_types::CertificateDer<'_>,
+            dss: &$crate::__rustls::DigitallySignedStruct,
+        ) -> Result<$crate::__rustls::client::danger::HandshakeSignatureValid, $crate::__rustls::Error> {
+            $crate::__rustls::crypto::verify_tls13_signature(message, cert, dss, &self.$field)
+        }
+        fn supported_verify_schemes(&self) -> Vec<$crate::__rustls::SignatureScheme> {
+            self.$field.supported_schemes()
+        }
+    };
 }
 
 pub mod h2_authority;
