@@ -376,29 +376,6 @@ bind_port = 9999
     }
 
     #[test]
-    fn log_format_values_and_message() {
-        let cases: &[(Option<&str>, Result<LogFormat, &str>)] = &[
-            (None, Ok(LogFormat::Text)),
-            (Some("text"), Ok(LogFormat::Text)),
-            (Some("TEXT"), Ok(LogFormat::Text)),
-            (Some("json"), Ok(LogFormat::Json)),
-            (Some("JSON"), Ok(LogFormat::Json)),
-            (Some("Json"), Ok(LogFormat::Json)),
-            (Some("xml"), Err(r#"config field `log_format`: "xml" is not one of text, json"#)),
-        ];
-        for (value, want) in cases {
-            let o = Overrides {
-                trust_domain: Some("example.org".into()),
-                server_address: Some("127.0.0.1".into()),
-                log_format: value.map(str::to_owned),
-                ..Default::default()
-            };
-            let got = AgentConfig::resolve(FileConfig::default(), o).map(|c| c.log_format).map_err(|e| e.to_string());
-            assert_eq!(got, want.map_err(str::to_owned), "{value:?}");
-        }
-    }
-
-    #[test]
     fn k8s_psat_is_picked_and_excludes_join_token() {
         let text = "[agent]\ntrust_domain = \"example.org\"\nserver_address = \"s\"\n\n[node_attestor.k8s_psat]\ncluster = \"prod\"\n";
         let c = AgentConfig::resolve(FileConfig::parse(text).unwrap(), Overrides::default()).unwrap();

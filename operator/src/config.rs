@@ -335,22 +335,6 @@ reconcile:
     }
 
     #[test]
-    fn log_format_values_and_message() {
-        let cases: &[(Option<&str>, Result<LogFormat, &str>)] = &[
-            (None, Ok(LogFormat::Text)),
-            (Some("text"), Ok(LogFormat::Text)),
-            (Some("json"), Ok(LogFormat::Json)),
-            (Some("JSON"), Ok(LogFormat::Json)),
-            (Some("xml"), Err(r#"logFormat: "xml" is not one of text, json"#)),
-        ];
-        for (value, want) in cases {
-            let o = Overrides { log_format: value.map(str::to_owned), ..Default::default() };
-            let got = OperatorConfig::resolve(minimal(), o, None).map(|c| c.log_format).map_err(|e| e.to_string());
-            assert_eq!(got, want.map_err(str::to_owned), "{value:?}");
-        }
-    }
-
-    #[test]
     fn default_prefix_names_cluster_and_class() {
         let mut f = minimal();
         f.class_name = Some("team a".into());
