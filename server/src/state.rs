@@ -473,24 +473,68 @@ impl ServerState {
         Ok(Some((bundle, went_back)))
     }
 
-    pub async fn delete_federated_bundle(&self, td: &TrustDomain) -> Result<(), StateError> {
+    /// Deletes a federated bundle; `mode` says what happens to the entries that federate with it.
+    pub async fn delete_federated_bundle(&self, td: &TrustDomain, mode: BundleDeleteMode) -> Result<(), StateError> {
         if td == &self.trust_domain {
             return Err(StateError::Other("the server's own bundle cannot be deleted".into()));
         }
         let _guard = self.write_lock.lock().await;
-        // As SPIRE's default ("restrict"): a bundle that entries federate with stays until they no longer do.
-        let users = self.index().iter().filter(|e| e.federates_with.contains(td)).count();
-        if users > 0 {
-            return Err(StateError::InUse(format!(
-                "{users} registration entr{} federate with {td}; update them first",
-                if users == 1 { "y" } else { "ies" }
-            )));
+        let users: Vec<RegistrationEntry> = self
+            .index()
+            .iter()
+            .filter(|e| e.federates_with.contains(td))
+            .map(|e| RegistrationEntry::clone(e))
+            .collect();
+        let mut changed = vec![];
+        match mode {
+            BundleDeleteMode::Restrict if !users.is_empty() => {
+                let n = users.len();
+                return Err(StateError::InUse(format!(
+                    "{n} registration entr{} federate with {td}; update them first, or delete with mode dissociate \
+                     or delete",
+                    if n == 1 { "y" } else { "ies" }
+                )));
+            }
+            BundleDeleteMode::Restrict => {}
+            BundleDeleteMode::Dissociate => {
+                for mut entry in users {
+                    entry.federates_with.retain(|t| t != td);
+                    let updated = self.ds.update_entry(entry, None).await?;
+                    changed.push(updated.id.clone());
+                    self.index.write().unwrap_or_else(|p| p.into_inner()).upsert(updated);
+                }
+            }
+            BundleDeleteMode::Delete => {
+                let ids: Vec<String> = users.into_iter().map(|e| e.id).collect();
+                for result in self.ds.delete_entries(&ids).await {
+                    let deleted = result?;
+                    self.index.write().unwrap_or_else(|p| p.into_inner()).remove(&deleted.id);
+                    changed.push(deleted.id);
+                }
+                self.metrics.entries.set(self.index().len() as i64);
+            }
+        }
+        if !changed.is_empty() {
+            self.metrics.entry_writes.inc_by(changed.len() as u64);
+            self.notify(Change::Entries(changed));
         }
         self.ds.delete_bundle(td).await?;
         self.federated.write().unwrap_or_else(|p| p.into_inner()).remove(td);
         self.notify(Change::FederatedBundles);
         Ok(())
     }
+}
+
+/// What deleting a federated bundle does to the entries that federate with it (SPIRE's `bundle delete -mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BundleDeleteMode {
+    /// Refuse while any entry federates with it (SPIRE's default).
+    #[default]
+    Restrict,
+    /// Remove the trust domain from those entries' federates_with.
+    Dissociate,
+    /// Delete those entries.
+    Delete,
 }
 
 impl ServerState {

@@ -317,6 +317,41 @@ fn federated_bundle_set_list_delete() {
     ok(cli(&s, &["entry", "delete", "-entryID", &entry_id(&fed)]));
     ok(cli(&s, &["bundle", "delete", "-id", "spiffe://other.org"]));
     assert!(!ok(cli(&s, &["bundle", "list"])).contains("other.org"));
+
+    // SPIRE's -mode: dissociate keeps the entries without the trust domain, delete deletes them.
+    let federated_entry = |name: &str| {
+        let spiffe_id = format!("spiffe://example.org/{name}");
+        entry_id(&ok(cli(
+            &s,
+            &[
+                "entry",
+                "create",
+                "-parentID",
+                "spiffe://example.org/host",
+                "-spiffeID",
+                &spiffe_id,
+                "-selector",
+                "unix:uid:5",
+                "-federatesWith",
+                "other.org",
+            ],
+        )))
+    };
+    let set = ["bundle", "set", "-id", "other.org", "-path", path.to_str().unwrap()];
+    ok(cli(&s, &set));
+    let kept = federated_entry("kept");
+    ok(cli(&s, &["bundle", "delete", "-id", "other.org", "-mode", "dissociate"]));
+    let shown = ok(cli(&s, &["entry", "show", "-entryID", &kept]));
+    assert!(shown.contains("spiffe://example.org/kept") && !shown.contains("other.org"), "{shown}");
+    ok(cli(&s, &set));
+    let gone = federated_entry("gone");
+    ok(cli(&s, &["bundle", "delete", "-id", "other.org", "-mode", "delete"]));
+    let missing = cli(&s, &["entry", "show", "-entryID", &gone]);
+    assert!(!stdout(&missing).contains("spiffe://example.org/gone"), "{}", stdout(&missing));
+    assert!(ok(cli(&s, &["entry", "show", "-entryID", &kept])).contains("spiffe://example.org/kept"));
+    assert!(!ok(cli(&s, &["bundle", "list"])).contains("other.org"));
+    let bad = cli(&s, &["bundle", "delete", "-id", "other.org", "-mode", "purge"]);
+    assert_eq!(bad.status.code(), Some(1), "{}", stderr(&bad));
 }
 
 fn spawn_other(dir: &Path) -> Server {

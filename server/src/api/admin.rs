@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{self, datastore_status};
 use crate::datastore::{DatastoreError, EntryFilter, Page, SelectorMatch};
-use crate::state::{ServerState, StateError, now_unix};
+use crate::state::{BundleDeleteMode, ServerState, StateError, now_unix};
 
 /// Refuses callers whose uid is neither 0 nor the server's.
 #[derive(Debug, Clone, Copy)]
@@ -340,8 +340,15 @@ impl bundles_server::Bundles for AdminApi {
         &self,
         req: Request<pb::DeleteFederatedBundleRequest>,
     ) -> Result<Response<pb::DeleteFederatedBundleResponse>, Status> {
-        let td = convert::trust_domain("trust_domain", &req.into_inner().trust_domain)?;
-        self.state.delete_federated_bundle(&td).await.map_err(state_status)?;
+        let req = req.into_inner();
+        let td = convert::trust_domain("trust_domain", &req.trust_domain)?;
+        let mode = match pb::delete_federated_bundle_request::Mode::try_from(req.mode) {
+            Ok(pb::delete_federated_bundle_request::Mode::Restrict) => BundleDeleteMode::Restrict,
+            Ok(pb::delete_federated_bundle_request::Mode::Delete) => BundleDeleteMode::Delete,
+            Ok(pb::delete_federated_bundle_request::Mode::Dissociate) => BundleDeleteMode::Dissociate,
+            Err(_) => return Err(Status::invalid_argument(format!("mode: unknown value {}", req.mode))),
+        };
+        self.state.delete_federated_bundle(&td, mode).await.map_err(state_status)?;
         Ok(Response::new(pb::DeleteFederatedBundleResponse {}))
     }
 }

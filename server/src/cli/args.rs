@@ -246,7 +246,19 @@ pub enum BundleCmd {
         socket: SocketArg,
         #[arg(long = "id")]
         id: String,
+        /// What happens to the entries that federate with it: restrict (refuse while any does), dissociate
+        /// (remove the trust domain from them) or delete (delete them).
+        #[arg(long = "mode", value_enum, default_value = "restrict")]
+        mode: BundleDeleteModeArg,
     },
+}
+
+/// `bundle delete -mode`, as SPIRE spells it.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum BundleDeleteModeArg {
+    Restrict,
+    Dissociate,
+    Delete,
 }
 
 /// The fields of a federation relationship, with SPIRE's flag names.

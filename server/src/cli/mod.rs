@@ -10,8 +10,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use args::{
-    AgentCmd, BundleCmd, BundleFormat, Command, EntryCmd, EntryFields, EntryFilterArgs, JwtCmd, Output, TokenCmd,
-    X509Cmd,
+    AgentCmd, BundleCmd, BundleDeleteModeArg, BundleFormat, Command, EntryCmd, EntryFields, EntryFilterArgs, JwtCmd,
+    Output, TokenCmd, X509Cmd,
 };
 use hyper_util::rt::TokioIo;
 use sigil_core::bundle::Bundle;
@@ -550,11 +550,19 @@ async fn run_bundle(cmd: BundleCmd, out: &mut impl Write) -> Result<(), CliError
             writeln!(out, "bundle set.")?;
             Ok(())
         }
-        BundleCmd::Delete { socket, id } => {
+        BundleCmd::Delete { socket, id, mode } => {
             let td = TrustDomain::new(&id).map_err(|e| CliError::Invalid(format!("-id: {e}")))?;
+            let mode = match mode {
+                BundleDeleteModeArg::Restrict => pb::delete_federated_bundle_request::Mode::Restrict,
+                BundleDeleteModeArg::Dissociate => pb::delete_federated_bundle_request::Mode::Dissociate,
+                BundleDeleteModeArg::Delete => pb::delete_federated_bundle_request::Mode::Delete,
+            };
             let ch = admin_channel(&socket.socket_path).await?;
             BundlesClient::new(ch)
-                .delete_federated_bundle(pb::DeleteFederatedBundleRequest { trust_domain: td.name().to_owned() })
+                .delete_federated_bundle(pb::DeleteFederatedBundleRequest {
+                    trust_domain: td.name().to_owned(),
+                    mode: mode.into(),
+                })
                 .await
                 .map_err(rpc)?;
             writeln!(out, "bundle deleted.")?;
