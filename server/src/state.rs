@@ -483,7 +483,7 @@ impl ServerState {
             .index()
             .iter()
             .filter(|e| e.federates_with.contains(td))
-            .map(|e| RegistrationEntry::clone(e))
+            .map(RegistrationEntry::clone)
             .collect();
         let mut changed = vec![];
         match mode {
