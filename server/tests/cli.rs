@@ -293,6 +293,7 @@ fn federated_bundle_set_list_delete() {
     ok(cli(&s, &["bundle", "set", "-id", "spiffe://other.org", "-path", path.to_str().unwrap()]));
     let list = ok(cli(&s, &["bundle", "list"]));
     assert!(list.contains("* spiffe://other.org"), "{list}");
+    assert_eq!(ok(cli(&s, &["bundle", "count"])).trim(), "2 bundles");
     assert!(list.contains("BEGIN CERTIFICATE"), "{list}");
     let own = cli(&s, &["bundle", "set", "-id", "spiffe://example.org", "-path", path.to_str().unwrap()]);
     assert_eq!(own.status.code(), Some(1));
@@ -350,6 +351,7 @@ fn federated_bundle_set_list_delete() {
     assert!(!stdout(&missing).contains("spiffe://example.org/gone"), "{}", stdout(&missing));
     assert!(ok(cli(&s, &["entry", "show", "-entryID", &kept])).contains("spiffe://example.org/kept"));
     assert!(!ok(cli(&s, &["bundle", "list"])).contains("other.org"));
+    assert_eq!(ok(cli(&s, &["bundle", "count"])).trim(), "1 bundle");
     let bad = cli(&s, &["bundle", "delete", "-id", "other.org", "-mode", "purge"]);
     assert_eq!(bad.status.code(), Some(1), "{}", stderr(&bad));
 }

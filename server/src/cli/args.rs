@@ -220,6 +220,11 @@ pub enum BundleCmd {
         #[arg(long = "format", value_enum, default_value = "pem")]
         format: BundleFormat,
     },
+    /// Counts the bundles: the server's own and the federated ones ("N bundles", as SPIRE prints it).
+    Count {
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// Lists federated bundles.
     List {
         #[command(flatten)]

@@ -499,6 +499,20 @@ async fn run_bundle(cmd: BundleCmd, out: &mut impl Write) -> Result<(), CliError
             }
             Ok(())
         }
+        BundleCmd::Count { socket } => {
+            let ch = admin_channel(&socket.socket_path).await?;
+            let federated = BundlesClient::new(ch)
+                .list_federated_bundles(pb::ListFederatedBundlesRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .bundles
+                .len();
+            // The server's own bundle always exists; SPIRE's CountBundles counts it too.
+            let n = federated + 1;
+            writeln!(out, "{n} {}", if n == 1 { "bundle" } else { "bundles" })?;
+            Ok(())
+        }
         BundleCmd::List { socket, id, format } => {
             let want = id
                 .as_deref()
