@@ -465,6 +465,14 @@ spec:
     })
     .await;
     assert!(status["status"]["conditions"][0]["message"].as_str().unwrap().contains("did not create"));
+    // The hand-made relationship's fetching is not this CR's to show.
+    let fetched = condition_of(&status, "BundleFetched").expect("BundleFetched condition");
+    assert_eq!(
+        (fetched["status"].as_str(), fetched["reason"].as_str()),
+        (Some("Unknown"), Some("Pending")),
+        "{status}"
+    );
+    assert!(status["status"].get("bundle").is_none(), "{status}");
     let ok = eventually(T, "static entry status", || async {
         let v = kubectl_get_json("clusterstaticentry", &cse);
         (v["status"]["set"] == true).then_some(v)
@@ -557,7 +565,7 @@ spec:
     assert_eq!(got, want, "the partner's CA");
     assert_eq!(bundle["sequence"].as_u64(), Some(stored.sequence_number), "{cr}");
     let table = kubectl_ok(&["get", "clusterfederatedtrustdomain", &name]);
-    assert!(table.contains("Fetched") && table.contains("Sequence") && table.contains("Last Fetch"), "{table}");
+    assert!(table.contains("FETCHED") && table.contains("SEQUENCE") && table.contains("LAST FETCH"), "{table}");
 
     // The partner goes away: the failure reaches the CR, the last bundle stays.
     drop(partner);
