@@ -8,7 +8,7 @@
 //!   it (polled every 50 ms, so figures may be up to ~50 ms + one CLI call low).
 //! - requests/s of b.test's bundle endpoint with the server pinned to one core (`taskset -c 0`) and the
 //!   go-spiffe-written load generator (keep-alive HTTPS, SIGIL_FED_BENCH_CONNS connections, default 8) on
-//!   the other.
+//!   the other. Debug binaries (`cargo build --bench federation`, run the binary) measure the same but slower.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../tests/common/mod.rs"]
@@ -68,7 +68,10 @@ fn main() {
     );
     ok(run(Command::new("taskset").args(["-a", "-p", "-c", "0-1024", &server_pid])));
 
-    // Bundle change latency.
+    // Bundle change latency (SIGIL_FED_BENCH_CHANGES=0: throughput only).
+    if changes == 0 {
+        return;
+    }
     let (_watch, updates) = spawn_lines(a.go(&["watchbundles", "-id", A_WEB, "-for", "3600s"]));
     let key = format!("spiffe://{B}");
     let mut last = authorities(&b.bundle()).0;
