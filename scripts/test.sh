@@ -35,6 +35,8 @@ export SIGIL_PYTHON=$venv/bin/python
 mkdir -p target/interop
 (cd e2e/interop/go && go build -o "$root/target/interop/go-spiffe-client" .)
 export SIGIL_GO_INTEROP=$root/target/interop/go-spiffe-client
+(cd e2e/interop/go && go build -o "$root/target/interop/go-spiffe-workload" ./cmd/workload)
+export SIGIL_GO_WORKLOAD=$root/target/interop/go-spiffe-workload
 
 tier "csi-sanity (kubernetes-csi/csi-test, pinned) for the CSI driver's conformance test"
 peers=$HOME/.cache/sigil-e2e/bin

@@ -14,7 +14,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 CLUSTER=$ROOT/e2e/cluster/cluster
 BIN=${SIGIL_E2E_CACHE:-$HOME/.cache/sigil-e2e}/bin
-EXPECTED_TESTS=6
+EXPECTED_TESTS=7
 keep=false
 case ${1:-} in
   --keep) keep=true ;;

@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 use crate::compile;
 use crate::config::OperatorConfig;
 use crate::crd::{ClusterFederatedTrustDomain, ClusterSPIFFEID, ClusterStaticEntry};
-use crate::federation::FederationState;
+use crate::federation::{FederationState, fetch_status};
 use crate::metrics::{Health, Metrics, labels};
 use crate::server_client::{AdminClient, WRITE_BATCH, WriteResult};
 use crate::world::{self, Plan, World};
@@ -36,6 +36,9 @@ use crate::world::{self, Plan, World};
 /// gRPC codes the reconciler reacts to.
 const CODE_NOT_FOUND: i32 = 5;
 const CODE_ALREADY_EXISTS: i32 = 6;
+/// How often the server's bundle fetching is asked about: fresh enough for a human watching `kubectl get`,
+/// one cheap call per period whatever the number of CRs.
+const FETCH_STATUS_POLL: Duration = Duration::from_secs(5);
 
 /// The kinds of watch; the controller waits for the initial list of each one it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -343,6 +346,8 @@ pub struct Controller {
     leader: watch::Receiver<bool>,
     /// Something that status depends on changed since the last status pass.
     status_dirty: bool,
+    /// The server's bundle fetch status is to be polled.
+    fetch_poll_due: bool,
     waiting_for: BTreeSet<Kind>,
     /// ClusterSPIFFEIDs and ClusterStaticEntries whose spec could not be compiled, with the reason.
     invalid: BTreeMap<(&'static str, String), String>,
@@ -399,6 +404,7 @@ impl Controller {
             first_full_done: false,
             leader,
             status_dirty: true,
+            fetch_poll_due: true,
             waiting_for,
             invalid: BTreeMap::new(),
             policies: BTreeMap::new(),
@@ -502,6 +508,9 @@ impl Controller {
         gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut status_tick = tokio::time::interval(Duration::from_secs(1));
         status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The server's bundle fetching is polled (it has no watch); a status is written only when it changed.
+        let mut fetch_tick = tokio::time::interval(FETCH_STATUS_POLL);
+        fetch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut is_leader = *leader.borrow();
         let mut status_due = false;
         loop {
@@ -519,6 +528,7 @@ impl Controller {
                 }
                 _ = gc.tick() => self.full_due = true,
                 _ = status_tick.tick() => status_due = true,
+                _ = fetch_tick.tick() => self.fetch_poll_due = true,
                 r = leader.changed() => {
                     if r.is_err() { break; }
                     let now = *leader.borrow();
@@ -549,6 +559,10 @@ impl Controller {
                 self.full_pass().await;
             } else {
                 self.incremental_pass().await;
+            }
+            if self.fetch_poll_due && self.federation.enabled() && self.federation.has_crs() {
+                self.fetch_poll_due = false;
+                self.status_dirty |= self.federation.poll_fetch_status(&self.client).await;
             }
             if status_due && self.status_dirty {
                 status_due = false;
@@ -729,6 +743,8 @@ impl Controller {
             self.metrics.error("federation");
             tracing::warn!(error = %e, "federation relationships: will retry");
         }
+        // A relationship just written is fetched by the server at once: show that without waiting a period.
+        self.fetch_poll_due = true;
     }
 
     // ----- status -----
@@ -844,7 +860,22 @@ impl Controller {
             self.patch_status::<ClusterStaticEntry>("cse", &name, status).await;
         }
         for s in self.federation.statuses() {
-            let status = json!({ "conditions": [ready_condition(&s.conditions, s.generation, s.ready, now)] });
+            let federated = s.ready.is_ok();
+            let report = s.fetch.as_ref().map(Option::as_ref).map_err(String::as_str);
+            let fetched = fetch_status::fetched(&s.trust_domain, federated, report);
+            // The bundle of a relationship that isn't this CR's (masked, hand-made) is not its to show.
+            let bundle = match (&s.fetch, federated) {
+                (Ok(Some(r)), true) if r.trust_domain == s.trust_domain => fetch_status::bundle_patch(r),
+                _ => Value::Null,
+            };
+            let status = json!({
+                "conditions": [
+                    ready_condition(&s.conditions, s.generation, s.ready, now),
+                    fetch_status::condition(fetch_status::CONDITION, &s.conditions, s.generation, fetched, now),
+                ],
+                // A merge patch with null removes a stale bundle.
+                "bundle": bundle,
+            });
             self.patch_status::<ClusterFederatedTrustDomain>("cftd", &s.name, status).await;
         }
     }

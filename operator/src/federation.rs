@@ -4,6 +4,11 @@
 //! updated or deleted, so a relationship made with the CLI is never touched (a CR naming the same trust
 //! domain reports a `Conflict` condition instead). Several CRs naming one trust domain: the oldest wins,
 //! the others report `Masked`.
+//!
+//! The server's fetching of each relationship's bundle is polled ([`FederationState::poll_fetch_status`])
+//! and shown in the CR's status by [`fetch_status`].
+
+pub mod fetch_status;
 
 use std::collections::BTreeMap;
 
@@ -199,6 +204,11 @@ pub struct CrStatus {
     pub generation: Option<i64>,
     /// Ok(message) or Err((reason, message)).
     pub ready: Result<String, (&'static str, String)>,
+    /// The CR's trust domain as it declares it (empty when its spec is invalid).
+    pub trust_domain: String,
+    /// The server's fetch report for the trust domain: `Err` when it could not be had; `Ok(None)` when the
+    /// server has none.
+    pub fetch: Result<Option<apb::FederationStatus>, String>,
 }
 
 /// The controller's federation side: CRs, last outcome per CR, and whether anything changed.
@@ -210,12 +220,22 @@ pub struct FederationState {
     crs: BTreeMap<String, (Declared, Option<i64>, Vec<Condition>)>,
     outcome: BTreeMap<String, Result<String, (&'static str, String)>>,
     dirty: bool,
+    /// The server's last `ListFederationStatus` answer by trust domain, or why there is none.
+    fetch: Result<BTreeMap<String, apb::FederationStatus>, String>,
 }
 
 impl FederationState {
     /// `marker` is what this operator writes into `managed_by` (see [`managed_by_marker`]).
     pub fn new(own: TrustDomain, marker: String, enabled: bool) -> Self {
-        Self { own, marker, enabled, crs: BTreeMap::new(), outcome: BTreeMap::new(), dirty: true }
+        Self {
+            own,
+            marker,
+            enabled,
+            crs: BTreeMap::new(),
+            outcome: BTreeMap::new(),
+            dirty: true,
+            fetch: Err("not polled yet".to_string()),
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -254,17 +274,44 @@ impl FederationState {
     pub fn statuses(&self) -> Vec<CrStatus> {
         self.crs
             .iter()
-            .map(|(name, (_, generation, conditions))| CrStatus {
-                name: name.clone(),
-                conditions: conditions.clone(),
-                generation: *generation,
-                ready: self
-                    .outcome
-                    .get(name)
-                    .cloned()
-                    .unwrap_or_else(|| Err(("Pending", "not reconciled yet".to_string()))),
+            .map(|(name, (declared, generation, conditions))| {
+                let trust_domain =
+                    declared.desired.as_ref().map(|d| d.trust_domain.name().to_owned()).unwrap_or_default();
+                CrStatus {
+                    name: name.clone(),
+                    conditions: conditions.clone(),
+                    generation: *generation,
+                    ready: self
+                        .outcome
+                        .get(name)
+                        .cloned()
+                        .unwrap_or_else(|| Err(("Pending", "not reconciled yet".to_string()))),
+                    fetch: self.fetch.as_ref().map(|m| m.get(&trust_domain).cloned()).map_err(Clone::clone),
+                    trust_domain,
+                }
             })
             .collect()
+    }
+
+    /// Whether there is anything to poll the server's fetch status for.
+    pub fn has_crs(&self) -> bool {
+        !self.crs.is_empty()
+    }
+
+    /// Asks the server how fetching goes for every relationship; true when the answer differs from the last.
+    /// A server without the call (older, or not Sigil) is remembered as the reason, not an error to retry loudly.
+    pub async fn poll_fetch_status(&mut self, client: &AdminClient) -> bool {
+        let mut api = TrustDomainsClient::new(client.channel());
+        let now = match api.list_federation_status(apb::ListFederationStatusRequest::default()).await {
+            Ok(r) => Ok(r.into_inner().statuses.into_iter().map(|s| (s.trust_domain.clone(), s)).collect()),
+            Err(s) => {
+                tracing::debug!(error = %s.message(), code = ?s.code(), "ListFederationStatus failed");
+                Err(format!("{:?}: {}", s.code(), s.message()))
+            }
+        };
+        let changed = now != self.fetch;
+        self.fetch = now;
+        changed
     }
 
     pub async fn reconcile(&mut self, client: &AdminClient, _full: bool) -> Result<(), ClientError> {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use sigil_core::{RegistrationEntry, Selector, SpiffeId};
 use sigil_proto::admin as apb;
+use sigil_proto::admin::bundles_client::BundlesClient;
 use sigil_proto::admin::trust_domains_client::TrustDomainsClient;
 use support::*;
 
@@ -464,6 +465,14 @@ spec:
     })
     .await;
     assert!(status["status"]["conditions"][0]["message"].as_str().unwrap().contains("did not create"));
+    // The hand-made relationship's fetching is not this CR's to show.
+    let fetched = condition_of(&status, "BundleFetched").expect("BundleFetched condition");
+    assert_eq!(
+        (fetched["status"].as_str(), fetched["reason"].as_str()),
+        (Some("Unknown"), Some("Pending")),
+        "{status}"
+    );
+    assert!(status["status"].get("bundle").is_none(), "{status}");
     let ok = eventually(T, "static entry status", || async {
         let v = kubectl_get_json("clusterstaticentry", &cse);
         (v["status"]["set"] == true).then_some(v)
@@ -481,6 +490,102 @@ spec:
     .await;
     assert!(list().await.contains_key("manual.org"), "hand-made relationship survives");
     assert_manual_untouched(&server, &manual).await;
+}
+
+/// The condition of `type_` in a CR's JSON, if any.
+fn condition_of(cr: &serde_json::Value, type_: &str) -> Option<serde_json::Value> {
+    cr["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_).cloned()
+}
+
+#[tokio::test]
+#[ignore = "needs the api tier: e2e/operator/run.sh"]
+async fn federated_bundle_fetch_status_reaches_the_cr() {
+    let c = ctx("fedstatus").await;
+    let server = Server::spawn(&c.dir.path().join("home")).await;
+    // A real partner trust domain with its bundle endpoint (https_spiffe) on loopback; a 4 s hint makes the
+    // home server refresh every second, so a dead partner shows within seconds.
+    let port = free_port();
+    let partner_conf = format!(
+        "[federation.bundle_endpoint]\naddress = \"127.0.0.1\"\nport = {port}\nrefresh_hint = \"4s\"\nprofile = \"https_spiffe\"\n"
+    );
+    let partner = Server::spawn_as(&c.dir.path().join("partner"), "partner.test", Some(&partner_conf)).await;
+    // https_spiffe needs the partner's bundle once (SPIRE's `bundle set`).
+    let partner_bundle =
+        BundlesClient::new(partner.client.channel()).get_bundle(apb::GetBundleRequest {}).await.unwrap().into_inner();
+    assert_eq!(partner_bundle.trust_domain, "partner.test");
+    let mut bundles = BundlesClient::new(server.client.channel());
+    bundles
+        .set_federated_bundle(apb::SetFederatedBundleRequest { bundle: Some(partner_bundle.clone()) })
+        .await
+        .unwrap();
+    let name = format!("partner-{}", c.run);
+    kubectl_apply(&format!(
+        r#"apiVersion: sigil.dev/v1alpha1
+kind: ClusterFederatedTrustDomain
+metadata:
+  name: {name}
+spec:
+  className: {class}
+  trustDomain: partner.test
+  bundleEndpointURL: https://127.0.0.1:{port}/
+  bundleEndpointProfile:
+    type: https_spiffe
+    endpointSPIFFEID: spiffe://partner.test/spire/server
+"#,
+        class = c.class
+    ));
+    let _op = Operator::spawn(c.dir.path(), "operator", &server, &c.config(""));
+
+    let cr = eventually(T, "BundleFetched True with a sequence", || async {
+        let v = kubectl_get_json("clusterfederatedtrustdomain", &name);
+        let ok = condition_of(&v, "BundleFetched").is_some_and(|c| c["status"] == "True" && c["reason"] == "Fetched");
+        (ok && v["status"]["bundle"]["sequence"].is_u64()).then_some(v)
+    })
+    .await;
+    let bundle = &cr["status"]["bundle"];
+    assert_eq!(condition_of(&cr, "Ready").unwrap()["status"], "True", "{cr}");
+    assert_eq!(bundle["source"], "api", "{cr}");
+    assert_eq!(bundle["consecutiveFailures"], 0, "{cr}");
+    assert!(bundle["lastSuccessTime"].is_string() && bundle["nextRefreshTime"].is_string(), "{cr}");
+    // The home server fetched the partner's bundle itself: its status says so, and the stored bundle is the
+    // partner's own, with the sequence the CR shows.
+    let report = TrustDomainsClient::new(server.client.channel())
+        .list_federation_status(apb::ListFederationStatusRequest { trust_domain: "partner.test".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .statuses;
+    assert_eq!(report.len(), 1, "{report:?}");
+    assert!(report[0].last_success_at > 0 && report[0].consecutive_failures == 0, "{report:?}");
+    let stored = bundles.list_federated_bundles(apb::ListFederatedBundlesRequest {}).await.unwrap().into_inner();
+    let stored = stored.bundles.iter().find(|b| b.trust_domain == "partner.test").expect("partner.test stored");
+    let (mut got, mut want) = (stored.x509_authorities.clone(), partner_bundle.x509_authorities.clone());
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "the partner's CA");
+    assert_eq!(bundle["sequence"].as_u64(), Some(stored.sequence_number), "{cr}");
+    let table = kubectl_ok(&["get", "clusterfederatedtrustdomain", &name]);
+    assert!(table.contains("FETCHED") && table.contains("SEQUENCE") && table.contains("LAST FETCH"), "{table}");
+
+    // The partner goes away: the failure reaches the CR, the last bundle stays.
+    drop(partner);
+    let cr = eventually(Duration::from_secs(30), "BundleFetched False", || async {
+        let v = kubectl_get_json("clusterfederatedtrustdomain", &name);
+        let failed =
+            condition_of(&v, "BundleFetched").is_some_and(|c| c["status"] == "False" && c["reason"] == "FetchFailed");
+        failed.then_some(v)
+    })
+    .await;
+    let bundle = &cr["status"]["bundle"];
+    assert!(bundle["consecutiveFailures"].as_u64().unwrap_or(0) >= 1, "{cr}");
+    assert!(bundle["lastError"].as_str().is_some_and(|e| !e.is_empty()), "{cr}");
+    assert!(bundle["lastErrorTime"].is_string(), "{cr}");
+    assert_eq!(bundle["sequence"].as_u64(), Some(stored.sequence_number), "the last bundle stays: {cr}");
+    let message = condition_of(&cr, "BundleFetched").unwrap()["message"].as_str().unwrap().to_string();
+    assert!(message.contains("stays in use"), "{message}");
+    assert_eq!(condition_of(&cr, "Ready").unwrap()["status"], "True", "the relationship itself is still set: {cr}");
+
+    kubectl_delete("clusterfederatedtrustdomain", &name);
 }
 
 #[tokio::test]

@@ -27,6 +27,13 @@ use super::{CrdError, SPIFFE_ID_PATTERN, TRUST_DOMAIN_PATTERN};
     printcolumn(name = "Trust Domain", type_ = "string", json_path = ".spec.trustDomain"),
     printcolumn(name = "Endpoint URL", type_ = "string", json_path = ".spec.bundleEndpointURL"),
     printcolumn(name = "Ready", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].status"#),
+    printcolumn(
+        name = "Fetched",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="BundleFetched")].status"#
+    ),
+    printcolumn(name = "Sequence", type_ = "integer", json_path = ".status.bundle.sequence"),
+    printcolumn(name = "Last Fetch", type_ = "date", json_path = ".status.bundle.lastSuccessTime"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 pub struct ClusterFederatedTrustDomainSpec {
@@ -102,10 +109,51 @@ pub enum BundleEndpointProfileType {
 #[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 pub struct ClusterFederatedTrustDomainStatus {
     /// Latest observations of the object's state; type "Ready" is True when the federation relationship is set
-    /// on the server.
+    /// on the server; type "BundleFetched" is True when the server's last fetch of the foreign bundle succeeded
+    /// (reason Fetched), False when fetching fails (reason FetchFailed, with the error), Unknown before the
+    /// first fetch or when the server cannot say (reason Pending).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+
+    /// How the server's fetching of the foreign trust domain's bundle goes, as the server reports it (polled
+    /// every few seconds). Absent while the relationship is not this object's on the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<FederationBundleStatus>,
+}
+
+/// The server's fetching of one foreign bundle. Times are RFC 3339, second precision; absent = never.
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct FederationBundleStatus {
+    /// Where the relationship the server uses comes from: "api" (this operator, the CLI) or "config" (the
+    /// server's config file, which wins over the API's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// When a fetch last succeeded.
+    #[serde(rename = "lastSuccessTime", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub last_success_time: Option<String>,
+    /// When a fetched bundle last differed from the stored one (and was stored).
+    #[serde(rename = "lastChangeTime", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub last_change_time: Option<String>,
+    /// spiffe_sequence of the bundle the server stores for the trust domain; absent when it stores none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<u64>,
+    /// When the server fetches next.
+    #[serde(rename = "nextRefreshTime", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub next_refresh_time: Option<String>,
+    /// The most recent failure, kept after later successes (consecutiveFailures says whether it is current).
+    #[serde(rename = "lastError", default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// When lastError happened.
+    #[serde(rename = "lastErrorTime", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub last_error_time: Option<String>,
+    /// Failed fetches since the last success; 0 when the last fetch succeeded.
+    #[serde(rename = "consecutiveFailures", default)]
+    pub consecutive_failures: u32,
 }
 
 impl ClusterFederatedTrustDomainSpec {
@@ -145,7 +193,7 @@ mod tests {
         required.sort();
         assert_eq!(required, sorted(&["bundleEndpointProfile", "bundleEndpointURL", "trustDomain"]));
         let status = spec_schema(&ClusterFederatedTrustDomain::crd(), "status");
-        assert_eq!(field_names(&status), sorted(&["conditions"]));
+        assert_eq!(field_names(&status), sorted(&["conditions", "bundle"]));
         assert_eq!(status.required.clone().unwrap_or_default(), Vec::<String>::new());
         let profile = property(&spec, &["bundleEndpointProfile"]);
         assert_eq!(field_names(&profile), sorted(&["type", "endpointSPIFFEID"]));
@@ -163,7 +211,7 @@ mod tests {
         let cftd = ClusterFederatedTrustDomain::crd();
         let names: Vec<&str> =
             cftd.spec.versions[0].additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["Trust Domain", "Endpoint URL", "Ready", "Age"]);
+        assert_eq!(names, ["Trust Domain", "Endpoint URL", "Ready", "Fetched", "Sequence", "Last Fetch", "Age"]);
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub mod cluster_static_entry;
 
 pub use self::cluster_federated_trust_domain::{
     BundleEndpointProfile, BundleEndpointProfileType, ClusterFederatedTrustDomain, ClusterFederatedTrustDomainSpec,
-    ClusterFederatedTrustDomainStatus,
+    ClusterFederatedTrustDomainStatus, FederationBundleStatus,
 };
 pub use self::cluster_spiffe_id::{
     ClusterSPIFFEID, ClusterSPIFFEIDSpec, ClusterSPIFFEIDStats, ClusterSPIFFEIDStatus, SPIFFE_ID_TEMPLATE_MESSAGE,

@@ -60,20 +60,24 @@ pub struct Server {
 
 impl Server {
     pub async fn spawn(dir: &Path) -> Server {
+        Self::spawn_as(dir, TRUST_DOMAIN, None).await
+    }
+
+    /// A server of `trust_domain`, with `config_toml` (e.g. a bundle endpoint) as its config file if given.
+    pub async fn spawn_as(dir: &Path, trust_domain: &str, config_toml: Option<&str>) -> Server {
+        std::fs::create_dir_all(dir).unwrap();
         let socket = dir.join("admin/api.sock");
         let log = std::fs::File::create(dir.join("server.log")).unwrap();
-        let child = Command::new(server_bin())
-            .args([
-                "run",
-                "-trustDomain",
-                TRUST_DOMAIN,
-                "-bindAddress",
-                "127.0.0.1",
-                "-serverPort",
-                "0",
-                "-healthPort",
-                "0",
-            ])
+        let mut cmd = Command::new(server_bin());
+        if let Some(toml) = config_toml {
+            let path = dir.join("server.toml");
+            std::fs::write(&path, toml).unwrap();
+            cmd.arg("run").arg("-config").arg(path);
+        } else {
+            cmd.arg("run");
+        }
+        let child = cmd
+            .args(["-trustDomain", trust_domain, "-bindAddress", "127.0.0.1", "-serverPort", "0", "-healthPort", "0"])
             .arg("-dataDir")
             .arg(dir.join("data"))
             .arg("-socketPath")

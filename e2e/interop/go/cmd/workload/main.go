@@ -3,7 +3,8 @@
 //
 //	workload serve -id ID [-listen :8443]   fetch the X509-SVID (retrying), then serve mTLS: a client must
 //	                                        present exactly ID; answers "<own ID> <hostname>"
-//	workload dial -id ID -addr HOST:PORT    mTLS to a peer that must present exactly ID; prints JSON
+//	workload dial -id ID -addr HOST:PORT    mTLS to a peer that must present exactly ID; prints JSON (with
+//	                                        my_authority_key_id: the CA that signed the SVID used)
 //	workload check -id ID [-audience A]     X509-SVID and a JWT-SVID for exactly ID, both validated; JSON
 //	                                        (-jwt=false: the X509-SVID only, which the agent serves from its cache)
 //	workload watch -id ID -for D            keep an X509Source for D; every 100 ms the SVID must be ID and
@@ -13,11 +14,26 @@
 //	workload first -id ID                   like race, but retries every 20 ms until it succeeds
 //	workload start -id ID                   no Workload API at all: RESULT ok 0 <start> <start>, then sleeps
 //	                                        (the pod start-up floor of the node, without Sigil)
+//
+// Federation (e2e/interop/tests/federation.rs; see federation.go):
+//
+//	workload mint -id ID -audience A        a JWT-SVID for exactly ID; JSON {token, spiffe_id}
+//	workload validate -id ID -audience A -token T   the token (of ID, any trust domain) through
+//	                                        ValidateJWTSVID and jwtsvid.ParseAndValidate with FetchJWTBundles;
+//	                                        JSON with both results and every bundle's authorities
+//	workload bundles -id ID                 the caller's X.509 and JWT bundles (trust domain -> authorities)
+//	workload watchbundles -id ID -for D     FetchX509Bundles stream: one JSON line per update
+//	workload fetchbundle -id ENDPOINT_ID -url U -bundle FILE   federation.FetchBundle with https_spiffe
+//	                                        (bundle FILE of ENDPOINT_ID's trust domain); JSON of the bundle
+//	workload bundleserve -id spiffe://TD -listen A -cert C -key K   federation.NewHandler serving a bundle
+//	                                        of TD (a CA made here) over HTTPS (https_web); prints its JSON
+//	workload bundleload -id ID -url U -conns N -for D   load generator for a bundle endpoint (benches)
 package main
 
 import (
 	"bufio"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -58,6 +74,12 @@ func main() {
 	period := fs.Duration("for", time.Minute, "watch: how long")
 	timeout := fs.Duration("timeout", 30*time.Second, "overall bound of one fetch or exchange")
 	withJWT := fs.Bool("jwt", true, "check: also fetch and validate a JWT-SVID (needs the server)")
+	token := fs.String("token", "", "validate: the JWT-SVID")
+	url := fs.String("url", "", "fetchbundle: bundle endpoint URL")
+	bundlePath := fs.String("bundle", "", "fetchbundle: SPIFFE bundle of the endpoint ID's trust domain")
+	certPath := fs.String("cert", "", "bundleserve: PEM certificate chain")
+	keyPath := fs.String("key", "", "bundleserve: PEM key")
+	conns := fs.Int("conns", 8, "bundleload: connections")
 	_ = fs.Parse(os.Args[2:])
 	want, err := spiffeid.FromString(*idFlag)
 	if err != nil {
@@ -200,7 +222,12 @@ func main() {
 		if len(f) != 3 {
 			fail("reply %q", reply)
 		}
-		printJSON(map[string]any{"peer_id": peer.String(), "peer_host": f[1], "peer_saw_me_as": f[2], "me": host})
+		mine, err := source.GetX509SVID()
+		if err != nil {
+			fail("own SVID: %v", err)
+		}
+		printJSON(map[string]any{"peer_id": peer.String(), "peer_host": f[1], "peer_saw_me_as": f[2], "me": host,
+			"my_authority_key_id": hex.EncodeToString(mine.Certificates[0].AuthorityKeyId)})
 
 	case "watch":
 		ctx, cancel := context.WithTimeout(context.Background(), *period+*timeout)
@@ -232,6 +259,10 @@ func main() {
 			time.Sleep(100 * time.Millisecond)
 		}
 		printJSON(map[string]any{"checks": checks, "serials": serials})
+
+	case "mint", "validate", "bundles", "watchbundles", "fetchbundle", "bundleserve", "bundleload":
+		federationCommand(cmd, fedArgs{want: want, audience: *audience, token: *token, url: *url, bundle: *bundlePath,
+			cert: *certPath, key: *keyPath, listen: *listen, conns: *conns, period: *period, timeout: *timeout})
 
 	default:
 		fail("unknown command %q", cmd)
