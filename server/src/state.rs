@@ -479,12 +479,8 @@ impl ServerState {
             return Err(StateError::Other("the server's own bundle cannot be deleted".into()));
         }
         let _guard = self.write_lock.lock().await;
-        let users: Vec<RegistrationEntry> = self
-            .index()
-            .iter()
-            .filter(|e| e.federates_with.contains(td))
-            .map(RegistrationEntry::clone)
-            .collect();
+        let users: Vec<RegistrationEntry> =
+            self.index().iter().filter(|e| e.federates_with.contains(td)).map(RegistrationEntry::clone).collect();
         let mut changed = vec![];
         match mode {
             BundleDeleteMode::Restrict if !users.is_empty() => {

@@ -25,11 +25,11 @@ use std::time::{Duration, Instant};
 
 use hyper::header::{ACCEPT, AUTHORIZATION, HOST, HeaderValue, USER_AGENT};
 use hyper::{Request, StatusCode};
+use rustls::RootCertStore;
 use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::RootCertStore;
 use sigil_tls::http1::{BodyLimit, Http1Error};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
