@@ -40,7 +40,7 @@ export SIGIL_GO_WORKLOAD=$root/target/interop/go-spiffe-workload
 
 tier "csi-sanity (kubernetes-csi/csi-test, pinned) for the CSI driver's conformance test"
 peers=$HOME/.cache/sigil-e2e/bin
-csi_sanity_version=v5.4.0
+csi_sanity_version=v5.6.0
 if [ ! -x "$peers/csi-sanity-$csi_sanity_version" ]; then
   mkdir -p "$peers"
   GOBIN="$peers/.csi-sanity-build" go install "github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@$csi_sanity_version"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# csi-sanity (kubernetes-csi/csi-test v5.4.0, built from its Go module) against sigil-csi-driver.
+# csi-sanity (kubernetes-csi/csi-test v5.6.0, built from its Go module) against sigil-csi-driver.
 #
 #   csi-driver/tests/csi-sanity.sh [path/to/sigil-csi-driver [extra driver flags...]]
 #
@@ -9,7 +9,7 @@
 #
 # csi-sanity is looked up in $CSI_SANITY, $PATH, ~/.cache/sigil-e2e/bin, $(go env GOPATH)/bin; when absent and
 # `go` is available it is installed (pinned, from its Go module) into ~/.cache/sigil-e2e/bin:
-#   GOBIN=~/.cache/sigil-e2e/bin nice -n 15 go install github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@v5.4.0
+#   GOBIN=~/.cache/sigil-e2e/bin nice -n 15 go install github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@v5.6.0
 # (SIGIL_CSI_SANITY_NO_INSTALL=1 turns that off). Needs root (real bind mounts).
 # When csi-sanity or root is missing: exit 1 when CI=true, otherwise print SKIPPED and exit 0.
 #
@@ -29,10 +29,12 @@
 #     path is still checked by "should fail when volume is not found" (not skipped).
 #   - "Node Service should work" / "should be idempotent": csi-sanity itself skips them without a
 #     controller service (they run CreateVolume); not in our skip list, counted in its own skips.
-# csi-sanity also skips NodeStageVolume/NodeUnstageVolume (5) and NodeExpandVolume (4) on its own, from
-# NodeGetCapabilities (no STAGE_UNSTAGE_VOLUME, no EXPAND_VOLUME). Result with v5.4.0 (2026-11-23):
-#   Ran 13 of 92 Specs -- 13 Passed | 0 Failed | 1 Pending (a csi-sanity controller spec) | 78 Skipped
-#   (67 by the list below, 11 by csi-sanity's own capability checks).
+# csi-sanity also skips, from NodeGetCapabilities, NodeStageVolume/NodeUnstageVolume (5, no
+# STAGE_UNSTAGE_VOLUME), NodeExpandVolume (4, no EXPAND_VOLUME), NodeGetVolumeHealth/NodeGetStorageHealth (3, no
+# VOLUME_CONDITION) and the SINGLE_NODE_MULTI_WRITER publish spec (1). Result with v5.6.0 (2026-12-03):
+#   Ran 13 of 103 Specs -- 13 Passed | 0 Failed | 1 Pending (a csi-sanity controller spec) | 89 Skipped
+# v5.6.0, not v5.4.0: v5.4.0's connect helper read the channel state and then waited for it to change, so a
+# driver that was Ready before the first read made it wait its whole minute and fail (seen once in CI).
 set -euo pipefail
 
 driver=${1:-${SIGIL_CSI_DRIVER:-}}
@@ -61,7 +63,7 @@ find_sanity() {
   done
 }
 
-CSI_SANITY_VERSION=v5.4.0
+CSI_SANITY_VERSION=v5.6.0
 sanity=$(find_sanity || true)
 if [[ -z "$sanity" && -z "${SIGIL_CSI_SANITY_NO_INSTALL:-}" ]] && command -v go >/dev/null 2>&1; then
   gobin="${SIGIL_E2E_CACHE:-$HOME/.cache/sigil-e2e}/bin"

@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-//! Runs `tests/csi-sanity.sh` (kubernetes-csi/csi-test v5.4.0) against the built driver binary.
+//! Runs `tests/csi-sanity.sh` (kubernetes-csi/csi-test v5.6.0) against the built driver binary.
 //! The script fails when csi-sanity or root is missing and CI=true; elsewhere it reports SKIPPED.
 
 use std::process::Command;
