@@ -130,11 +130,18 @@ impl Snapshot {
         View::Ready(WorkloadView { svids, bundle, federated })
     }
 
-    /// The own bundle and every federated bundle relevant to `selectors`' entries (for validation).
-    pub fn bundle_for(&self, td: &TrustDomain) -> Option<Bundle> {
+    /// The bundle of `td` if a workload with `selectors` may validate against it: the own bundle always (as
+    /// SPIRE: a caller without entries still validates its own trust domain's tokens), a federated bundle only
+    /// when one of the caller's entries federates with `td`.
+    pub fn validation_bundle(&self, selectors: &BTreeSet<Selector>, td: &TrustDomain) -> Option<Bundle> {
         match &self.bundle {
             Some(b) if &b.trust_domain == td => Some(b.as_ref().clone()),
-            _ => self.federated_bundles.get(td).map(|b| b.as_ref().clone()),
+            _ => {
+                let federates = matching_entries(self.entries.values(), selectors)
+                    .iter()
+                    .any(|e| e.federates_with.contains(td));
+                federates.then(|| self.federated_bundles.get(td).map(|b| b.as_ref().clone())).flatten()
+            }
         }
     }
 }

@@ -487,12 +487,12 @@ impl SpiffeWorkloadApi for WorkloadApi {
             if req.get_ref().svid.is_empty() {
                 return Err(Status::invalid_argument("svid must be specified"));
             }
-            self.caller(&req).await?;
+            let (selectors, _) = self.caller(&req).await?;
             let snap = self.state.borrow().clone();
             if !snap.synced || snap.bundle.is_none() {
                 return Err(unavailable());
             }
-            let lookup = |td: &TrustDomain| snap.bundle_for(td);
+            let lookup = |td: &TrustDomain| snap.validation_bundle(&selectors, td);
             let v =
                 sigil_core::jwt::validate_jwt_svid(&req.get_ref().svid, &req.get_ref().audience, &lookup, now_unix())
                     .map_err(|e| Status::invalid_argument(e.to_string()))?;

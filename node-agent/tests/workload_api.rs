@@ -298,6 +298,42 @@ async fn bundles_streams_carry_own_and_federated() {
     assert_eq!(svid.federated_bundles.keys().collect::<Vec<_>>(), vec!["spiffe://partner.org"]);
 }
 
+/// A federated bundle the agent holds reaches only workloads whose entries federate with that trust domain, and
+/// only those may validate that trust domain's JWT-SVIDs (SPIRE: the caller's own and federated bundles).
+#[tokio::test]
+async fn federated_bundles_only_for_entries_that_federate_with_them() {
+    let sels = uid_selector();
+    let f = serve(vec![entry("e1", "spiffe://example.org/web", &sels, 1, "")], true).await;
+    let partner = TestCa::new("partner.org").unwrap();
+    f.update(|s| {
+        s.federated_bundles = BTreeMap::from([(partner.trust_domain.clone(), Arc::new(partner.bundle()))]);
+    });
+    let mut c = client::connect(&f.socket).await.unwrap();
+    let svid = first_x509(&f.socket).await.unwrap();
+    assert!(svid.federated_bundles.is_empty(), "{:?}", svid.federated_bundles.keys());
+    let x =
+        c.fetch_x509_bundles(pb::X509BundlesRequest {}).await.unwrap().into_inner().message().await.unwrap().unwrap();
+    assert_eq!(x.bundles.keys().collect::<Vec<_>>(), vec!["spiffe://example.org"]);
+    let j = c.fetch_jwt_bundles(pb::JwtBundlesRequest {}).await.unwrap().into_inner().message().await.unwrap().unwrap();
+    assert_eq!(j.bundles.keys().collect::<Vec<_>>(), vec!["spiffe://example.org"]);
+    let token = partner.jwt(&SpiffeId::new("spiffe://partner.org/api").unwrap(), &["web".into()], 300).unwrap();
+    let refused = c.validate_jwtsvid(pb::ValidateJwtsvidRequest { audience: "web".into(), svid: token.clone() }).await;
+    let status = refused.err().unwrap();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("partner.org"), "{}", status.message());
+
+    // The same workload once its entry federates with partner.org.
+    f.update(|s| {
+        let mut e = s.entries["e1"].as_ref().clone();
+        e.federates_with = vec![partner.trust_domain.clone()];
+        s.entries.insert("e1".into(), Arc::new(e));
+    });
+    let ok = c.validate_jwtsvid(pb::ValidateJwtsvidRequest { audience: "web".into(), svid: token }).await.unwrap();
+    assert_eq!(ok.into_inner().spiffe_id, "spiffe://partner.org/api");
+    let svid = first_x509(&f.socket).await.unwrap();
+    assert_eq!(svid.federated_bundles.keys().collect::<Vec<_>>(), vec!["spiffe://partner.org"]);
+}
+
 #[tokio::test]
 async fn jwt_svid_fetch_and_validate() {
     let sels = uid_selector();
