@@ -90,13 +90,24 @@ fn same_authorities(a: Option<&tpb::Bundle>, b: Option<&tpb::Bundle>) -> bool {
     }
 }
 
+/// Whether the bundle a CR states (`trustDomainBundle`) is to be written over what the server holds: when the
+/// server has none (the bootstrap), or when the stated one is newer (a higher `spiffe_sequence`) and differs.
+/// Never otherwise: the server refreshes the bundle from the endpoint on its own, and a CR still carrying its
+/// bootstrap bundle must not roll a peer's CA rotation back (the next https_spiffe fetch would then fail
+/// against the old keys). spire-controller-manager writes it only at create.
+pub fn stated_bundle_applies(current: Option<&tpb::Bundle>, stated: Option<&tpb::Bundle>) -> bool {
+    match (current, stated) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(c), Some(s)) => s.sequence_number > c.sequence_number && !same_authorities(Some(c), Some(s)),
+    }
+}
+
 /// Whether the server's relationship must be rewritten to match the desired one.
 pub fn differs(current: &apb::FederationRelationship, desired: &apb::FederationRelationship) -> bool {
     current.bundle_endpoint_url != desired.bundle_endpoint_url
         || current.profile != desired.profile
-        // Only a bundle the CR states is compared: the server refreshes bundles on its own.
-        || (desired.trust_domain_bundle.is_some()
-            && !same_authorities(current.trust_domain_bundle.as_ref(), desired.trust_domain_bundle.as_ref()))
+        || stated_bundle_applies(current.trust_domain_bundle.as_ref(), desired.trust_domain_bundle.as_ref())
 }
 
 /// What to write, and what each CR's condition says.
@@ -172,6 +183,11 @@ pub fn plan(declared: &[Declared], server: &[apb::FederationRelationship], marke
             }
             Some(cur) => {
                 if differs(cur, &want) {
+                    let mut want = want;
+                    // An update for the URL or profile carries the stated bundle only when it applies.
+                    if !stated_bundle_applies(cur.trust_domain_bundle.as_ref(), want.trust_domain_bundle.as_ref()) {
+                        want.trust_domain_bundle = None;
+                    }
                     out.update.push(want);
                 }
                 out.outcome.insert(d.name.clone(), Ok(format!("federation relationship with {td} set")));
@@ -477,10 +493,43 @@ mod tests {
         let mut with_bundle = base.clone();
         with_bundle.trust_domain_bundle =
             Some(tpb::Bundle { trust_domain: "p.org".into(), x509_authorities: vec![vec![1]], ..Default::default() });
-        assert!(differs(&base, &with_bundle), "a bundle the CR states must be written");
+        assert!(differs(&base, &with_bundle), "a stated bundle is written when the server has none");
         let mut refreshed = with_bundle.clone();
         refreshed.trust_domain_bundle.as_mut().unwrap().sequence_number = 9;
         assert!(!differs(&refreshed, &with_bundle), "sequence numbers alone don't matter");
         assert!(!differs(&with_bundle, &base), "without a stated bundle the server's own is kept");
+    }
+
+    /// The server fetched the peer's rotated bundle (new keys, higher sequence); the CR still states its
+    /// bootstrap bundle. The operator must not write it back, not even with an update for a new URL; a stated
+    /// bundle newer than the server's is written.
+    #[test]
+    fn a_stale_stated_bundle_never_rolls_back_a_fetched_one() {
+        let bundle = |seq: u64, key: u8| tpb::Bundle {
+            trust_domain: "p.org".into(),
+            x509_authorities: vec![vec![key]],
+            sequence_number: seq,
+            ..Default::default()
+        };
+        let mut stated = to_pb(&desired("p.org", "https://p.org/b", None), MARKER);
+        stated.trust_domain_bundle = Some(bundle(1, 1));
+        let mut fetched = stated.clone();
+        fetched.trust_domain_bundle = Some(bundle(5, 2));
+        assert!(!stated_bundle_applies(fetched.trust_domain_bundle.as_ref(), stated.trust_domain_bundle.as_ref()));
+        assert!(!differs(&fetched, &stated), "the fetched bundle stays");
+        let mut d_stated = declared("p", 1, Ok(desired("p.org", "https://p.org/new", None)));
+        if let Ok(x) = &mut d_stated.desired {
+            x.bundle = Some(bundle(1, 1));
+        }
+        let p = plan(&[d_stated.clone()], &[fetched.clone()], MARKER);
+        assert_eq!(p.update.len(), 1, "the URL changed");
+        assert_eq!(p.update[0].bundle_endpoint_url, "https://p.org/new");
+        assert_eq!(p.update[0].trust_domain_bundle, None, "the update must not carry the stale bundle");
+        // A newer stated bundle (the user pasted the peer's current one) is written.
+        if let Ok(x) = &mut d_stated.desired {
+            x.bundle = Some(bundle(7, 3));
+        }
+        let p = plan(&[d_stated], &[fetched], MARKER);
+        assert_eq!(p.update[0].trust_domain_bundle.as_ref().map(|b| b.sequence_number), Some(7));
     }
 }
