@@ -18,7 +18,12 @@
 #   7. start-up race: 50 pods that fetch once with no retry at container start, with csiDriver.waitForIdentity
 #      off (failures counted and reported) and on (all must succeed); with --bench also the pod created ->
 #      first successful FetchX509SVID figures (p50/p99 and breakdown);
-#   8. `helm uninstall` of both charts: no CSI mount or socket left on the node, no object left but the PVC.
+#   8. federation: a second release (trust domain b.test, className b, its own CSI driver name) on the same
+#      node, both with federation.enabled and defaultClusterSPIFFEID.federatesWith, and two
+#      ClusterFederatedTrustDomains: each server fetches the other's bundle (BundleFetched True), a pod in
+#      each trust domain completes mTLS with the other authorizing its exact ID, and a b.test JWT-SVID
+#      validates in example.org;
+#   9. `helm uninstall` of both charts: no CSI mount or socket left on the node, no object left but the PVC.
 # Prints `helm: N passed, 0 failed`; exits non-zero on the first failure (logs kept).
 # On kind (Docker): `e2e/cluster/kind.sh helm` runs the same steps (SIGIL_E2E_KIND=<cluster name>).
 set -euo pipefail
@@ -34,6 +39,12 @@ WL_NS=sigil-helm-app
 WORKLOAD_IMAGE=docker.io/sigil-e2e/workload:helm
 PV_DIR=/var/lib/sigil-e2e-pv
 SOCK=/run/spire/agent-sockets/spire-agent.sock
+# The second release (step "federation"): another trust domain on the same node, its own CSI driver name,
+# socket directory and host ports.
+REL_B=sigil-b
+NS_B=sigil-b
+TD_B=b.test
+B_SOCK_DIR=/run/sigil-b/agent-sockets
 
 KIND=${SIGIL_E2E_KIND:-}
 keep=false
@@ -68,7 +79,7 @@ cleanup() {
   if ! $keep; then
     if [ -z "$KIND" ]; then
       "$CLUSTER" down >/dev/null 2>&1 || true
-      rm -rf "$PV_DIR" /run/spire/agent-sockets /run/sigil/agent-admin
+      rm -rf "$PV_DIR" /run/spire/agent-sockets "/run/sigil/$REL" "/run/sigil/$REL_B" /run/sigil-b
     fi
     rm -rf "$work"
   fi
@@ -122,6 +133,8 @@ refused caTTL --set server.caTTL=0
 refused bogus --set bogus=1
 refused replicas --set server.replicas=3
 refused spiffeIDTemplate --set defaultClusterSPIFFEID.spiffeIDTemplate=http://example.org/x
+refused tlsSecretName --set federation.bundleEndpoint.profile=https_web
+refused federatesWith --set 'defaultClusterSPIFFEID.federatesWith={spiffe://b.test}'
 ok
 
 step "cluster up (node tier), images imported"
@@ -152,6 +165,11 @@ server:
   upstreamAuthority: {secretName: sigil-upstream-ca}
   persistence: {storageClass: fast, size: 5Gi}
   service: {type: NodePort, port: 8443}
+federation:
+  enabled: true
+  bundleEndpoint: {profile: https_web, tlsSecretName: sigil-bundle-tls, refreshHint: 10m, port: 9443}
+  service: {type: LoadBalancer, port: 443, annotations: {example.com/exposed: "true"}}
+defaultClusterSPIFFEID: {federatesWith: [partner.example, b.test]}
 EOF
 cat > "$work/values-minimal.yaml" <<EOF
 operator: {enabled: false}
@@ -231,7 +249,7 @@ spec:
   template:
     metadata: {labels: {app: $name}}
     spec:
-      serviceAccountName: app
+      serviceAccountName: ${WL_SA:-app}
       terminationGracePeriodSeconds: 1
       securityContext: {runAsNonRoot: true, runAsUser: 1000, runAsGroup: 1000}
       containers:
@@ -243,7 +261,7 @@ spec:
           volumeMounts: [{name: spiffe-workload-api, mountPath: /spiffe-workload-api, readOnly: true}]
       volumes:
         - name: spiffe-workload-api
-          csi: {driver: csi.spiffe.io, readOnly: true}
+          csi: {driver: ${WL_DRIVER:-csi.spiffe.io}, readOnly: true}
 EOF
 }
 kubectl create namespace "$WL_NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
@@ -504,16 +522,108 @@ EOF
 fi
 ok
 
+step "federation: a second release ($TD_B) on the same node, two ClusterFederatedTrustDomains, cross-domain mTLS and JWT"
+srv_b() { kubectl -n "$NS_B" exec "$REL_B-server-0" -c server -- sigil-server "$@" -socketPath /run/sigil/admin/private/api.sock; }
+helm install "$REL_B" "$REPO/charts/sigil" -n "$NS_B" --create-namespace "${chart_set[@]}" --set trustDomain="$TD_B" \
+  --set className=b --set csiDriver.pluginName=b.csi.spiffe.io --set agent.socketPath="$B_SOCK_DIR/spire-agent.sock" \
+  --set agent.healthPort=19982 --set csiDriver.healthPort=19809 --set server.persistence.enabled=false \
+  --set federation.enabled=true --set federation.bundleEndpoint.refreshHint=1m \
+  --set "defaultClusterSPIFFEID.federatesWith={$TD}" --wait --timeout 5m > "$work/install-b.out" 2>&1 \
+  || fail "helm install $REL_B: $(tail -20 "$work/install-b.out")"
+helm test "$REL_B" -n "$NS_B" --timeout 3m > "$work/test-b.out" 2>&1 || fail "helm test $REL_B: $(cat "$work/test-b.out")"
+helm upgrade "$REL" "$REPO/charts/sigil" -n "$NS" --reuse-values --set federation.enabled=true \
+  --set federation.bundleEndpoint.refreshHint=1m --set "defaultClusterSPIFFEID.federatesWith={$TD_B}" \
+  --wait --timeout 5m > "$work/upgrade-fed.out" 2>&1 || fail "helm upgrade federation: $(tail -20 "$work/upgrade-fed.out")"
+kubectl -n "$NS" rollout status "sts/$REL-server" --timeout=180s >/dev/null || fail "server did not roll"
+for _ in $(seq 30); do srv healthcheck >/dev/null 2>&1 && break; sleep 1; done
+# Each side bootstraps the other's bundle from its CR (trustDomainBundle), then fetches it over https_spiffe.
+a_bundle=$(srv bundle show -format spiffe) || fail "bundle show ($TD)"
+b_bundle=$(srv_b bundle show -format spiffe) || fail "bundle show ($TD_B)"
+cftd() { # NAME CLASS TRUST_DOMAIN URL BUNDLE
+  cat <<EOF
+apiVersion: sigil.dev/v1alpha1
+kind: ClusterFederatedTrustDomain
+metadata: {name: $1}
+spec:
+  ${2:+className: $2}
+  trustDomain: $3
+  bundleEndpointURL: $4
+  bundleEndpointProfile: {type: https_spiffe, endpointSPIFFEID: "spiffe://$3/spire/server"}
+  trustDomainBundle: |
+$(sed 's/^/    /' <<<"$5")
+EOF
+}
+{ cftd fed-b-test "" "$TD_B" "https://$REL_B-server-federation.$NS_B.svc:8443" "$b_bundle"; echo ---
+  cftd fed-example-org b "$TD" "https://$REL-server-federation.$NS.svc:8443" "$a_bundle"; } > "$work/cftd.yaml"
+kubectl apply -f "$work/cftd.yaml" >/dev/null || fail "ClusterFederatedTrustDomain apply: $(cat "$work/cftd.yaml")"
+t_cftd=$(date +%s.%N)
+for cr in fed-b-test fed-example-org; do
+  kubectl wait --for=condition=BundleFetched "clusterfederatedtrustdomain/$cr" --timeout=90s >/dev/null \
+    || fail "$cr: $(kubectl get clusterfederatedtrustdomain "$cr" -o jsonpath='{.status}')"
+done
+log "both ClusterFederatedTrustDomains BundleFetched $(python3 -c "import sys; print(round(float(sys.argv[2])-float(sys.argv[1]),1))" "$t_cftd" "$(date +%s.%N)") s after kubectl apply"
+kubectl get clusterfederatedtrustdomain fed-b-test -o json > "$work/cftd-b.json"
+srv federation show -trustDomain "$TD_B" -output json > "$work/fed-show.json" || fail "federation show $TD_B"
+python3 - "$work/cftd-b.json" "$work/fed-show.json" <<'PY' || fail "status: $(cat "$work/cftd-b.json" "$work/fed-show.json")"
+import json, sys
+cr, show = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+b = cr["status"]["bundle"]
+assert b["lastSuccessTime"] and b["sequence"] >= 1 and b.get("consecutiveFailures", 0) == 0, b
+print(json.dumps(show)[:400], file=sys.stderr)
+PY
+id_a="spiffe://$TD/ns/fed-a/sa/web"
+id_b="spiffe://$TD_B/ns/fed-b/sa/echo"
+for ns_sa in fed-a/web fed-b/echo; do
+  kubectl create namespace "${ns_sa%/*}" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  kubectl -n "${ns_sa%/*}" create serviceaccount "${ns_sa#*/}" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+done
+# Each serves mTLS accepting exactly the other trust domain's workload.
+WL_NS=fed-a WL_SA=web workload web 1 serve -id "$id_b" | kubectl apply -f - >/dev/null || fail "fed-a apply"
+WL_NS=fed-b WL_SA=echo WL_DRIVER=b.csi.spiffe.io workload echo 1 serve -id "$id_a" | kubectl apply -f - >/dev/null \
+  || fail "fed-b apply"
+kubectl -n fed-a rollout status deploy/web --timeout=120s >/dev/null || fail "fed-a web not ready"
+kubectl -n fed-b rollout status deploy/echo --timeout=120s >/dev/null || fail "fed-b echo not ready"
+pod_a=$(kubectl -n fed-a get pods -l app=web -o jsonpath='{.items[0].metadata.name}')
+pod_b=$(kubectl -n fed-b get pods -l app=echo -o jsonpath='{.items[0].metadata.name}')
+ip_a=$(kubectl -n fed-a get pod "$pod_a" -o jsonpath='{.status.podIP}')
+ip_b=$(kubectl -n fed-b get pod "$pod_b" -o jsonpath='{.status.podIP}')
+fed_dial() { # NS POD PEER_ID ADDR MY_ID
+  local out=""
+  for _ in $(seq 30); do
+    out=$(kubectl -n "$1" exec "$2" -- /workload dial -id "$3" -addr "$4:8443" -timeout 10s 2>"$work/fed-dial.err") && break
+    out=""
+    sleep 1
+  done
+  [ -n "$out" ] || fail "mTLS $2 -> $4: $(cat "$work/fed-dial.err")"
+  python3 - "$out" "$3" "$5" <<'PY' || fail "mTLS $2 -> $4: $out"
+import json, sys
+r, peer, me = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+assert r["peer_id"] == peer and r["peer_saw_me_as"] == me, r
+PY
+  log "mTLS $1/$2 -> $4: $out"
+}
+fed_dial fed-a "$pod_a" "$id_b" "$ip_b" "$id_a"
+fed_dial fed-b "$pod_b" "$id_a" "$ip_a" "$id_b"
+token=$(kubectl -n fed-b exec "$pod_b" -- /workload mint -id "$id_b" -audience "$id_a" -timeout 10s \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])') || fail "JWT-SVID mint in $TD_B"
+out=$(kubectl -n fed-a exec "$pod_a" -- /workload validate -id "$id_b" -audience "$id_a" -token "$token" -timeout 10s) \
+  || fail "the $TD_B JWT-SVID did not validate in $TD"
+log "$TD_B JWT-SVID validated in $TD (agent ValidateJWTSVID and go-spiffe with FetchJWTBundles): $(cut -c1-200 <<<"$out")"
+ok
+
 step "helm uninstall (chart, then CRDs): no CSI mount or socket left on the node, nothing left but the PVC"
-kubectl delete namespace "$WL_NS" --wait=true --timeout=180s >/dev/null || fail "workload namespace delete"
+kubectl delete namespace "$WL_NS" fed-a fed-b --wait=true --timeout=180s >/dev/null || fail "workload namespace delete"
+kubectl delete clusterfederatedtrustdomain fed-b-test fed-example-org --wait=true >/dev/null || fail "CFTD delete"
+helm uninstall "$REL_B" -n "$NS_B" --wait --timeout 3m >/dev/null || fail "helm uninstall $REL_B"
 helm uninstall "$REL" -n "$NS" --wait --timeout 3m >/dev/null || fail "helm uninstall sigil"
 helm uninstall sigil-crds --wait --timeout 2m >/dev/null || fail "helm uninstall sigil-crds"
 # A pod's CSI volume is a bind mount at /var/lib/kubelet/pods/<uid>/volumes/kubernetes.io~csi/<name>/mount.
 on_node "grep 'kubernetes.io~csi' /proc/mounts" && fail "CSI mounts left on the node"
-for _ in $(seq 20); do on_node "[ -S $SOCK ]" || break; sleep 0.5; done
+for _ in $(seq 20); do on_node "[ -S $SOCK ] || [ -S $B_SOCK_DIR/spire-agent.sock ]" || break; sleep 0.5; done
 on_node "[ -S $SOCK ]" && fail "the agent socket $SOCK is left"
-on_node "[ -S /run/sigil/agent-admin/private/admin.sock ]" && fail "the agent admin socket is left"
-for s in /var/lib/kubelet/plugins/csi.spiffe.io/csi.sock /var/lib/kubelet/plugins_registry/csi.spiffe.io-reg.sock; do
+on_node "[ -S /run/sigil/$REL/agent-admin/private/admin.sock ]" && fail "the agent admin socket is left"
+on_node "[ -S $B_SOCK_DIR/spire-agent.sock ]" && fail "the $REL_B agent socket is left"
+for s in /var/lib/kubelet/plugins/{,b.}csi.spiffe.io/csi.sock /var/lib/kubelet/plugins_registry/{,b.}csi.spiffe.io-reg.sock; do
   on_node "[ -S $s ]" && fail "the CSI driver's socket $s is left"
 done
 # `helm uninstall --wait` returns when the objects are deleted; their pods may still be terminating.
@@ -529,7 +639,7 @@ done
 kubectl get crd -o name | grep -q sigil.dev && fail "CRDs left after uninstalling sigil-crds"
 pvc=$(kubectl -n "$NS" get pvc -o name)
 [ "$pvc" = "persistentvolumeclaim/data-$REL-server-0" ] || fail "want the server's PVC kept, got: $pvc"
-log "left as documented: $pvc (and the hostPath directories /run/spire/agent-sockets, /run/sigil/agent-admin)"
+log "left as documented: $pvc (and the hostPath directories /run/spire/agent-sockets, /run/sigil/$REL/agent-admin)"
 ok
 
 echo "helm: $passed passed, 0 failed"

@@ -55,8 +55,14 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
-{{/* The agent's admin socket directory on the node (CSI waitForIdentity). */}}
-{{- define "sigil.agentAdminDir" -}}/run/sigil/agent-admin{{- end -}}
+{{/* The agent's admin socket directory on the node (CSI waitForIdentity); one per release, so that two
+releases (two trust domains) can share the nodes. */}}
+{{- define "sigil.agentAdminDir" -}}/run/sigil/{{ .Release.Name }}/agent-admin{{- end -}}
 {{- define "sigil.waitForIdentity" -}}
 {{- if and .Values.csiDriver.enabled (not (regexMatch "^(0+(\\.0+)?(ns|us|µs|ms|s|m|h))+$" .Values.csiDriver.waitForIdentity)) -}}true{{- end -}}
+{{- end -}}
+
+{{/* Whether the bundle endpoint serves a certificate from a Secret (federation, https_web). */}}
+{{- define "sigil.federationWeb" -}}
+{{- if and .Values.federation.enabled (eq .Values.federation.bundleEndpoint.profile "https_web") -}}true{{- end -}}
 {{- end -}}
