@@ -55,6 +55,10 @@ tier "unit, spec, integration and interop tests (real SQLite, openssl, sockets, 
 cargo test --workspace --locked --no-fail-fast
 passed+=(cargo-test)
 
+tier "federation walkthrough: a.test and b.test on one host, the README's commands (scripts/federation-quickstart.sh --once)"
+scripts/federation-quickstart.sh --once
+passed+=(federation-quickstart)
+
 tier "generated CRDs: crds/ and charts/sigil-crds/templates/ are what operator/src/crd/ generates (crdgen --check)"
 cargo run --locked -q -p sigil-operator --bin crdgen -- --check
 passed+=(crdgen)
