@@ -137,9 +137,8 @@ impl Snapshot {
         match &self.bundle {
             Some(b) if &b.trust_domain == td => Some(b.as_ref().clone()),
             _ => {
-                let federates = matching_entries(self.entries.values(), selectors)
-                    .iter()
-                    .any(|e| e.federates_with.contains(td));
+                let federates =
+                    matching_entries(self.entries.values(), selectors).iter().any(|e| e.federates_with.contains(td));
                 federates.then(|| self.federated_bundles.get(td).map(|b| b.as_ref().clone())).flatten()
             }
         }

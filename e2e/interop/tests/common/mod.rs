@@ -15,8 +15,22 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// A port for a child process to listen on. Not `bind(0)`: that hands out a port of the kernel's ephemeral
+/// range (32768-60999), the range every outgoing connection also takes its source port from, so between
+/// this call and the child's bind another test's connection could take it (a federation test failed so,
+/// once). Ports below that range, distinct within this process and spread by pid across processes, are
+/// only ever taken by an explicit bind.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() % 40) * 300;
+    for _ in 0..300 {
+        let port = u16::try_from(base + NEXT.fetch_add(1, Ordering::Relaxed) % 300).unwrap();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {base}..{}", base + 300);
 }
 
 pub fn run(cmd: &mut Command) -> Output {
