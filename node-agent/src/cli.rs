@@ -41,18 +41,25 @@ pub enum Command {
 
 #[derive(Debug, Args, Default)]
 pub struct RunArgs {
+    /// Path to the agent config file (TOML; SPIRE-shaped keys). Flags override it.
     #[arg(long = "config")]
     pub config: Option<PathBuf>,
+    /// The trust domain this agent belongs to, e.g. example.org.
     #[arg(long = "trustDomain")]
     pub trust_domain: Option<String>,
+    /// DNS name or IP address of the server.
     #[arg(long = "serverAddress")]
     pub server_address: Option<String>,
+    /// Port of the server's agent API.
     #[arg(long = "serverPort")]
     pub server_port: Option<u16>,
+    /// A join token from `sigil-server token generate` (join_token node attestation).
     #[arg(long = "joinToken")]
     pub join_token: Option<String>,
+    /// Directory for the agent's SVID and key (created 0700).
     #[arg(long = "dataDir")]
     pub data_dir: Option<PathBuf>,
+    /// Path to bind the Workload API socket to.
     #[arg(long = "socketPath")]
     pub socket_path: Option<PathBuf>,
     /// PEM file with the server's CA certificates (to authenticate the server on first attestation).
@@ -61,8 +68,10 @@ pub struct RunArgs {
     /// Trust the server without a bundle on first attestation (development only).
     #[arg(long = "insecureBootstrap")]
     pub insecure_bootstrap: bool,
+    /// DEBUG, INFO, WARN or ERROR (any case).
     #[arg(long = "logLevel")]
     pub log_level: Option<String>,
+    /// text or json.
     #[arg(long = "logFormat")]
     pub log_format: Option<String>,
     /// Port of the /live, /ready and /metrics listener (0 = any free port).

@@ -74,23 +74,31 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// Path to the server config file (TOML; SPIRE-shaped keys). Flags override it.
     #[arg(long = "config")]
     pub config: Option<PathBuf>,
+    /// The trust domain this server belongs to, e.g. example.org.
     #[arg(long = "trustDomain")]
     pub trust_domain: Option<String>,
+    /// Directory for the datastore and CA keys (created 0700).
     #[arg(long = "dataDir")]
     pub data_dir: Option<PathBuf>,
+    /// IP address the agent API listens on.
     #[arg(long = "bindAddress")]
     pub bind_address: Option<String>,
+    /// Port of the agent API (agents connect here).
     #[arg(long = "serverPort")]
     pub server_port: Option<u16>,
+    /// Path to bind the admin API socket to.
     #[arg(long = "socketPath")]
     pub socket_path: Option<PathBuf>,
+    /// DEBUG, INFO, WARN or ERROR (any case).
     #[arg(long = "logLevel")]
     pub log_level: Option<String>,
+    /// text or json.
     #[arg(long = "logFormat")]
     pub log_format: Option<String>,
-    /// Port of the /live, /ready and /metrics listener.
+    /// Port of the /live, /ready and /metrics listener (0 = any free port, logged at start).
     #[arg(long = "healthPort")]
     pub health_port: Option<u16>,
 }

@@ -84,9 +84,11 @@ fn print_relationship(out: &mut impl Write, r: &pb::FederationRelationship) -> R
     if let Some(b) = &r.trust_domain_bundle {
         writeln!(
             out,
-            "Trust domain bundle       : {} X.509 authorities, {} JWT authorities, sequence {}",
+            "Trust domain bundle       : {} X.509 authorit{}, {} JWT authorit{}, sequence {}",
             b.x509_authorities.len(),
+            plural_y(b.x509_authorities.len()),
             b.jwt_authorities.len(),
+            plural_y(b.jwt_authorities.len()),
             b.sequence_number
         )?;
     }
@@ -492,4 +494,9 @@ mod tests {
             matches!(&shown[1].0.profile, Some(Profile::HttpsSpiffe(p)) if p.endpoint_spiffe_id == "spiffe://b.test/spire/server")
         );
     }
+}
+
+/// "authority" / "authorities".
+fn plural_y(n: usize) -> &'static str {
+    if n == 1 { "y" } else { "ies" }
 }
