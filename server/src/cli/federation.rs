@@ -410,6 +410,11 @@ pub(super) async fn run_federation(cmd: FederationCmd, out: &mut impl Write) -> 
     }
 }
 
+/// "authority" / "authorities".
+fn plural_y(n: usize) -> &'static str {
+    if n == 1 { "y" } else { "ies" }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -494,9 +499,4 @@ mod tests {
             matches!(&shown[1].0.profile, Some(Profile::HttpsSpiffe(p)) if p.endpoint_spiffe_id == "spiffe://b.test/spire/server")
         );
     }
-}
-
-/// "authority" / "authorities".
-fn plural_y(n: usize) -> &'static str {
-    if n == 1 { "y" } else { "ies" }
 }
