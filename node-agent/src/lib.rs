@@ -17,6 +17,7 @@ pub mod k8s;
 pub mod manager;
 pub mod metrics;
 pub mod node;
+pub mod pacing;
 pub mod run;
 pub mod state;
 pub mod testing;

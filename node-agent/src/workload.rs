@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use sigil_core::bundle::Bundle;
@@ -32,6 +33,7 @@ use tonic::{Request, Response, Status};
 use crate::attest::{AttestError, ProcHandle, WorkloadAttestor, attest_process};
 use crate::manager::{ManagerHandle, now_unix};
 use crate::metrics::Metrics;
+use crate::pacing::Pacer;
 use crate::state::{Snapshot, View, WorkloadView};
 
 /// The metadata key every Workload API request must carry with the value `true` (E2).
@@ -310,59 +312,93 @@ impl WorkloadApi {
         r
     }
 
-    /// Spawns a stream task: `compute` maps each snapshot to a message, an error to end with, or `None`
-    /// (nothing to send yet). A message equal to the last one sent is not sent again.
+    /// The stream of one open Fetch* call: `first`, then the caller's view again whenever it changed, paced
+    /// by [`pacing`]: computed from the snapshot current when the transport asks for the next message (so a
+    /// client that reads slowly never gets a queue of stale states) and, after each message, not before a
+    /// gap that grows with its size (a burst of changes is merged). No task: the stream ends with the call.
     fn watch_stream<T, F>(&self, process: Arc<ProcHandle>, first: T, compute: F) -> BoxStream<T>
     where
-        T: PartialEq + Clone + Send + Sync + 'static,
+        T: PartialEq + Clone + Send + Sync + prost::Message + 'static,
         F: Fn(&Snapshot) -> Option<Result<T, Status>> + Send + 'static,
     {
-        let mut rx = self.state.clone();
-        let mut stop = self.shutdown.clone();
-        let (tx, out) = mpsc::channel(4);
-        // The first message goes out directly (no task hop); the task sends the later ones.
-        let head = futures::stream::once(std::future::ready(Ok(first.clone())));
-        tokio::spawn(async move {
-            let mut last = first;
+        struct Watch<T, F> {
+            rx: watch::Receiver<Arc<Snapshot>>,
+            stop: watch::Receiver<bool>,
+            process: Arc<ProcHandle>,
+            compute: F,
+            last: T,
+            pacer: Pacer,
+            // Check the snapshot before the first wait: it may have changed since `first` was computed.
+            fresh: bool,
+            done: bool,
+        }
+        let mut pacer = Pacer::default();
+        pacer.sent(Instant::now(), first.encoded_len());
+        let state = Watch {
+            rx: self.state.clone(),
+            stop: self.shutdown.clone(),
+            process,
+            compute,
+            last: first.clone(),
+            pacer,
+            fresh: true,
+            done: false,
+        };
+        let rest = futures::stream::unfold(state, |mut w| async move {
+            if w.done {
+                return None;
+            }
             loop {
-                let expiry = {
-                    let snap = rx.borrow_and_update().clone();
-                    match compute(&snap) {
-                        Some(Ok(msg)) if msg != last => {
-                            // Rotated keys go only to the process that opened the stream, as it was then.
-                            if let Err(e) = process.verify() {
-                                let _ = tx.send(Err(Status::unauthenticated(e.to_string()))).await;
-                                return;
-                            }
-                            if tx.send(Ok(msg.clone())).await.is_err() {
-                                return;
-                            }
-                            last = msg;
-                        }
-                        Some(Err(status)) => {
-                            let _ = tx.send(Err(status)).await;
-                            return;
-                        }
-                        _ => {}
+                if !w.fresh {
+                    // Wake on a new snapshot, at shutdown, or when a cached SVID expires (so an expired SVID
+                    // leaves the view even if nothing else happens).
+                    let expiry = w.rx.borrow().svids.values().map(|s| s.not_after).filter(|t| *t > now_unix()).min();
+                    let wait = expiry.map(|t| u64::try_from(t - now_unix() + 1).unwrap_or(1)).unwrap_or(3600);
+                    let stopping = tokio::select! {
+                        r = w.rx.changed() => if r.is_err() { return None } else { false },
+                        () = stopped(&mut w.stop) => true,
+                        () = tokio::time::sleep(Duration::from_secs(wait)) => false,
+                    };
+                    if stopping {
+                        w.done = true;
+                        return Some((Err(Status::unavailable("the agent is shutting down")), w));
                     }
-                    snap.svids.values().map(|s| s.not_after).filter(|t| *t > now_unix()).min()
-                };
-                // Wake on a new snapshot, when the client leaves, or when a cached SVID expires (so an
-                // expired SVID leaves the view even if nothing else happens).
-                let wait = expiry.map(|t| u64::try_from(t - now_unix() + 1).unwrap_or(1)).unwrap_or(3600);
-                let stopping = tokio::select! {
-                    r = rx.changed() => if r.is_err() { return } else { false },
-                    () = tx.closed() => return,
-                    r = stop.wait_for(|s| *s) => r.is_ok(),
-                    () = tokio::time::sleep(std::time::Duration::from_secs(wait)) => false,
-                };
-                if stopping {
-                    let _ = tx.send(Err(Status::unavailable("the agent is shutting down"))).await;
-                    return;
+                    // Merge what else changes during the gap: the state is read only after it.
+                    if let Some(hold) = w.pacer.hold(Instant::now()) {
+                        let stopping = tokio::select! {
+                            () = tokio::time::sleep(hold) => false,
+                            () = stopped(&mut w.stop) => true,
+                        };
+                        if stopping {
+                            w.done = true;
+                            return Some((Err(Status::unavailable("the agent is shutting down")), w));
+                        }
+                    }
+                }
+                w.fresh = false;
+                let snap = w.rx.borrow_and_update().clone();
+                match (w.compute)(&snap) {
+                    Some(Ok(msg)) if msg != w.last => {
+                        // Rotated keys go only to the process that opened the stream, as it was then.
+                        if let Err(e) = w.process.verify() {
+                            w.done = true;
+                            return Some((Err(Status::unauthenticated(e.to_string())), w));
+                        }
+                        w.pacer.sent(Instant::now(), msg.encoded_len());
+                        w.last = msg.clone();
+                        return Some((Ok(msg), w));
+                    }
+                    Some(Err(status)) => {
+                        w.done = true;
+                        return Some((Err(status), w));
+                    }
+                    _ => {}
                 }
             }
         });
-        Box::pin(futures::StreamExt::chain(head, ReceiverStream::new(out)))
+        // The first message goes out directly.
+        let head = futures::stream::once(std::future::ready(Ok(first)));
+        Box::pin(futures::StreamExt::chain(head, rest))
     }
 
     /// The first X509 response: waits (for a snapshot change) while the view is `Waiting`.
@@ -503,6 +539,14 @@ impl SpiffeWorkloadApi for WorkloadApi {
         }
         .await;
         self.counted("ValidateJWTSVID", r).map(Response::new)
+    }
+}
+
+/// Resolves when `stop` turns true; never when its sender is gone (a `WorkloadApi` without
+/// [`WorkloadApi::with_shutdown`]): `wait_for` would then return at once, and a select on it would spin.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -456,3 +456,42 @@ async fn first_response_latency() {
     base.sort();
     println!("baseline unary p50 {:?} p99 {:?}", base[base.len() / 2], base[base.len() * 99 / 100]);
 }
+
+/// A burst of 300 entry changes for one workload (one every 2 ms) while its client reads as fast as it can:
+/// the open FetchX509SVID stream merges them (pacing: at least 10 ms between messages, more for bigger
+/// ones) instead of sending one message per change (the old stream sent ~one per change), and its last
+/// message is the final state.
+#[tokio::test]
+async fn a_burst_of_changes_is_merged_into_few_messages() {
+    let sels = uid_selector();
+    let f = serve(vec![entry("e0", "spiffe://example.org/w0", &sels, 0, "")], true).await;
+    let mut c = client::connect(&f.socket).await.unwrap();
+    let mut stream = c.fetch_x509svid(pb::X509svidRequest {}).await.unwrap().into_inner();
+    assert_eq!(stream.message().await.unwrap().unwrap().svids.len(), 1);
+    let reader = tokio::spawn(async move {
+        let mut messages = 0usize;
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap().unwrap().unwrap();
+            messages += 1;
+            if m.svids.len() == 301 {
+                return messages;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    for i in 1..=300 {
+        let e = entry(&format!("e{i}"), &format!("spiffe://example.org/w{i}"), &sels, i, "");
+        let svid = svid_for(&f.ca, &e, 3600);
+        f.update(|s| {
+            s.svids.insert(e.id.clone(), svid);
+            s.entries.insert(e.id.clone(), e);
+        });
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let burst = started.elapsed();
+    let messages = reader.await.unwrap();
+    eprintln!("{messages} messages for 300 changes in {burst:?}");
+    // At most one message per 10 ms of burst (plus the last), and far from one per change.
+    let bound = usize::try_from(burst.as_millis() / 10 + 2).unwrap();
+    assert!(messages <= bound && messages < 150, "{messages} messages for 300 changes in {burst:?}");
+}
