@@ -162,6 +162,33 @@ pub fn agent_identities<'a>(
     ids
 }
 
+/// What one entry write changed, so that each agent's authorized set can be brought up to date by delta:
+/// only the changed entries and the entries below their SPIFFE IDs (before and after) can have changed
+/// authorization, unless a node alias changed (then an agent's identities may differ: recompute).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntryChanges {
+    pub ids: Vec<String>,
+    pub spiffe_ids: BTreeSet<SpiffeId>,
+    pub alias: bool,
+}
+
+impl EntryChanges {
+    /// Records one entry's change: `old` (none for a create) to `new` (none for a delete).
+    pub fn record(&mut self, old: Option<&RegistrationEntry>, new: Option<&RegistrationEntry>) {
+        for e in old.into_iter().chain(new) {
+            self.spiffe_ids.insert(e.spiffe_id.clone());
+            self.alias |= e.is_node_alias();
+        }
+        if let Some(e) = new.or(old) {
+            self.ids.push(e.id.clone());
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
 /// Entries indexed by parent ID, so authorization walks only the agent's subtree, and by SPIFFE ID, so a
 /// single entry's authorization walks only its ancestry.
 #[derive(Debug, Default, Clone)]
@@ -197,15 +224,37 @@ impl EntryIndex {
         self.by_id.values()
     }
 
-    /// Inserts or replaces an entry (by `id`).
-    pub fn upsert(&mut self, entry: RegistrationEntry) {
-        self.remove(&entry.id);
+    /// Inserts or replaces an entry (by `id`); returns the replaced one.
+    pub fn upsert(&mut self, entry: RegistrationEntry) -> Option<RegistrationEntry> {
+        let old = self.remove(&entry.id);
         self.children.entry(entry.parent_id.clone()).or_default().insert(entry.id.clone());
         self.by_spiffe_id.entry(entry.spiffe_id.clone()).or_default().insert(entry.id.clone());
         if entry.is_node_alias() {
             self.aliases.insert(entry.id.clone());
         }
         self.by_id.insert(entry.id.clone(), entry);
+        old
+    }
+
+    /// The entry IDs whose authorization, for any agent, may differ after `changes`: the changed entries and
+    /// every entry below one of their SPIFFE IDs, transitively (a workload entry parented to its agent has
+    /// none: the set is just the changed entries). Cost follows what changed, not the index size.
+    pub fn affected(&self, changes: &EntryChanges) -> BTreeSet<String> {
+        let mut out: BTreeSet<String> = changes.ids.iter().cloned().collect();
+        let mut seen: HashSet<&SpiffeId> = HashSet::new();
+        let mut queue: VecDeque<&SpiffeId> = changes.spiffe_ids.iter().collect();
+        while let Some(parent) = queue.pop_front() {
+            if !seen.insert(parent) {
+                continue; // cycles in a hand-made entry tree must not loop forever
+            }
+            for child_id in self.children.get(parent).into_iter().flatten() {
+                if let Some(child) = self.by_id.get(child_id) {
+                    out.insert(child.id.clone());
+                    queue.push_back(&child.spiffe_id);
+                }
+            }
+        }
+        out
     }
 
     pub fn remove(&mut self, id: &str) -> Option<RegistrationEntry> {
@@ -531,6 +580,68 @@ mod tests {
         let idx = EntryIndex::new([e]);
         assert_eq!(idx.authorized_for(&id(agent), &BTreeSet::new(), 99).len(), 1);
         assert!(idx.authorized_for(&id(agent), &BTreeSet::new(), 100).is_empty());
+    }
+
+    /// Bringing an agent's authorized set up to date from `affected` alone gives exactly what a full
+    /// recompute gives, for creates, deletes, re-parenting and SPIFFE ID changes in a nested tree.
+    #[test]
+    fn delta_from_affected_equals_full_recompute() {
+        let agent = id("spiffe://td/spire/agent/a");
+        let sels = BTreeSet::new();
+        let mut idx = EntryIndex::new([
+            entry("mid", "spiffe://td/mid", "spiffe://td/spire/agent/a", &["unix:uid:1"]),
+            entry("leaf", "spiffe://td/leaf", "spiffe://td/mid", &["unix:uid:2"]),
+            entry("deep", "spiffe://td/deep", "spiffe://td/leaf", &["unix:uid:3"]),
+            entry("other", "spiffe://td/other", "spiffe://td/spire/agent/b", &["unix:uid:4"]),
+        ]);
+        let ids = |idx: &EntryIndex| -> BTreeSet<String> {
+            idx.authorized_for(&agent, &sels, 0).into_iter().map(|e| e.id.clone()).collect()
+        };
+        let steps: Vec<(Option<&str>, Option<RegistrationEntry>)> = vec![
+            // "mid" renamed: "leaf" and "deep" hang off the old SPIFFE ID and fall out.
+            (Some("mid"), Some(entry("mid", "spiffe://td/mid2", "spiffe://td/spire/agent/a", &["unix:uid:1"]))),
+            // "leaf" moved under the new ID: it and "deep" come back.
+            (Some("leaf"), Some(entry("leaf", "spiffe://td/leaf", "spiffe://td/mid2", &["unix:uid:2"]))),
+            // "other" moved under agent a.
+            (Some("other"), Some(entry("other", "spiffe://td/other", "spiffe://td/spire/agent/a", &["unix:uid:4"]))),
+            // "mid" deleted: everything below it goes.
+            (Some("mid"), None),
+            // a new entry under agent a.
+            (None, Some(entry("new", "spiffe://td/new", "spiffe://td/spire/agent/a", &["unix:uid:5"]))),
+        ];
+        let mut have = ids(&idx);
+        for (old_id, new) in steps {
+            let old = match (&new, old_id) {
+                (Some(n), _) => idx.upsert(n.clone()),
+                (None, Some(o)) => idx.remove(o),
+                (None, None) => None,
+            };
+            let mut ch = EntryChanges::default();
+            ch.record(old.as_ref(), new.as_ref());
+            assert!(!ch.alias);
+            for a in idx.affected(&ch) {
+                if idx.is_authorized(&agent, &sels, &a, 0).is_some() {
+                    have.insert(a);
+                } else {
+                    have.remove(&a);
+                }
+            }
+            assert_eq!(have, ids(&idx), "after {old_id:?} -> {:?}", new.as_ref().map(|e| &e.spiffe_id));
+        }
+    }
+
+    #[test]
+    fn affected_of_a_plain_workload_entry_is_itself_and_aliases_are_flagged() {
+        let mut idx = EntryIndex::new([entry("w", "spiffe://td/w", "spiffe://td/spire/agent/a", &["unix:uid:1"])]);
+        let e = entry("w2", "spiffe://td/w2", "spiffe://td/spire/agent/a", &["unix:uid:2"]);
+        let mut ch = EntryChanges::default();
+        ch.record(idx.upsert(e.clone()).as_ref(), Some(&e));
+        assert_eq!(idx.affected(&ch), BTreeSet::from(["w2".to_owned()]));
+        assert!(!ch.alias);
+        let alias = entry("n", "spiffe://td/nodes", "spiffe://td/spire/server", &["k8s_psat:cluster:c"]);
+        let mut ch = EntryChanges::default();
+        ch.record(None, Some(&alias));
+        assert!(ch.alias, "a node alias change makes agents recompute");
     }
 
     #[test]

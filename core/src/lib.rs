@@ -19,6 +19,6 @@ pub mod jwt;
 pub mod selector;
 pub mod x509;
 
-pub use entry::{EntryIndex, RegistrationEntry};
+pub use entry::{EntryChanges, EntryIndex, RegistrationEntry};
 pub use id::{IdError, SpiffeId, TrustDomain};
 pub use selector::{Selector, SelectorError};

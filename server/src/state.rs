@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sigil_core::bundle::Bundle;
-use sigil_core::{EntryIndex, RegistrationEntry, Selector, SpiffeId, TrustDomain};
+use sigil_core::{EntryChanges, EntryIndex, RegistrationEntry, Selector, SpiffeId, TrustDomain};
 use tokio::sync::{Mutex, broadcast, watch};
 
 use crate::ca::CaManager;
@@ -23,8 +23,8 @@ use crate::metrics::Metrics;
 /// What changed; subscribers re-read the state they care about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// Entries were created, updated or deleted (ids given).
-    Entries(Vec<String>),
+    /// Entries were created, updated or deleted (what changed, for delta recomputes).
+    Entries(Arc<EntryChanges>),
     /// The own bundle changed (CA rotation, prepared key).
     Bundle,
     /// A federated bundle was set or deleted.
@@ -222,47 +222,49 @@ impl ServerState {
     ) -> Vec<Result<RegistrationEntry, DatastoreError>> {
         let _guard = self.write_lock.lock().await;
         let results = self.ds.create_entries(entries).await;
-        let mut changed = vec![];
+        let mut changed = EntryChanges::default();
         {
             let mut idx = self.index.write().unwrap_or_else(|p| p.into_inner());
             for e in results.iter().flatten() {
-                idx.upsert(e.clone());
-                changed.push(e.id.clone());
+                let old = idx.upsert(e.clone());
+                changed.record(old.as_ref(), Some(e));
             }
             self.metrics.entries.set(idx.len() as i64);
         }
-        if !changed.is_empty() {
-            self.metrics.entry_writes.inc_by(changed.len() as u64);
-            self.notify(Change::Entries(changed));
-        }
+        self.entries_changed(changed);
         results
+    }
+
+    fn entries_changed(&self, changed: EntryChanges) {
+        if !changed.is_empty() {
+            self.metrics.entry_writes.inc_by(changed.ids.len() as u64);
+            self.notify(Change::Entries(Arc::new(changed)));
+        }
     }
 
     pub async fn update_entry(&self, entry: RegistrationEntry) -> Result<RegistrationEntry, DatastoreError> {
         let _guard = self.write_lock.lock().await;
         let updated = self.ds.update_entry(entry, None).await?;
-        self.index.write().unwrap_or_else(|p| p.into_inner()).upsert(updated.clone());
-        self.metrics.entry_writes.inc();
-        self.notify(Change::Entries(vec![updated.id.clone()]));
+        let old = self.index.write().unwrap_or_else(|p| p.into_inner()).upsert(updated.clone());
+        let mut changed = EntryChanges::default();
+        changed.record(old.as_ref(), Some(&updated));
+        self.entries_changed(changed);
         Ok(updated)
     }
 
     pub async fn delete_entries(&self, ids: &[String]) -> Vec<Result<RegistrationEntry, DatastoreError>> {
         let _guard = self.write_lock.lock().await;
         let results = self.ds.delete_entries(ids).await;
-        let mut changed = vec![];
+        let mut changed = EntryChanges::default();
         {
             let mut idx = self.index.write().unwrap_or_else(|p| p.into_inner());
             for e in results.iter().flatten() {
-                idx.remove(&e.id);
-                changed.push(e.id.clone());
+                let old = idx.remove(&e.id);
+                changed.record(old.as_ref().or(Some(e)), None);
             }
             self.metrics.entries.set(idx.len() as i64);
         }
-        if !changed.is_empty() {
-            self.metrics.entry_writes.inc_by(changed.len() as u64);
-            self.notify(Change::Entries(changed));
-        }
+        self.entries_changed(changed);
         results
     }
 
@@ -481,7 +483,7 @@ impl ServerState {
         let _guard = self.write_lock.lock().await;
         let users: Vec<RegistrationEntry> =
             self.index().iter().filter(|e| e.federates_with.contains(td)).map(RegistrationEntry::clone).collect();
-        let mut changed = vec![];
+        let mut changed = EntryChanges::default();
         match mode {
             BundleDeleteMode::Restrict if !users.is_empty() => {
                 let n = users.len();
@@ -496,24 +498,21 @@ impl ServerState {
                 for mut entry in users {
                     entry.federates_with.retain(|t| t != td);
                     let updated = self.ds.update_entry(entry, None).await?;
-                    changed.push(updated.id.clone());
-                    self.index.write().unwrap_or_else(|p| p.into_inner()).upsert(updated);
+                    let old = self.index.write().unwrap_or_else(|p| p.into_inner()).upsert(updated.clone());
+                    changed.record(old.as_ref(), Some(&updated));
                 }
             }
             BundleDeleteMode::Delete => {
                 let ids: Vec<String> = users.into_iter().map(|e| e.id).collect();
                 for result in self.ds.delete_entries(&ids).await {
                     let deleted = result?;
-                    self.index.write().unwrap_or_else(|p| p.into_inner()).remove(&deleted.id);
-                    changed.push(deleted.id);
+                    let old = self.index.write().unwrap_or_else(|p| p.into_inner()).remove(&deleted.id);
+                    changed.record(old.as_ref().or(Some(&deleted)), None);
                 }
                 self.metrics.entries.set(self.index().len() as i64);
             }
         }
-        if !changed.is_empty() {
-            self.metrics.entry_writes.inc_by(changed.len() as u64);
-            self.notify(Change::Entries(changed));
-        }
+        self.entries_changed(changed);
         self.ds.delete_bundle(td).await?;
         self.federated.write().unwrap_or_else(|p| p.into_inner()).remove(td);
         self.notify(Change::FederatedBundles);

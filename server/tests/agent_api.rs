@@ -9,6 +9,7 @@ use common::*;
 use sigil_core::SpiffeId;
 use sigil_proto::admin::{self as apb, agents_client::AgentsClient, entries_client::EntriesClient};
 use sigil_proto::agent as pb;
+use sigil_proto::types as tpb;
 use tonic::Code;
 
 #[tokio::test]
@@ -361,4 +362,59 @@ async fn entry_validation_errors_name_the_field() {
     assert_eq!(st.code, Code::InvalidArgument as i32);
     assert!(st.message.starts_with("parent_id:"), "{}", st.message);
     let _ = SpiffeId::new("spiffe://example.org/x").unwrap();
+}
+
+/// The sync stream's deltas follow the entry tree: renaming an entry that others are parented to removes
+/// those (and their descendants) from the agent, moving one back brings it back, deleting the middle entry
+/// removes everything below it. Each change is announced with what it touched, not recomputed in full.
+#[tokio::test]
+async fn sync_deltas_follow_nested_entries() {
+    let s = TestServer::start("").await;
+    let mut agent = attest(s.server.agent_addr, &s.join_token().await).await.unwrap();
+    let mid = s.create_entry("spiffe://example.org/mid", agent.id.as_str(), &["unix:uid:1"]).await;
+    let leaf = s.create_entry("spiffe://example.org/leaf", "spiffe://example.org/mid", &["unix:uid:2"]).await;
+    let deep = s.create_entry("spiffe://example.org/deep", "spiffe://example.org/leaf", &["unix:uid:3"]).await;
+    let mut stream = agent.sync().await;
+    let first = next_update(&mut stream).await;
+    let ids = |v: &[tpb::Entry]| v.iter().map(|e| e.id.clone()).collect::<BTreeSet<_>>();
+    assert_eq!(ids(&first.upserted), BTreeSet::from([mid.id.clone(), leaf.id.clone(), deep.id.clone()]));
+
+    let update = |e: tpb::Entry| {
+        let s = &s;
+        async move {
+            let r = EntriesClient::new(s.admin().await)
+                .batch_update_entry(apb::BatchUpdateEntryRequest { entries: vec![e] })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(r.results[0].status.as_ref().map(|s| s.code), Some(0), "{:?}", r.results[0].status);
+        }
+    };
+    let mut renamed = mid.clone();
+    renamed.spiffe_id = "spiffe://example.org/mid2".into();
+    update(renamed).await;
+    let upd = next_update(&mut stream).await;
+    assert_eq!(ids(&upd.upserted), BTreeSet::from([mid.id.clone()]));
+    assert_eq!(
+        upd.removed_entry_ids.iter().cloned().collect::<BTreeSet<_>>(),
+        BTreeSet::from([leaf.id.clone(), deep.id.clone()])
+    );
+
+    let mut moved = leaf.clone();
+    moved.parent_id = "spiffe://example.org/mid2".into();
+    update(moved).await;
+    let upd = next_update(&mut stream).await;
+    assert_eq!(ids(&upd.upserted), BTreeSet::from([leaf.id.clone(), deep.id.clone()]));
+    assert!(upd.removed_entry_ids.is_empty());
+
+    EntriesClient::new(s.admin().await)
+        .batch_delete_entry(apb::BatchDeleteEntryRequest { ids: vec![mid.id.clone()] })
+        .await
+        .unwrap();
+    let upd = next_update(&mut stream).await;
+    assert!(upd.upserted.is_empty());
+    assert_eq!(
+        upd.removed_entry_ids.iter().cloned().collect::<BTreeSet<_>>(),
+        BTreeSet::from([mid.id, leaf.id, deep.id])
+    );
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sigil_core::{RegistrationEntry, SpiffeId, TrustDomain};
+use sigil_core::{EntryChanges, RegistrationEntry, SpiffeId, TrustDomain};
 use sigil_proto::agent::{self as pb, node_server};
 use sigil_proto::types as tpb;
 use sigil_tls::PeerIdentity;
@@ -271,12 +271,81 @@ impl node_server::Node for AgentApi {
     }
 }
 
+/// What an agent's sync stream last sent of one entry: enough to tell a later change and to pick the
+/// federated bundles (not the entry itself: a stream holds this for every entry its agent may see).
+#[derive(Debug, Clone, PartialEq)]
+struct Sent {
+    revision: i64,
+    federates_with: Vec<TrustDomain>,
+}
+
+impl Sent {
+    fn of(e: &RegistrationEntry) -> Self {
+        Self { revision: e.revision, federates_with: e.federates_with.clone() }
+    }
+}
+
 /// Federated bundles relevant to a set of entries: those any entry federates with.
-fn federated_for(state: &ServerState, entries: &BTreeMap<String, RegistrationEntry>) -> Vec<tpb::Bundle> {
+fn federated_for(state: &ServerState, entries: &BTreeMap<String, Sent>) -> Vec<tpb::Bundle> {
     let mut tds: Vec<&TrustDomain> = entries.values().flat_map(|e| e.federates_with.iter()).collect();
     tds.sort();
     tds.dedup();
     tds.into_iter().filter_map(|td| state.federated_bundle(td)).map(|b| convert::bundle_to_pb(&b)).collect()
+}
+
+/// Brings `sent` up to date with the entries `agent_id` may see now and fills `update` with the difference.
+/// With `changes` (and no node alias among them) only the affected entries are looked at, so the cost of a
+/// change follows what changed, not how many entries the agent has; without, everything is recomputed (at
+/// (re)connect, after a missed announcement, when an alias changed). Returns whether the federated bundles
+/// the agent needs may have changed.
+fn sync_entries_delta(
+    state: &ServerState,
+    agent_id: &SpiffeId,
+    changes: Option<&EntryChanges>,
+    sent: &mut BTreeMap<String, Sent>,
+    update: &mut pb::SyncEntriesUpdate,
+) -> bool {
+    let selectors = state.agent_selectors(agent_id);
+    let now = now_unix();
+    let idx = state.index();
+    let mut federation_changed = false;
+    let mut apply = |id: &str, current: Option<&RegistrationEntry>, sent: &mut BTreeMap<String, Sent>| match current {
+        Some(e) => {
+            let before = sent.get(id);
+            if before.is_none_or(|b| b.revision != e.revision || b.federates_with != e.federates_with) {
+                federation_changed |=
+                    !e.federates_with.is_empty() || before.is_some_and(|b| !b.federates_with.is_empty());
+                update.upserted.push(convert::entry_to_pb(e));
+                sent.insert(id.to_owned(), Sent::of(e));
+            }
+        }
+        None => {
+            if let Some(b) = sent.remove(id) {
+                federation_changed |= !b.federates_with.is_empty();
+                update.removed_entry_ids.push(id.to_owned());
+            }
+        }
+    };
+    match changes.filter(|c| !c.alias) {
+        Some(c) => {
+            for id in idx.affected(c) {
+                let current = idx.is_authorized(agent_id, &selectors, &id, now);
+                apply(&id, current, sent);
+            }
+        }
+        None => {
+            let now_set: BTreeMap<&str, &RegistrationEntry> =
+                idx.authorized_for(agent_id, &selectors, now).into_iter().map(|e| (e.id.as_str(), e)).collect();
+            let gone: Vec<String> = sent.keys().filter(|id| !now_set.contains_key(id.as_str())).cloned().collect();
+            for id in gone {
+                apply(&id, None, sent);
+            }
+            for (id, e) in now_set {
+                apply(id, Some(e), sent);
+            }
+        }
+    }
+    federation_changed
 }
 
 /// Whether `serial` (which authenticated a stream) is still the current SVID of an attested, unbanned agent.
@@ -305,17 +374,15 @@ async fn run_sync(
         return;
     }
     state.metrics.agents_connected.inc();
-    let snapshot: BTreeMap<String, RegistrationEntry> =
-        state.authorized_entries(&agent_id).into_iter().map(|e| (e.id.clone(), e)).collect();
-    let first = pb::SyncEntriesUpdate {
+    let mut sent: BTreeMap<String, Sent> = BTreeMap::new();
+    let mut first = pb::SyncEntriesUpdate {
         full_snapshot: true,
-        upserted: snapshot.values().map(convert::entry_to_pb).collect(),
-        removed_entry_ids: vec![],
         bundle: Some(convert::bundle_to_pb(&state.bundle())),
-        federated_bundles: federated_for(&state, &snapshot),
         federated_bundles_changed: true,
+        ..Default::default()
     };
-    let mut sent = snapshot;
+    sync_entries_delta(&state, &agent_id, None, &mut sent, &mut first);
+    first.federated_bundles = federated_for(&state, &sent);
     if tx.send(Ok(first)).await.is_err() {
         state.metrics.agents_connected.dec();
         return;
@@ -325,10 +392,11 @@ async fn run_sync(
             c = changes.recv() => c,
             () = tx.closed() => break,
         };
+        // `Some(None)`: recompute the agent's whole set.
         let (entries_changed, bundle_changed, federated_changed) = match change {
-            Ok(Change::Entries(_)) => (true, false, false),
-            Ok(Change::Bundle) => (false, true, false),
-            Ok(Change::FederatedBundles) => (false, false, true),
+            Ok(Change::Entries(c)) => (Some(Some(c)), false, false),
+            Ok(Change::Bundle) => (None, true, false),
+            Ok(Change::FederatedBundles) => (None, false, true),
             Ok(Change::AgentRevoked(id)) if id == agent_id => {
                 let _ =
                     tx.send(Err(Status::permission_denied(format!("agent {agent_id} was evicted or banned")))).await;
@@ -342,31 +410,20 @@ async fn run_sync(
                 continue;
             }
             // Missed some announcements (a revocation among them, maybe): check the agent again, then
-            // recompute everything; the diff below makes it exact again.
+            // recompute everything; the diff makes it exact again.
             Err(broadcast::error::RecvError::Lagged(_)) if !still_current(&state, &agent_id, &serial) => {
                 let _ = tx.send(Err(svid_replaced_or_revoked(&agent_id))).await;
                 break;
             }
-            Err(broadcast::error::RecvError::Lagged(_)) => (true, true, true),
+            Err(broadcast::error::RecvError::Lagged(_)) => (Some(None), true, true),
             Err(broadcast::error::RecvError::Closed) => break,
         };
         let mut update = pb::SyncEntriesUpdate::default();
-        if entries_changed {
-            let now: BTreeMap<String, RegistrationEntry> =
-                state.authorized_entries(&agent_id).into_iter().map(|e| (e.id.clone(), e)).collect();
-            for (id, e) in &now {
-                if sent.get(id).is_none_or(|old| old.revision != e.revision || old != e) {
-                    update.upserted.push(convert::entry_to_pb(e));
-                }
-            }
-            update.removed_entry_ids = sent.keys().filter(|id| !now.contains_key(*id)).cloned().collect();
-            let federation_changed = update.upserted.iter().any(|e| !e.federates_with.is_empty())
-                || update.removed_entry_ids.iter().any(|id| sent.get(id).is_some_and(|e| !e.federates_with.is_empty()));
-            sent = now;
-            if federation_changed {
-                update.federated_bundles = federated_for(&state, &sent);
-                update.federated_bundles_changed = true;
-            }
+        if let Some(changes) = entries_changed
+            && sync_entries_delta(&state, &agent_id, changes.as_deref(), &mut sent, &mut update)
+        {
+            update.federated_bundles = federated_for(&state, &sent);
+            update.federated_bundles_changed = true;
         }
         if bundle_changed {
             update.bundle = Some(convert::bundle_to_pb(&state.bundle()));

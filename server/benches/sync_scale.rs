@@ -1,0 +1,105 @@
+//! `cargo bench -p sigil-server --bench sync_scale [-- 1000 10000 100000]`: issue 18 (1). With N entries in
+//! the store, all authorized for one connected agent, 100 single-entry creates one after another: the
+//! server's CPU per create (this process's user + system time, which also holds the bench's own gRPC
+//! client and the agent-side stream reader), the create -> agent SyncEntries stream latency p50/p99, and
+//! this process's RSS with the N entries (server and client together: an upper bound for the server).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use sigil_proto::admin::{self as apb, entries_client::EntriesClient};
+use sigil_proto::types as tpb;
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
+}
+
+/// User + system CPU seconds of this process.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kib / 1024.0
+}
+
+fn entry(i: usize, parent: &str) -> tpb::Entry {
+    tpb::Entry {
+        spiffe_id: format!("spiffe://example.org/scale/w{i}"),
+        parent_id: parent.into(),
+        selectors: vec![tpb::Selector { r#type: "k8s".into(), value: format!("pod-uid:{i:08}") }],
+        ..Default::default()
+    }
+}
+
+async fn run(n: usize) {
+    let s = TestServer::start("").await;
+    let mut agent = attest(s.server.agent_addr, &s.join_token().await).await.unwrap();
+    let mut admin = EntriesClient::new(s.admin().await);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let entries = chunk.iter().map(|&i| entry(i, agent.id.as_str())).collect();
+        let r = admin.batch_create_entry(apb::BatchCreateEntryRequest { entries }).await.unwrap().into_inner();
+        assert!(r.results.iter().all(|r| r.status.as_ref().is_some_and(|s| s.code == 0)));
+    }
+    let mut stream = agent.sync().await;
+    let first = next_update(&mut stream).await;
+    assert_eq!(first.upserted.len(), n);
+    let rss = rss_mib();
+    let cpu0 = cpu_seconds();
+    let mut lat = vec![];
+    for i in 0..100 {
+        let t0 = Instant::now();
+        let r = admin
+            .batch_create_entry(apb::BatchCreateEntryRequest { entries: vec![entry(n + i, agent.id.as_str())] })
+            .await
+            .unwrap()
+            .into_inner();
+        let id = r.results[0].entry.as_ref().unwrap().id.clone();
+        loop {
+            let upd = next_update(&mut stream).await;
+            if upd.upserted.iter().any(|u| u.id == id) {
+                break;
+            }
+        }
+        lat.push(t0.elapsed());
+    }
+    let cpu = cpu_seconds() - cpu0;
+    lat.sort();
+    println!(
+        "{n:>7} entries: CPU per single-entry create {:.2} ms; create -> agent stream p50 {:.2} ms p99 {:.2} ms; process RSS with them {rss:.0} MiB",
+        cpu * 1000.0 / 100.0,
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+    );
+    s.server.shutdown().await;
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let sizes = if sizes.is_empty() { vec![1_000, 10_000, 100_000] } else { sizes };
+    for n in sizes {
+        run(n).await;
+    }
+}
