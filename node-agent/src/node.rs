@@ -16,6 +16,9 @@ use sigil_core::bundle::Bundle;
 use sigil_core::{SpiffeId, TrustDomain};
 use sigil_proto::agent as pb;
 use sigil_proto::agent::node_client::NodeClient;
+
+/// The largest message the agent takes from the server (see [`ServerConn::client`]).
+pub const MAX_SYNC_MESSAGE: usize = 256 * 1024 * 1024;
 use sigil_proto::convert;
 use sigil_tls::ServerCheck;
 use tokio::sync::watch;
@@ -255,7 +258,9 @@ impl ServerConn {
             .read()
             .ok()
             .and_then(|c| c.clone())
-            .map(NodeClient::new)
+            // A full sync snapshot is one message: ~190 bytes per entry, so the 4 MiB default would stop an
+            // agent that may see more than ~20,000 entries. 256 MiB: over a million.
+            .map(|c| NodeClient::new(c).max_decoding_message_size(MAX_SYNC_MESSAGE))
             .ok_or_else(|| Status::unavailable("the agent is not attested yet"))
     }
 

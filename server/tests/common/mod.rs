@@ -168,7 +168,8 @@ impl TestAgent {
         let check =
             ServerCheck::SpiffeId { expected: td.join("/spire/server").unwrap(), bundle: self.bundle_tx.subscribe() };
         let cfg = sigil_tls::client_config(check, Some(ck)).unwrap();
-        self.client = NodeClient::new(sigil_tls::channel(self.addr, Arc::new(cfg)).unwrap());
+        self.client =
+            NodeClient::new(sigil_tls::channel(self.addr, Arc::new(cfg)).unwrap()).max_decoding_message_size(256 << 20);
     }
 
     pub async fn sync(&mut self) -> tonic::Streaming<pb::SyncEntriesUpdate> {
