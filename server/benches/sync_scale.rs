@@ -2,7 +2,8 @@
 //! the store, all authorized for one connected agent, 100 single-entry creates one after another: the
 //! server's CPU per create (this process's user + system time, which also holds the bench's own gRPC
 //! client and the agent-side stream reader), the create -> agent SyncEntries stream latency p50/p99, and
-//! this process's RSS with the N entries (server and client together: an upper bound for the server).
+//! this process's RSS with the N entries before the agent connects (the server's index and datastore, and a
+//! small admin client) and after its full snapshot (the encode buffer and the client's decoded copy too).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../tests/common/mod.rs"]
@@ -59,9 +60,11 @@ async fn run(n: usize) {
         let r = admin.batch_create_entry(apb::BatchCreateEntryRequest { entries }).await.unwrap().into_inner();
         assert!(r.results.iter().all(|r| r.status.as_ref().is_some_and(|s| s.code == 0)));
     }
+    let rss_store = rss_mib();
     let mut stream = agent.sync().await;
     let first = next_update(&mut stream).await;
     assert_eq!(first.upserted.len(), n);
+    drop(first);
     let rss = rss_mib();
     let cpu0 = cpu_seconds();
     let mut lat = vec![];
@@ -84,7 +87,7 @@ async fn run(n: usize) {
     let cpu = cpu_seconds() - cpu0;
     lat.sort();
     println!(
-        "{n:>7} entries: CPU per single-entry create {:.2} ms; create -> agent stream p50 {:.2} ms p99 {:.2} ms; process RSS with them {rss:.0} MiB",
+        "{n:>7} entries: CPU per single-entry create {:.2} ms; create -> agent stream p50 {:.2} ms p99 {:.2} ms; process RSS with them {rss_store:.0} MiB before the agent connects, {rss:.0} MiB after its full snapshot",
         cpu * 1000.0 / 100.0,
         pct(&lat, 0.5),
         pct(&lat, 0.99),
