@@ -58,7 +58,8 @@ async fn run(n: usize) {
     for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
         let entries = chunk.iter().map(|&i| entry(i, agent.id.as_str())).collect();
         let r = admin.batch_create_entry(apb::BatchCreateEntryRequest { entries }).await.unwrap().into_inner();
-        assert!(r.results.iter().all(|r| r.status.as_ref().is_some_and(|s| s.code == 0)));
+        let bad: Vec<_> = r.results.iter().filter(|r| r.status.as_ref().is_none_or(|s| s.code != 0)).take(3).collect();
+        assert!(bad.is_empty(), "{bad:?}");
     }
     let rss_store = rss_mib();
     let mut stream = agent.sync().await;
