@@ -12,35 +12,14 @@ cd "$(dirname "$0")/.."
 once=0
 [ "${1:-}" = "--once" ] && once=1
 
-echo "==> building (cargo build --bins)"
-cargo build --quiet --bins
-bin=$PWD/target/debug
+# shellcheck source=lib.sh
+. scripts/lib.sh
+quickstart_init federation
 server() { "$bin/sigil-server" "$@"; }
 agent() { "$bin/sigil-agent" "$@"; }
-
-work=$(mktemp -d /tmp/sigil-federation.XXXXXX)
 # Four free ports: the agent API and the bundle endpoint of each server.
-read -r a_port a_fed_port b_port b_fed_port < <(python3 -c '
-import socket
-ss = [socket.socket() for _ in range(4)]
-for s in ss: s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in ss])')
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+read -r a_port a_fed_port b_port b_fed_port < <(free_ports 4)
 
-wait_for() { # what, command...
-  local what=$1; shift
-  for _ in $(seq 300); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-  echo "timed out waiting for $what; logs in $work" >&2
-  tail -n 20 "$work"/*.log >&2
-  exit 1
-}
 fail() { echo "FAILED: $*" >&2; exit 1; }
 
 fetched_ok() { # server socket, foreign trust domain: the last fetch of its bundle succeeded

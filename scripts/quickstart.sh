@@ -8,30 +8,12 @@ cd "$(dirname "$0")/.."
 once=0
 [ "${1:-}" = "--once" ] && once=1
 
-echo "==> building (cargo build --bins)"
-cargo build --quiet --bins
-bin=$PWD/target/debug
-
-work=$(mktemp -d /tmp/sigil-quickstart.XXXXXX)
+# shellcheck source=lib.sh
+. scripts/lib.sh
+quickstart_init quickstart
 server_sock=$work/server/api.sock
 agent_sock=$work/agent/public/api.sock
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-wait_for() { # what, command...
-  local what=$1; shift
-  for _ in $(seq 300); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-  echo "timed out waiting for $what; logs in $work" >&2
-  cat "$work"/*.log >&2
-  exit 1
-}
+port=$(free_ports 1)
 
 echo "==> starting sigil-server: trust domain example.org, agent API 127.0.0.1:$port"
 "$bin/sigil-server" run -trustDomain example.org -dataDir "$work/server/data" -socketPath "$server_sock" \
