@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 once=0
 [ "${1:-}" = "--once" ] && once=1
 
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . scripts/lib.sh
 quickstart_init federation
 server() { "$bin/sigil-server" "$@"; }

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 once=0
 [ "${1:-}" = "--once" ] && once=1
 
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . scripts/lib.sh
 quickstart_init quickstart
 server_sock=$work/server/api.sock
