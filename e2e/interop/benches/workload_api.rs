@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use sigil_proto::admin::{self as apb, entries_client::EntriesClient};
 use sigil_proto::types as tpb;
-use sigil_proto::workload::{X509svidRequest, spiffe_workload_api_client::SpiffeWorkloadApiClient};
+use sigil_proto::workload::{X509svidRequest, X509svidResponse, spiffe_workload_api_client::SpiffeWorkloadApiClient};
 
 async fn uds(path: std::path::PathBuf) -> tonic::transport::Channel {
     tonic::transport::Endpoint::from_static("http://localhost")
@@ -35,6 +35,34 @@ fn req() -> tonic::Request<X509svidRequest> {
     let mut r = tonic::Request::new(X509svidRequest {});
     r.metadata_mut().insert("workload.spiffe.io", "true".parse().unwrap());
     r
+}
+
+/// An entry for workloads running as `uid` under the agent.
+fn uid_entry(spiffe_id: impl Into<String>, agent_id: &str, uid: u32) -> tpb::Entry {
+    tpb::Entry {
+        spiffe_id: spiffe_id.into(),
+        parent_id: agent_id.into(),
+        selectors: vec![tpb::Selector { r#type: "unix".into(), value: format!("uid:{uid}") }],
+        ..Default::default()
+    }
+}
+
+/// Creates one entry (one BatchCreateEntry call, as `entry create` makes); returns its ID.
+async fn create_one(entries: &mut EntriesClient<tonic::transport::Channel>, entry: tpb::Entry) -> String {
+    let r =
+        entries.batch_create_entry(apb::BatchCreateEntryRequest { entries: vec![entry] }).await.unwrap().into_inner();
+    assert_eq!(r.results[0].status.as_ref().unwrap().code, 0);
+    r.results[0].entry.as_ref().unwrap().id.clone()
+}
+
+/// Reads the stream until a message satisfies `done`.
+async fn until(stream: &mut tonic::Streaming<X509svidResponse>, done: impl Fn(&X509svidResponse) -> bool) {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap().unwrap().unwrap();
+        if done(&msg) {
+            return;
+        }
+    }
 }
 
 fn pct(v: &[Duration], p: f64) -> f64 {
@@ -74,34 +102,13 @@ async fn main() {
     for i in 0..200 {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let id = format!("spiffe://{TD}/single/e{i}");
-        let entry = tpb::Entry {
-            spiffe_id: id.clone(),
-            parent_id: s.agent_id.clone(),
-            selectors: vec![tpb::Selector { r#type: "unix".into(), value: format!("uid:{uid}") }],
-            ..Default::default()
-        };
         let t0 = Instant::now();
-        let r = entries
-            .batch_create_entry(apb::BatchCreateEntryRequest { entries: vec![entry] })
-            .await
-            .unwrap()
-            .into_inner();
-        let entry_id = r.results[0].entry.as_ref().unwrap().id.clone();
-        loop {
-            let msg = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap().unwrap().unwrap();
-            if msg.svids.iter().any(|sv| sv.spiffe_id == id) {
-                break;
-            }
-        }
+        let entry_id = create_one(&mut entries, uid_entry(id.clone(), &s.agent_id, uid)).await;
+        until(&mut stream, |m| m.svids.iter().any(|sv| sv.spiffe_id == id)).await;
         single.push(t0.elapsed());
         tokio::time::sleep(Duration::from_millis(50)).await;
         entries.batch_delete_entry(apb::BatchDeleteEntryRequest { ids: vec![entry_id] }).await.unwrap();
-        loop {
-            let msg = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap().unwrap().unwrap();
-            if !msg.svids.iter().any(|sv| sv.spiffe_id == id) {
-                break;
-            }
-        }
+        until(&mut stream, |m| !m.svids.iter().any(|sv| sv.spiffe_id == id)).await;
     }
     single.sort();
     println!(
@@ -116,25 +123,9 @@ async fn main() {
     let mut lat = vec![];
     for i in 0..200 {
         let id = format!("spiffe://{TD}/bench/e{i}");
-        let entry = tpb::Entry {
-            spiffe_id: id.clone(),
-            parent_id: s.agent_id.clone(),
-            selectors: vec![tpb::Selector { r#type: "unix".into(), value: format!("uid:{uid}") }],
-            ..Default::default()
-        };
         let t0 = Instant::now();
-        let r = entries
-            .batch_create_entry(apb::BatchCreateEntryRequest { entries: vec![entry] })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(r.results[0].status.as_ref().unwrap().code, 0);
-        loop {
-            let msg = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap().unwrap().unwrap();
-            if msg.svids.iter().any(|sv| sv.spiffe_id == id) {
-                break;
-            }
-        }
+        create_one(&mut entries, uid_entry(id.clone(), &s.agent_id, uid)).await;
+        until(&mut stream, |m| m.svids.iter().any(|sv| sv.spiffe_id == id)).await;
         lat.push(t0.elapsed());
     }
     lat.sort();
@@ -234,18 +225,7 @@ async fn main() {
     let cpu0 = cpu_seconds(agent_pid);
     let t0 = Instant::now();
     for i in 0..1000 {
-        let entry = tpb::Entry {
-            spiffe_id: format!("spiffe://{TD}/burst/e{i}"),
-            parent_id: s.agent_id.clone(),
-            selectors: vec![tpb::Selector { r#type: "unix".into(), value: format!("uid:{uid}") }],
-            ..Default::default()
-        };
-        let r = entries
-            .batch_create_entry(apb::BatchCreateEntryRequest { entries: vec![entry] })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(r.results[0].status.as_ref().unwrap().code, 0);
+        create_one(&mut entries, uid_entry(format!("spiffe://{TD}/burst/e{i}"), &s.agent_id, uid)).await;
     }
     let creates = t0.elapsed();
     let (messages, bytes) = watcher.await.unwrap();
