@@ -21,4 +21,5 @@ pub mod pacing;
 pub mod run;
 pub mod state;
 pub mod testing;
+pub mod trim;
 pub mod workload;

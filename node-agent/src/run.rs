@@ -133,6 +133,13 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, RunError> {
     let api = WorkloadApi::new(manager.subscribe(), attestors, Arc::new(manager.clone()), metrics.clone())
         .with_shutdown(shutdown_rx.clone());
     let mut tasks = vec![];
+    let (snapshots, mut sd_trim) = (manager.subscribe(), shutdown_rx.clone());
+    tasks.push(tokio::spawn(async move {
+        tokio::select! {
+            () = crate::trim::trim_after_shrink(snapshots) => {}
+            _ = sd_trim.wait_for(|s| *s) => {}
+        }
+    }));
     let mut sd = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let stop = async move {

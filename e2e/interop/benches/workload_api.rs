@@ -238,6 +238,45 @@ async fn main() {
         creates.as_secs_f64(),
         done.as_secs_f64()
     );
+
+    churn(&mut entries, &mut workload, &s.agent_id, agent_pid, uid).await;
+}
+
+/// Issue 18 (3): the agent's RSS with the workload's 1,000+ SVIDs, then after each of 6 cycles of 200
+/// single-entry creates and 200 deletes for it (the same SVID count after each cycle).
+async fn churn(
+    entries: &mut EntriesClient<tonic::transport::Channel>,
+    workload: &mut SpiffeWorkloadApiClient<tonic::transport::Channel>,
+    agent_id: &str,
+    agent_pid: u32,
+    uid: u32,
+) {
+    let mut stream = workload.fetch_x509svid(req()).await.unwrap().into_inner();
+    let base = stream.message().await.unwrap().unwrap().svids.len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = rss_kib(agent_pid);
+    let mut after = vec![];
+    for cycle in 0..6 {
+        let mut ids = vec![];
+        for i in 0..200 {
+            ids.push(create_one(entries, uid_entry(format!("spiffe://{TD}/churn/c{cycle}/e{i}"), agent_id, uid)).await);
+        }
+        until(&mut stream, |m| m.svids.len() == base + 200).await;
+        for id in ids {
+            entries.batch_delete_entry(apb::BatchDeleteEntryRequest { ids: vec![id] }).await.unwrap();
+        }
+        until(&mut stream, |m| m.svids.len() == base).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        after.push(rss_kib(agent_pid));
+    }
+    let last = *after.last().unwrap();
+    println!(
+        "agent RSS with {base} SVIDs cached: {:.1} MiB; after each of 6 cycles of 200 creates + 200 deletes: {} MiB \
+         (last {:+.0}% of before)",
+        before as f64 / 1024.0,
+        after.iter().map(|k| format!("{:.1}", *k as f64 / 1024.0)).collect::<Vec<_>>().join(", "),
+        (last as f64 / before as f64 - 1.0) * 100.0
+    );
 }
 
 /// User + system CPU time of a process, in seconds.
