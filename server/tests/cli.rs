@@ -157,7 +157,7 @@ fn entry_create_show_count_delete_spire_style() {
         ],
     ));
     assert!(upd.contains("spiffe://example.org/web2"), "{upd}");
-    assert!(upd.contains("Revision         : 2"), "{upd}");
+    assert!(upd.contains("Revision         : 1"), "{upd}");
     ok(cli(&s, &["entry", "delete", "-entryID", &id]));
     assert_eq!(ok(cli(&s, &["entry", "count"])).trim(), "0 registration entries");
 }

@@ -331,7 +331,8 @@ fn prepare_new_entry(mut entry: RegistrationEntry, now: i64) -> Result<Registrat
     } else {
         check_entry_id(&entry.id)?;
     }
-    entry.revision = 1;
+    // SPIRE's numbering: a new entry is at revision 0; every update adds one.
+    entry.revision = 0;
     entry.created_at = now;
     Ok(entry)
 }
@@ -348,11 +349,15 @@ fn duplicate_entry(conn: &Connection, e: &RegistrationEntry, key: &str) -> Datas
         .ok()
         .flatten();
     match other {
-        // SPIRE's wording, so scripts written for it recognise the refusal.
-        Some(other) => DatastoreError::AlreadyExists(format!(
-            "similar entry already exists: entry {other} has the same spiffe_id {}, parent_id {} and selectors",
-            e.spiffe_id, e.parent_id
-        )),
+        // SPIRE's exact message (scripts match `msg: "similar entry already exists"`); which entry it is
+        // goes to the log.
+        Some(other) => {
+            tracing::info!(
+                existing = %other, spiffe_id = %e.spiffe_id, parent_id = %e.parent_id,
+                "entry refused: an entry with the same spiffe_id, parent_id and selectors exists"
+            );
+            DatastoreError::AlreadyExists("similar entry already exists".into())
+        }
         None => DatastoreError::AlreadyExists(format!("an entry with id {:?} already exists", e.id)),
     }
 }
