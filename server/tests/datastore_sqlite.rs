@@ -55,6 +55,7 @@ fn full_entry() -> RegistrationEntry {
         downstream: true,
         hint: "external".into(),
         entry_expiry: 4_102_444_800,
+        store_svid: true,
         revision: 77,
         created_at: 12,
     }
@@ -145,6 +146,7 @@ async fn entry_crud_round_trip_with_all_fields() {
         downstream: false,
         hint: "internal".into(),
         entry_expiry: 0,
+        store_svid: false,
         revision: 999,
         created_at: 5,
     };

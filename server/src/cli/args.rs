@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Flags that take no value (so the next argument is not theirs).
 const BOOL_FLAGS: &[&str] =
-    &["admin", "downstream", "node", "help", "version", "shallow", "verbose", "once", "insecureBootstrap"];
+    &["admin", "downstream", "storeSVID", "node", "help", "version", "shallow", "verbose", "once", "insecureBootstrap"];
 
 /// Rewrites SPIRE-style `-flag` into `--flag` (see [`sigil_core::cli`]).
 pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
@@ -141,6 +141,10 @@ pub struct EntryFields {
     pub admin: bool,
     #[arg(long)]
     pub downstream: bool,
+    /// SPIRE's flag: the entry's SVIDs are to be stored by an SVIDStore plugin. Stored on the entry; Sigil
+    /// has no SVID stores, so it has no other effect.
+    #[arg(long = "storeSVID")]
+    pub store_svid: bool,
     /// A node entry: its parent is the server, its selectors describe nodes.
     #[arg(long)]
     pub node: bool,

@@ -123,6 +123,7 @@ fn entry_from_fields(f: &EntryFields, trust_domain_hint: Option<&TrustDomain>) -
         expires_at: f.entry_expiry.unwrap_or(0),
         revision: 0,
         created_at: 0,
+        store_svid: f.store_svid,
     })
 }
 
