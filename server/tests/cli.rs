@@ -121,8 +121,8 @@ fn entry_create_show_count_delete_spire_style() {
     assert_eq!(entry_id(&shown), id);
     let json = ok(cli(&s, &["entry", "show", "-entryID", &id, "-output", "json"]));
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(v[0]["spiffe_id"], "spiffe://example.org/web");
-    assert_eq!(v[0]["dns_names"][0], "web.local");
+    assert_eq!(v["entries"][0]["spiffe_id"], serde_json::json!({"trust_domain": "example.org", "path": "/web"}));
+    assert_eq!(v["entries"][0]["dns_names"][0], "web.local");
     assert_eq!(ok(cli(&s, &["entry", "count"])).trim(), "1 registration entry");
     let dup = cli(
         &s,
@@ -411,7 +411,8 @@ fn sigkill_after_acknowledged_writes_loses_nothing() {
     assert_eq!(ok(cli(&s, &["entry", "count"])).trim(), "40 registration entries");
     let json = ok(cli(&s, &["entry", "show", "-output", "json"]));
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    let mut got: Vec<String> = v.as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    let mut got: Vec<String> =
+        v["entries"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
     got.sort();
     ids.sort();
     assert_eq!(got, ids);
@@ -504,6 +505,8 @@ fn federation_create_list_show_update_delete_spire_style() {
         ],
     ));
     let v: serde_json::Value = serde_json::from_str(&web).unwrap();
+    assert_eq!(v["results"][0]["status"], serde_json::json!({"code": 0, "message": "OK"}));
+    let v = &v["results"][0]["federation_relationship"];
     assert_eq!(v["trust_domain"], "web.test");
     assert_eq!(v["bundle_endpoint_url"], "https://web.test/bundle");
     assert_eq!(v["https_web"], serde_json::json!({}));
@@ -514,10 +517,11 @@ fn federation_create_list_show_update_delete_spire_style() {
     assert!(listed.find("other.org").unwrap() < listed.find("web.test").unwrap(), "{listed}");
     let json = ok(cli(&s, &["federation", "list", "-output", "json"]));
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let v = &v["federation_relationships"];
     assert_eq!(v[0]["https_spiffe"]["endpoint_spiffe_id"], "spiffe://other.org/spire/server");
     // PEM carries only the X.509 authority.
-    assert_eq!(v[0]["trust_domain_bundle"]["keys"].as_array().unwrap().len(), 1, "{v}");
-    assert_eq!(v[0]["trust_domain_bundle"]["keys"][0]["use"], "x509-svid", "{v}");
+    assert_eq!(v[0]["trust_domain_bundle"]["x509_authorities"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v[0]["trust_domain_bundle"]["jwt_authorities"].as_array().unwrap().len(), 0, "{v}");
     let shown = ok(cli(&s, &["federation", "show", "-trustDomain", "other.org"]));
     assert!(shown.starts_with("Found a federation relationship with trust domain other.org:"), "{shown}");
 
@@ -545,8 +549,8 @@ fn federation_create_list_show_update_delete_spire_style() {
     let v: serde_json::Value =
         serde_json::from_str(&ok(cli(&s, &["federation", "show", "-trustDomain", "other.org", "-output", "json"])))
             .unwrap();
-    let uses: Vec<_> = v["trust_domain_bundle"]["keys"].as_array().unwrap().iter().map(|k| k["use"].clone()).collect();
-    assert_eq!(uses, vec!["x509-svid", "jwt-svid"], "{v}");
+    assert_eq!(v["trust_domain_bundle"]["x509_authorities"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["trust_domain_bundle"]["jwt_authorities"].as_array().unwrap().len(), 1, "{v}");
 
     assert_eq!(ok(cli(&s, &["federation", "delete", "-id", "other.org"])).trim(), "federation relationship deleted.");
     let listed = ok(cli(&s, &["federation", "list"]));

@@ -180,6 +180,10 @@ pub enum EntryCmd {
         /// Entry ID to use instead of a generated one: at most 255 of A-Z a-z 0-9 - . _ (SPIRE's rule).
         #[arg(long = "entryID")]
         entry_id: Option<String>,
+        /// SPIRE's registration JSON file ({"entries":[...]}), '-' for standard input; all its entries go
+        /// in one batch. Not combined with the single-entry flags.
+        #[arg(long = "data")]
+        data: Option<String>,
         #[command(flatten)]
         fields: EntryFields,
         #[arg(long = "output", value_enum, default_value = "pretty")]
@@ -189,7 +193,10 @@ pub enum EntryCmd {
         #[command(flatten)]
         socket: SocketArg,
         #[arg(long = "entryID")]
-        entry_id: String,
+        entry_id: Option<String>,
+        /// As for create; each entry names its entry_id.
+        #[arg(long = "data")]
+        data: Option<String>,
         #[command(flatten)]
         fields: EntryFields,
         #[arg(long = "output", value_enum, default_value = "pretty")]
@@ -208,6 +215,8 @@ pub enum EntryCmd {
         socket: SocketArg,
         #[arg(long = "entryID")]
         entry_id: String,
+        #[arg(long = "output", value_enum, default_value = "pretty")]
+        output: Output,
     },
     Count {
         #[command(flatten)]
@@ -229,8 +238,11 @@ pub enum BundleCmd {
     Show {
         #[command(flatten)]
         socket: SocketArg,
+        /// pem or spiffe (pretty output only, as in SPIRE).
         #[arg(long = "format", value_enum, default_value = "pem")]
         format: BundleFormat,
+        #[arg(long = "output", value_enum, default_value = "pretty")]
+        output: Output,
     },
     /// Counts the bundles: the server's own and the federated ones ("N bundles", as SPIRE prints it).
     Count {
@@ -243,8 +255,11 @@ pub enum BundleCmd {
         socket: SocketArg,
         #[arg(long = "id")]
         id: Option<String>,
+        /// pem or spiffe (pretty output only, as in SPIRE).
         #[arg(long = "format", value_enum, default_value = "pem")]
         format: BundleFormat,
+        #[arg(long = "output", value_enum, default_value = "pretty")]
+        output: Output,
     },
     /// Creates or replaces a federated bundle, read from -path or standard input.
     Set {
