@@ -142,4 +142,37 @@ mod tests {
         );
         assert_eq!(status_json(None).to_string(), r#"{"code":0,"message":"OK"}"#);
     }
+
+    /// Agents cannot be attested in the CLI tests (no agent there), so the agent shape is checked here against
+    /// the same fixture: keys and JSON types of spire-api-sdk's `types.Agent` (see tests/cli.rs).
+    #[test]
+    fn agent_json_matches_the_spire_fixture() {
+        fn keys(v: &Value) -> Vec<(String, &'static str)> {
+            v.as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| {
+                    let t = match v {
+                        Value::String(_) => "string",
+                        Value::Bool(_) => "bool",
+                        Value::Number(_) => "number",
+                        Value::Array(_) => "array",
+                        Value::Object(_) => "object",
+                        Value::Null => "null",
+                    };
+                    (k.clone(), t)
+                })
+                .collect()
+        }
+        let want: Value = serde_json::from_str(include_str!("../../tests/fixtures/spire-cli/agent_show.json")).unwrap();
+        let a = tpb::Agent {
+            id: "spiffe://example.org/spire/agent/join_token/t".into(),
+            selectors: vec![tpb::Selector { r#type: "join_token".into(), value: "t".into() }],
+            ..Default::default()
+        };
+        let got = agent_json(&a);
+        assert_eq!(keys(&got), keys(&want));
+        assert_eq!(keys(&got["id"]), keys(&want["id"]));
+        assert_eq!(keys(&got["selectors"][0]), keys(&want["selectors"][0]));
+    }
 }
