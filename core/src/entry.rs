@@ -33,6 +33,10 @@ pub struct RegistrationEntry {
     pub hint: String,
     /// Unix seconds; 0 means no expiry.
     pub entry_expiry: i64,
+    /// SPIRE's `store_svid` (issued SVIDs are to be stored by an SVIDStore plugin). Stored and shown;
+    /// Sigil has no SVID stores, so it has no other effect.
+    #[serde(default)]
+    pub store_svid: bool,
     pub revision: i64,
     /// Unix seconds.
     pub created_at: i64,
@@ -76,6 +80,7 @@ impl RegistrationEntry {
             downstream: false,
             hint: String::new(),
             entry_expiry: 0,
+            store_svid: false,
             revision: 0,
             created_at: 0,
         }
@@ -380,6 +385,7 @@ mod tests {
             downstream: false,
             hint: String::new(),
             entry_expiry: 0,
+            store_svid: false,
             revision: 0,
             created_at: 0,
         }

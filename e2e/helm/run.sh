@@ -224,8 +224,8 @@ diff "$work/bundle.pem" "$work/bundle-cm.pem" >/dev/null || fail "the bundle Con
 srv agent list -output json > "$work/agents.json" || fail "agent list"
 python3 - "$work/agents.json" "$CLUSTER_NAME" <<'EOF' || fail "agents: $(cat "$work/agents.json")"
 import json, sys
-agents, cluster = json.load(open(sys.argv[1])), sys.argv[2]
-ids = [a["id"] for a in agents if a["attestation_type"] == "k8s_psat"]
+agents, cluster = json.load(open(sys.argv[1]))["agents"], sys.argv[2]
+ids = [a["id"]["path"] for a in agents if a["attestation_type"] == "k8s_psat"]
 assert len(ids) == 1 and f"/spire/agent/k8s_psat/{cluster}/" in ids[0], ids
 EOF
 helm test "$REL" -n "$NS" --timeout 3m > "$work/test.out" 2>&1 || fail "helm test: $(cat "$work/test.out")"
@@ -374,9 +374,10 @@ srv bundle show > "$work/bundle2.pem" || fail "bundle show after restart"
 python3 - "$work" <<'EOF' || fail "state after the server restart differs"
 import json, sys
 w = sys.argv[1]
-ids = lambda f: sorted(e["id"] for e in json.load(open(f"{w}/{f}")))
-assert ids("entries1.json") == ids("entries2.json"), "entries changed"
-assert ids("agents1.json") == ids("agents2.json"), "agents changed"
+# SPIRE's shapes: {"entries":[...]} / {"agents":[...]}, agent IDs as {trust_domain, path}.
+ids = lambda f, k: sorted(json.dumps(e["id"], sort_keys=True) for e in json.load(open(f"{w}/{f}"))[k])
+assert ids("entries1.json", "entries") == ids("entries2.json", "entries"), "entries changed"
+assert ids("agents1.json", "agents") == ids("agents2.json", "agents"), "agents changed"
 EOF
 diff -q "$work/bundle1.pem" "$work/bundle2.pem" >/dev/null || fail "the CA changed across the restart"
 kubectl -n "$WL_NS" scale deploy/app --replicas=3 >/dev/null

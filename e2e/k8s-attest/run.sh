@@ -181,8 +181,9 @@ agents=$(srv agent list -output json) || fail "agent list failed"
 echo "$agents" > "$work/agents.json"
 python3 - "$work/agents.json" "$agent_id" "$CLUSTER_NAME" "$node" "$node_uid" "$node_ip" <<'EOF' || fail "agent list: $agents"
 import json, sys
-agents, want, cluster, node, node_uid, node_ip = json.load(open(sys.argv[1])), *sys.argv[2:]
+agents, want, cluster, node, node_uid, node_ip = json.load(open(sys.argv[1]))["agents"], *sys.argv[2:]
 psat = [a for a in agents if a["attestation_type"] == "k8s_psat"]
+for a in psat: a["id"] = f'spiffe://{a["id"]["trust_domain"]}{a["id"]["path"]}'
 assert [a["id"] for a in psat] == [want], f"k8s_psat agents {[a['id'] for a in psat]}, want [{want}]"
 sel = {f'{s["type"]}:{s["value"]}' for s in psat[0]["selectors"]}
 need = {f"k8s_psat:cluster:{cluster}", "k8s_psat:agent_ns:sigil-system", "k8s_psat:agent_sa:sigil-agent",
@@ -324,7 +325,7 @@ grep "workload attested" <<<"$agent_log" | grep -q "\"k8s:ns:$NS_A\"" || fail "n
 ok
 
 step "agent pod deleted: the DaemonSet's new pod re-attests, one agent for the node, SVIDs again"
-entries_before=$(srv entry show -output json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
+entries_before=$(srv entry show -output json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["entries"]))')
 old_pod=$(kubectl -n "$SYS" get pods -l app.kubernetes.io/name=sigil-agent -o jsonpath='{.items[0].metadata.name}')
 kubectl -n "$SYS" delete pod "$old_pod" --wait=true --timeout=60s >/dev/null || fail "agent pod delete"
 kubectl -n "$SYS" rollout status ds/sigil-agent --timeout=120s >/dev/null || fail "agent DaemonSet not ready again"
@@ -333,8 +334,9 @@ new_pod=$(kubectl -n "$SYS" get pods -l app.kubernetes.io/name=sigil-agent -o js
 srv agent list -output json > "$work/agents2.json" || fail "agent list"
 python3 - "$work/agents2.json" "$agent_id" "$new_pod" <<'EOF' || fail "agents after the restart: $(cat "$work/agents2.json")"
 import json, sys
-agents, want, pod = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3]
+agents, want, pod = json.load(open(sys.argv[1]))["agents"], sys.argv[2], sys.argv[3]
 psat = [a for a in agents if a["attestation_type"] == "k8s_psat"]
+for a in psat: a["id"] = f'spiffe://{a["id"]["trust_domain"]}{a["id"]["path"]}'
 assert [a["id"] for a in psat] == [want], [a["id"] for a in psat]
 sel = {f'{s["type"]}:{s["value"]}' for s in psat[0]["selectors"]}
 assert f"k8s_psat:agent_pod_name:{pod}" in sel, sorted(sel)
@@ -343,7 +345,7 @@ out=""
 for _ in $(seq 30); do out=$(fetch "$NS_A" app 2>"$work/fetch.err") && break; sleep 1; done
 [ -n "$out" ] || fail "after the agent restart: $(cat "$work/fetch.err")"
 case "$out" in *"\"spiffe_id\":\"$want_a\""*) ;; *) fail "after the agent restart: $out" ;; esac
-entries_after=$(srv entry show -output json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
+entries_after=$(srv entry show -output json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["entries"]))')
 [ "$entries_before" = "$entries_after" ] || fail "entries changed: $entries_before -> $entries_after"
 log "pod $pod_a fetched again through the new agent pod $new_pod; $entries_after entries unchanged"
 ok
@@ -364,7 +366,7 @@ serial2=$(agent_serial) || fail "agent show"
 [ "$serial1" != "$serial2" ] || fail "the agent's SVID serial did not change ($serial1)"
 srv agent list -output json | python3 -c '
 import json, sys
-psat = [a for a in json.load(sys.stdin) if a["attestation_type"] == "k8s_psat"]
+psat = [a for a in json.load(sys.stdin)["agents"] if a["attestation_type"] == "k8s_psat"]
 assert len(psat) == 1, psat' || fail "more than one k8s_psat agent after re-attestation"
 grep -q "AGENT_MUST_REATTEST" "$work/server.log" && fail "the agent tried RenewAgentSvid"
 out=""

@@ -163,6 +163,7 @@ pub(crate) mod tests {
             downstream: false,
             hint: hint.into(),
             entry_expiry: 0,
+            store_svid: false,
             revision: 0,
             created_at,
         })

@@ -42,6 +42,7 @@ fn entry(id: &str, spiffe: &str, selectors: &[String], created_at: i64, hint: &s
         downstream: false,
         hint: hint.into(),
         entry_expiry: 0,
+        store_svid: false,
         revision: 0,
         created_at,
     })

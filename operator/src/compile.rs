@@ -98,6 +98,7 @@ pub fn static_entry(cr: &ClusterStaticEntry, td: &TrustDomain) -> Result<StaticE
         downstream: s.downstream,
         hint: s.hint.clone().unwrap_or_default(),
         entry_expiry: 0,
+        store_svid: s.store_svid,
         revision: 0,
         created_at: 0,
     };

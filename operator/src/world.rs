@@ -624,6 +624,7 @@ impl World {
             downstream: p.downstream,
             hint: p.hint.clone(),
             entry_expiry: 0,
+            store_svid: false,
             revision: 0,
             created_at: 0,
         };
@@ -748,6 +749,7 @@ pub fn needs_update(current: &RegistrationEntry, desired: &RegistrationEntry) ->
         || current.downstream != desired.downstream
         || current.dns_names != desired.dns_names
         || current.hint != desired.hint
+        || current.store_svid != desired.store_svid
 }
 
 /// What to write so the server matches the world for these entry IDs.
@@ -1208,6 +1210,7 @@ mod tests {
             ("downstream", Box::new(|e| e.downstream = true), true),
             ("dns", Box::new(|e| e.dns_names = vec!["a".into()]), true),
             ("hint", Box::new(|e| e.hint = "h".into()), true),
+            ("store_svid", Box::new(|e| e.store_svid = true), true),
         ];
         for (name, f, want) in cases {
             let mut c = base.clone();

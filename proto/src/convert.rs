@@ -69,6 +69,7 @@ pub fn entry_to_pb(e: &RegistrationEntry) -> pb::Entry {
         expires_at: e.entry_expiry,
         revision: e.revision,
         created_at: e.created_at,
+        store_svid: e.store_svid,
     }
 }
 
@@ -94,6 +95,7 @@ pub fn entry_from_pb(e: &pb::Entry) -> Result<RegistrationEntry, ConvertError> {
         downstream: e.downstream,
         hint: e.hint.clone(),
         entry_expiry: e.expires_at,
+        store_svid: e.store_svid,
         revision: e.revision,
         created_at: e.created_at,
     })
@@ -168,6 +170,7 @@ mod tests {
             downstream: true,
             hint: "h".into(),
             entry_expiry: 1_900_000_000,
+            store_svid: true,
             revision: 7,
             created_at: 1_700_000_000,
         }
@@ -220,6 +223,7 @@ mod tests {
         assert!(pb.admin && pb.downstream);
         assert_eq!(pb.hint, "h");
         assert_eq!((pb.expires_at, pb.revision, pb.created_at), (1_900_000_000, 7, 1_700_000_000));
+        assert!(pb.store_svid);
     }
 
     #[test]

@@ -35,6 +35,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Clap names flags `--flag` (the arguments were rewritten to that form); users type SPIRE's `-flag`, so
+/// errors say `-flag`, as SPIRE's do.
+fn single_dash_flags(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(i) = rest.find("--") {
+        let before_ok = i == 0 || !rest[..i].ends_with(|c: char| c.is_alphanumeric() || c == '-');
+        let after_ok = rest[i + 2..].starts_with(|c: char| c.is_ascii_alphabetic());
+        out.push_str(&rest[..i]);
+        out.push_str(if before_ok && after_ok { "-" } else { "--" });
+        rest = &rest[i + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse_from(normalize_args(std::env::args())) {
         Ok(cli) => cli,
@@ -56,7 +72,7 @@ fn main() -> ExitCode {
             // One line: clap's first line ("error: ...") without the usage block.
             let text = e.render().to_string();
             let line = text.lines().next().unwrap_or("error: invalid arguments");
-            eprintln!("{line}");
+            eprintln!("{}", single_dash_flags(line));
             return ExitCode::FAILURE;
         }
     };

@@ -73,6 +73,7 @@ async fn https_spiffe_config_relationship_bootstrap_fetch_status_cli_metrics() {
     let (ok, out, _) = cli(&a, &["federation", "list", "-output", "json"]).await;
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v = &v["federation_relationships"];
     assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
     assert_eq!(v[0]["trust_domain"], "b.test");
     assert_eq!(v[0]["status"]["source"], "config");

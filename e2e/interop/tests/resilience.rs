@@ -49,6 +49,9 @@ fn server_and_agent_survive_sigkill() {
     assert_eq!(s.server_cli(&["agent", "list", "-output", "json"]).status.code(), Some(0));
     let agents: serde_json::Value =
         serde_json::from_slice(&s.server_cli(&["agent", "list", "-output", "json"]).stdout).unwrap();
+    let agents = &agents["agents"];
     assert_eq!(agents.as_array().unwrap().len(), 1, "{agents}");
-    assert_eq!(agents[0]["id"], s.agent_id.as_str());
+    let id = &agents[0]["id"];
+    let shown = format!("spiffe://{}{}", id["trust_domain"].as_str().unwrap(), id["path"].as_str().unwrap());
+    assert_eq!(shown, s.agent_id.as_str());
 }

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Flags that take no value (so the next argument is not theirs).
 const BOOL_FLAGS: &[&str] =
-    &["admin", "downstream", "node", "help", "version", "shallow", "verbose", "once", "insecureBootstrap"];
+    &["admin", "downstream", "storeSVID", "node", "help", "version", "shallow", "verbose", "once", "insecureBootstrap"];
 
 /// Rewrites SPIRE-style `-flag` into `--flag` (see [`sigil_core::cli`]).
 pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
@@ -141,6 +141,10 @@ pub struct EntryFields {
     pub admin: bool,
     #[arg(long)]
     pub downstream: bool,
+    /// SPIRE's flag: the entry's SVIDs are to be stored by an SVIDStore plugin. Stored on the entry; Sigil
+    /// has no SVID stores, so it has no other effect.
+    #[arg(long = "storeSVID")]
+    pub store_svid: bool,
     /// A node entry: its parent is the server, its selectors describe nodes.
     #[arg(long)]
     pub node: bool,
@@ -176,6 +180,10 @@ pub enum EntryCmd {
         /// Entry ID to use instead of a generated one: at most 255 of A-Z a-z 0-9 - . _ (SPIRE's rule).
         #[arg(long = "entryID")]
         entry_id: Option<String>,
+        /// SPIRE's registration JSON file ({"entries":[...]}), '-' for standard input; all its entries go
+        /// in one batch. Not combined with the single-entry flags.
+        #[arg(long = "data")]
+        data: Option<String>,
         #[command(flatten)]
         fields: EntryFields,
         #[arg(long = "output", value_enum, default_value = "pretty")]
@@ -185,7 +193,10 @@ pub enum EntryCmd {
         #[command(flatten)]
         socket: SocketArg,
         #[arg(long = "entryID")]
-        entry_id: String,
+        entry_id: Option<String>,
+        /// As for create; each entry names its entry_id.
+        #[arg(long = "data")]
+        data: Option<String>,
         #[command(flatten)]
         fields: EntryFields,
         #[arg(long = "output", value_enum, default_value = "pretty")]
@@ -204,6 +215,8 @@ pub enum EntryCmd {
         socket: SocketArg,
         #[arg(long = "entryID")]
         entry_id: String,
+        #[arg(long = "output", value_enum, default_value = "pretty")]
+        output: Output,
     },
     Count {
         #[command(flatten)]
@@ -225,8 +238,11 @@ pub enum BundleCmd {
     Show {
         #[command(flatten)]
         socket: SocketArg,
+        /// pem or spiffe (pretty output only, as in SPIRE).
         #[arg(long = "format", value_enum, default_value = "pem")]
         format: BundleFormat,
+        #[arg(long = "output", value_enum, default_value = "pretty")]
+        output: Output,
     },
     /// Counts the bundles: the server's own and the federated ones ("N bundles", as SPIRE prints it).
     Count {
@@ -239,8 +255,11 @@ pub enum BundleCmd {
         socket: SocketArg,
         #[arg(long = "id")]
         id: Option<String>,
+        /// pem or spiffe (pretty output only, as in SPIRE).
         #[arg(long = "format", value_enum, default_value = "pem")]
         format: BundleFormat,
+        #[arg(long = "output", value_enum, default_value = "pretty")]
+        output: Output,
     },
     /// Creates or replaces a federated bundle, read from -path or standard input.
     Set {

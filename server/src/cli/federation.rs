@@ -8,7 +8,7 @@ use sigil_core::bundle::Bundle;
 use sigil_proto::admin::{self as pb, federation_relationship::Profile, trust_domains_client::TrustDomainsClient};
 
 use super::args::{BundleFormat, FederationCmd, FederationFields, Output};
-use super::{CliError, admin_channel, first_status_error, parse_id, render_bundle, rpc};
+use super::{CliError, admin_channel, first_status_error, parse_id, rpc};
 use crate::api::convert;
 
 const PROFILE_HTTPS_WEB: &str = "https_web";
@@ -108,10 +108,8 @@ fn relationship_json(r: &pb::FederationRelationship) -> Result<serde_json::Value
         None => {}
     }
     if let Some(b) = &r.trust_domain_bundle {
-        // The SPIFFE bundle document (JWKS), as `bundle show -format spiffe` prints it.
-        let jwks = render_bundle(b, BundleFormat::Spiffe)?;
-        v["trust_domain_bundle"] =
-            serde_json::from_str(&jwks).map_err(|e| CliError::Rpc(format!("server returned a bad bundle: {e}")))?;
+        // spire.api.types.Bundle, as `bundle show -output json` prints it (absent when none is stored).
+        v["trust_domain_bundle"] = super::output::bundle_json(b);
     }
     Ok(v)
 }
@@ -122,13 +120,19 @@ fn print_relationship_result(
     rel: Option<pb::FederationRelationship>,
     output: Output,
 ) -> Result<(), CliError> {
+    if output == Output::Json {
+        // SPIRE's Batch{Create,Update}FederationRelationshipResponse, failures included (exit 0, as SPIRE).
+        let mut result = serde_json::json!({ "status": super::output::status_json(status.as_ref()) });
+        if let Some(r) = &rel {
+            result["federation_relationship"] = relationship_json(r)?;
+        }
+        super::output::print_json(out, &serde_json::json!({ "results": [result] }))?;
+        return Ok(());
+    }
     let st = status.unwrap_or_default();
     first_status_error(st.code, &st.message)?;
     let r = rel.ok_or_else(|| CliError::Rpc("server returned no federation relationship".into()))?;
-    match output {
-        Output::Json => writeln!(out, "{}", relationship_json(&r)?)?,
-        Output::Pretty => print_relationship(out, &r)?,
-    }
+    print_relationship(out, &r)?;
     Ok(())
 }
 
@@ -307,7 +311,12 @@ pub(super) async fn run_federation(cmd: FederationCmd, out: &mut impl Write) -> 
             match output {
                 Output::Json => {
                     let items = shown.iter().map(|(r, s)| shown_json(r, s.as_ref())).collect::<Result<Vec<_>, _>>()?;
-                    writeln!(out, "{}", serde_json::Value::Array(items))?;
+                    // SPIRE's ListFederationRelationshipsResponse (all pages joined); each item may carry
+                    // Sigil's `status` key.
+                    super::output::print_json(
+                        out,
+                        &serde_json::json!({ "federation_relationships": items, "next_page_token": "" }),
+                    )?;
                 }
                 Output::Pretty => {
                     writeln!(
@@ -371,12 +380,18 @@ pub(super) async fn run_federation(cmd: FederationCmd, out: &mut impl Write) -> 
                 .map_err(rpc)?
                 .into_inner();
             let r = resp.results.into_iter().next().ok_or_else(|| CliError::Rpc("empty response".into()))?;
+            if output == Output::Json {
+                // SPIRE's BatchDeleteFederationRelationshipResponse.
+                let result = serde_json::json!({
+                    "status": super::output::status_json(r.status.as_ref()),
+                    "trust_domain": r.trust_domain,
+                });
+                super::output::print_json(out, &serde_json::json!({ "results": [result] }))?;
+                return Ok(());
+            }
             let st = r.status.unwrap_or_default();
             first_status_error(st.code, &st.message)?;
-            match output {
-                Output::Json => writeln!(out, "{}", serde_json::json!({ "trust_domain": r.trust_domain }))?,
-                Output::Pretty => writeln!(out, "federation relationship deleted.")?,
-            }
+            writeln!(out, "federation relationship deleted.")?;
             Ok(())
         }
         FederationCmd::Refresh { socket, id, output } => {

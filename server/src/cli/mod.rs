@@ -3,22 +3,20 @@
 //! Every failure ends as one line on stderr and exit code 1 (see `main.rs`).
 
 pub mod args;
+mod entry;
 mod federation;
+mod output;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use args::{
-    AgentCmd, BundleCmd, BundleDeleteModeArg, BundleFormat, Command, EntryCmd, EntryFields, EntryFilterArgs, JwtCmd,
-    Output, TokenCmd, X509Cmd,
-};
+use args::{AgentCmd, BundleCmd, BundleDeleteModeArg, BundleFormat, Command, JwtCmd, Output, TokenCmd, X509Cmd};
 use hyper_util::rt::TokioIo;
 use sigil_core::bundle::Bundle;
 use sigil_core::{Selector, SpiffeId, TrustDomain};
 use sigil_proto::admin::{
-    self as pb, agents_client::AgentsClient, bundles_client::BundlesClient, entries_client::EntriesClient,
-    svids_client::SvidsClient,
+    self as pb, agents_client::AgentsClient, bundles_client::BundlesClient, svids_client::SvidsClient,
 };
 use sigil_proto::types as tpb;
 use tonic::transport::{Channel, Endpoint};
@@ -86,141 +84,6 @@ fn parse_id(flag: &str, v: &str) -> Result<SpiffeId, CliError> {
 fn parse_selector(v: &str) -> Result<tpb::Selector, CliError> {
     let s = Selector::parse(v).map_err(|e| CliError::Invalid(format!("-selector: {e}")))?;
     Ok(convert::selector_to_pb(&s))
-}
-
-fn entry_from_fields(f: &EntryFields, trust_domain_hint: Option<&TrustDomain>) -> Result<tpb::Entry, CliError> {
-    let spiffe_id = f.spiffe_id.as_deref().ok_or_else(|| CliError::Invalid("-spiffeID is required".into()))?;
-    let spiffe_id = parse_id("spiffeID", spiffe_id)?;
-    let parent_id = if f.node {
-        if f.parent_id.is_some() {
-            return Err(CliError::Invalid("-node and -parentID are mutually exclusive".into()));
-        }
-        let td = trust_domain_hint.cloned().unwrap_or_else(|| spiffe_id.trust_domain());
-        td.join(sigil_core::entry::SERVER_ID_PATH).map_err(|e| CliError::Invalid(e.to_string()))?
-    } else {
-        let p = f.parent_id.as_deref().ok_or_else(|| CliError::Invalid("-parentID is required (or -node)".into()))?;
-        parse_id("parentID", p)?
-    };
-    if f.selectors.is_empty() {
-        return Err(CliError::Invalid("at least one -selector type:value is required".into()));
-    }
-    let selectors = f.selectors.iter().map(|s| parse_selector(s)).collect::<Result<Vec<_>, _>>()?;
-    for td in &f.federates_with {
-        TrustDomain::new(td).map_err(|e| CliError::Invalid(format!("-federatesWith: {e}")))?;
-    }
-    Ok(tpb::Entry {
-        id: String::new(),
-        spiffe_id: spiffe_id.to_string(),
-        parent_id: parent_id.to_string(),
-        selectors,
-        x509_svid_ttl: f.x509_svid_ttl.unwrap_or(0),
-        jwt_svid_ttl: f.jwt_svid_ttl.unwrap_or(0),
-        dns_names: f.dns.clone(),
-        federates_with: f.federates_with.iter().map(|td| td.trim_start_matches("spiffe://").to_owned()).collect(),
-        admin: f.admin,
-        downstream: f.downstream,
-        hint: f.hint.clone().unwrap_or_default(),
-        expires_at: f.entry_expiry.unwrap_or(0),
-        revision: 0,
-        created_at: 0,
-    })
-}
-
-fn filter_from_args(f: &EntryFilterArgs) -> Result<pb::EntryFilter, CliError> {
-    let selector_match = match f.match_selectors_on.as_str() {
-        "exact" => pb::SelectorMatch::Exact,
-        "subset" => pb::SelectorMatch::Subset,
-        "superset" => pb::SelectorMatch::Superset,
-        "any" => pb::SelectorMatch::Any,
-        other => {
-            return Err(CliError::Invalid(format!(
-                "-matchSelectorsOn: {other:?} is not one of exact, subset, superset, any"
-            )));
-        }
-    };
-    Ok(pb::EntryFilter {
-        by_spiffe_id: f
-            .spiffe_id
-            .as_deref()
-            .map(|v| parse_id("spiffeID", v).map(|i| i.to_string()))
-            .transpose()?
-            .unwrap_or_default(),
-        by_parent_id: f
-            .parent_id
-            .as_deref()
-            .map(|v| parse_id("parentID", v).map(|i| i.to_string()))
-            .transpose()?
-            .unwrap_or_default(),
-        by_selectors: f.selectors.iter().map(|s| parse_selector(s)).collect::<Result<Vec<_>, _>>()?,
-        selector_match: selector_match as i32,
-        by_hint: f.hint.clone().unwrap_or_default(),
-    })
-}
-
-fn ttl_text(v: i32) -> String {
-    if v == 0 { "default".into() } else { v.to_string() }
-}
-
-/// SPIRE's entry layout, so scripts that grep it keep working.
-fn print_entry(out: &mut impl Write, e: &tpb::Entry) -> std::io::Result<()> {
-    writeln!(out, "Entry ID         : {}", e.id)?;
-    writeln!(out, "SPIFFE ID        : {}", e.spiffe_id)?;
-    writeln!(out, "Parent ID        : {}", e.parent_id)?;
-    writeln!(out, "Revision         : {}", e.revision)?;
-    if e.downstream {
-        writeln!(out, "Downstream       : true")?;
-    }
-    writeln!(out, "X509-SVID TTL    : {}", ttl_text(e.x509_svid_ttl))?;
-    writeln!(out, "JWT-SVID TTL     : {}", ttl_text(e.jwt_svid_ttl))?;
-    if e.expires_at != 0 {
-        writeln!(out, "Expiration time  : {}", e.expires_at)?;
-    }
-    for s in &e.selectors {
-        writeln!(out, "Selector         : {}:{}", s.r#type, s.value)?;
-    }
-    for td in &e.federates_with {
-        writeln!(out, "FederatesWith    : {td}")?;
-    }
-    for d in &e.dns_names {
-        writeln!(out, "DNS name         : {d}")?;
-    }
-    if e.admin {
-        writeln!(out, "Admin            : true")?;
-    }
-    if !e.hint.is_empty() {
-        writeln!(out, "Hint             : {}", e.hint)?;
-    }
-    writeln!(out)
-}
-
-fn entry_json(e: &tpb::Entry) -> serde_json::Value {
-    serde_json::json!({
-        "id": e.id,
-        "spiffe_id": e.spiffe_id,
-        "parent_id": e.parent_id,
-        "selectors": e.selectors.iter().map(|s| serde_json::json!({"type": s.r#type, "value": s.value})).collect::<Vec<_>>(),
-        "x509_svid_ttl": e.x509_svid_ttl,
-        "jwt_svid_ttl": e.jwt_svid_ttl,
-        "dns_names": e.dns_names,
-        "federates_with": e.federates_with,
-        "admin": e.admin,
-        "downstream": e.downstream,
-        "hint": e.hint,
-        "expires_at": e.expires_at,
-        "revision": e.revision,
-        "created_at": e.created_at,
-    })
-}
-
-fn agent_json(a: &tpb::Agent) -> serde_json::Value {
-    serde_json::json!({
-        "id": a.id,
-        "attestation_type": a.attestation_type,
-        "x509svid_serial_number": a.x509_svid_serial_number,
-        "x509svid_expires_at": a.x509_svid_expires_at,
-        "selectors": a.selectors.iter().map(|s| serde_json::json!({"type": s.r#type, "value": s.value})).collect::<Vec<_>>(),
-        "banned": a.banned,
-    })
 }
 
 fn print_agent(out: &mut impl Write, a: &tpb::Agent) -> std::io::Result<()> {
@@ -300,7 +163,7 @@ pub async fn run_admin(cmd: Command, out: &mut impl Write) -> Result<(), CliErro
             writeln!(out, "Token: {}", resp.token)?;
             Ok(())
         }
-        Command::Entry(cmd) => run_entry(cmd, out).await,
+        Command::Entry(cmd) => entry::run_entry(cmd, out).await,
         Command::Bundle(cmd) => run_bundle(cmd, out).await,
         Command::Agent(cmd) => run_agent(cmd, out).await,
         Command::Federation(cmd) => federation::run_federation(cmd, out).await,
@@ -371,128 +234,16 @@ pub async fn run_admin(cmd: Command, out: &mut impl Write) -> Result<(), CliErro
     }
 }
 
-/// The single result of a one-entry batch create or update: an error line, or the entry as asked.
-fn print_entry_result(
-    out: &mut impl Write,
-    status: Option<pb::Status>,
-    entry: Option<tpb::Entry>,
-    output: Output,
-) -> Result<(), CliError> {
-    let st = status.unwrap_or_default();
-    first_status_error(st.code, &st.message)?;
-    let e = entry.unwrap_or_default();
-    match output {
-        Output::Json => writeln!(out, "{}", entry_json(&e))?,
-        Output::Pretty => print_entry(out, &e)?,
-    }
-    Ok(())
-}
-
-async fn run_entry(cmd: EntryCmd, out: &mut impl Write) -> Result<(), CliError> {
-    match cmd {
-        EntryCmd::Create { socket, entry_id, fields, output } => {
-            let mut entry = entry_from_fields(&fields, None)?;
-            if let Some(id) = entry_id {
-                convert::entry_id("-entryID", &id).map_err(|s| CliError::Invalid(s.message().to_owned()))?;
-                if id.is_empty() {
-                    return Err(CliError::Invalid("-entryID: must not be empty".into()));
-                }
-                entry.id = id;
-            }
-            let ch = admin_channel(&socket.socket_path).await?;
-            let resp = EntriesClient::new(ch)
-                .batch_create_entry(pb::BatchCreateEntryRequest { entries: vec![entry] })
-                .await
-                .map_err(rpc)?
-                .into_inner();
-            let r = resp.results.into_iter().next().ok_or_else(|| CliError::Rpc("empty response".into()))?;
-            print_entry_result(out, r.status, r.entry, output)
-        }
-        EntryCmd::Update { socket, entry_id, fields, output } => {
-            let mut entry = entry_from_fields(&fields, None)?;
-            entry.id = entry_id;
-            let ch = admin_channel(&socket.socket_path).await?;
-            let resp = EntriesClient::new(ch)
-                .batch_update_entry(pb::BatchUpdateEntryRequest { entries: vec![entry] })
-                .await
-                .map_err(rpc)?
-                .into_inner();
-            let r = resp.results.into_iter().next().ok_or_else(|| CliError::Rpc("empty response".into()))?;
-            print_entry_result(out, r.status, r.entry, output)
-        }
-        EntryCmd::Show { socket, filter, output } => {
-            let ch = admin_channel(&socket.socket_path).await?;
-            let mut client = EntriesClient::new(ch);
-            let entries = if let Some(id) = &filter.entry_id {
-                vec![client.get_entry(pb::GetEntryRequest { id: id.clone() }).await.map_err(rpc)?.into_inner()]
-            } else {
-                let f = filter_from_args(&filter)?;
-                let mut all = vec![];
-                let mut token = String::new();
-                loop {
-                    let page = client
-                        .list_entries(pb::ListEntriesRequest {
-                            filter: Some(f.clone()),
-                            page_size: 500,
-                            page_token: token,
-                        })
-                        .await
-                        .map_err(rpc)?
-                        .into_inner();
-                    all.extend(page.entries);
-                    if page.next_page_token.is_empty() {
-                        break;
-                    }
-                    token = page.next_page_token;
-                }
-                all
-            };
-            match output {
-                Output::Json => {
-                    writeln!(out, "{}", serde_json::Value::Array(entries.iter().map(entry_json).collect()))?
-                }
-                Output::Pretty => {
-                    writeln!(out, "Found {} entr{}", entries.len(), if entries.len() == 1 { "y" } else { "ies" })?;
-                    for e in &entries {
-                        print_entry(out, e)?;
-                    }
-                }
-            }
-            Ok(())
-        }
-        EntryCmd::Delete { socket, entry_id } => {
-            let ch = admin_channel(&socket.socket_path).await?;
-            let resp = EntriesClient::new(ch)
-                .batch_delete_entry(pb::BatchDeleteEntryRequest { ids: vec![entry_id.clone()] })
-                .await
-                .map_err(rpc)?
-                .into_inner();
-            let r = resp.results.into_iter().next().ok_or_else(|| CliError::Rpc("empty response".into()))?;
-            let st = r.status.unwrap_or_default();
-            first_status_error(st.code, &st.message)?;
-            writeln!(out, "Deleted entry with ID: {entry_id}")?;
-            Ok(())
-        }
-        EntryCmd::Count { socket, filter } => {
-            let f = filter_from_args(&filter)?;
-            let ch = admin_channel(&socket.socket_path).await?;
-            let n = EntriesClient::new(ch)
-                .count_entries(pb::CountEntriesRequest { filter: Some(f) })
-                .await
-                .map_err(rpc)?
-                .into_inner()
-                .count;
-            writeln!(out, "{n} registration entr{}", if n == 1 { "y" } else { "ies" })?;
-            Ok(())
-        }
-    }
-}
-
 async fn run_bundle(cmd: BundleCmd, out: &mut impl Write) -> Result<(), CliError> {
     match cmd {
-        BundleCmd::Show { socket, format } => {
+        BundleCmd::Show { socket, format, output } => {
             let ch = admin_channel(&socket.socket_path).await?;
             let b = BundlesClient::new(ch).get_bundle(pb::GetBundleRequest {}).await.map_err(rpc)?.into_inner();
+            if output == Output::Json {
+                // SPIRE: protojson of the Bundle; -format applies to pretty output only.
+                output::print_json(out, &output::bundle_json(&b))?;
+                return Ok(());
+            }
             write!(out, "{}", render_bundle(&b, format)?)?;
             if format == BundleFormat::Spiffe {
                 writeln!(out)?;
@@ -513,7 +264,7 @@ async fn run_bundle(cmd: BundleCmd, out: &mut impl Write) -> Result<(), CliError
             writeln!(out, "{n} {}", if n == 1 { "bundle" } else { "bundles" })?;
             Ok(())
         }
-        BundleCmd::List { socket, id, format } => {
+        BundleCmd::List { socket, id, format, output } => {
             let want = id
                 .as_deref()
                 .map(|v| TrustDomain::new(v).map_err(|e| CliError::Invalid(format!("-id: {e}"))))
@@ -524,6 +275,25 @@ async fn run_bundle(cmd: BundleCmd, out: &mut impl Write) -> Result<(), CliError
                 .await
                 .map_err(rpc)?
                 .into_inner();
+            if output == Output::Json {
+                // SPIRE: with -id, GetFederatedBundle's Bundle; without, ListFederatedBundlesResponse.
+                let doc = match &want {
+                    Some(w) => {
+                        let b = list
+                            .bundles
+                            .iter()
+                            .find(|b| b.trust_domain == w.name())
+                            .ok_or_else(|| CliError::Rpc(format!("not found: no federated bundle for {w}")))?;
+                        output::bundle_json(b)
+                    }
+                    None => serde_json::json!({
+                        "bundles": list.bundles.iter().map(output::bundle_json).collect::<Vec<_>>(),
+                        "next_page_token": "",
+                    }),
+                };
+                output::print_json(out, &doc)?;
+                return Ok(());
+            }
             let mut shown = 0;
             for b in &list.bundles {
                 if want.as_ref().is_some_and(|w| w.name() != b.trust_domain) {
@@ -592,7 +362,13 @@ async fn run_agent(cmd: AgentCmd, out: &mut impl Write) -> Result<(), CliError> 
             let agents =
                 AgentsClient::new(ch).list_agents(pb::ListAgentsRequest {}).await.map_err(rpc)?.into_inner().agents;
             match output {
-                Output::Json => writeln!(out, "{}", serde_json::Value::Array(agents.iter().map(agent_json).collect()))?,
+                Output::Json => output::print_json(
+                    out,
+                    &serde_json::json!({
+                        "agents": agents.iter().map(output::agent_json).collect::<Vec<_>>(),
+                        "next_page_token": "",
+                    }),
+                )?,
                 Output::Pretty => {
                     writeln!(
                         out,
@@ -616,7 +392,7 @@ async fn run_agent(cmd: AgentCmd, out: &mut impl Write) -> Result<(), CliError> 
                 .map_err(rpc)?
                 .into_inner();
             match output {
-                Output::Json => writeln!(out, "{}", agent_json(&a))?,
+                Output::Json => output::print_json(out, &output::agent_json(&a))?,
                 Output::Pretty => print_agent(out, &a)?,
             }
             Ok(())

@@ -30,6 +30,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_federation_relationships.sql"),
     include_str!("migrations/0003_agent_new_cert.sql"),
+    include_str!("migrations/0004_entry_store_svid.sql"),
 ];
 
 /// The schema version this build writes (`PRAGMA user_version` after open).
@@ -41,7 +42,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 use sigil_core::entry::MAX_ENTRY_ID_LEN;
 
 const ENTRY_COLUMNS: &str = "e.id, e.spiffe_id, e.parent_id, e.selectors, e.x509_svid_ttl, e.jwt_svid_ttl, \
-     e.dns_names, e.federates_with, e.admin, e.downstream, e.hint, e.entry_expiry, e.revision, e.created_at";
+     e.dns_names, e.federates_with, e.admin, e.downstream, e.hint, e.entry_expiry, e.revision, e.created_at, e.store_svid";
 
 const AGENT_COLUMNS: &str = "spiffe_id, attestation_type, cert_serial, cert_expires_at, selectors, banned, created_at, \
      updated_at, new_cert_serial, new_cert_expires_at";
@@ -255,6 +256,7 @@ struct EntryRow {
     entry_expiry: i64,
     revision: i64,
     created_at: i64,
+    store_svid: bool,
 }
 
 impl EntryRow {
@@ -274,6 +276,7 @@ impl EntryRow {
             entry_expiry: r.get(11)?,
             revision: r.get(12)?,
             created_at: r.get(13)?,
+            store_svid: r.get(14)?,
         })
     }
 
@@ -299,6 +302,7 @@ impl EntryRow {
             downstream: self.downstream,
             hint: self.hint,
             entry_expiry: self.entry_expiry,
+            store_svid: self.store_svid,
             revision: self.revision,
             created_at: self.created_at,
             id: self.id,
@@ -331,7 +335,8 @@ fn prepare_new_entry(mut entry: RegistrationEntry, now: i64) -> Result<Registrat
     } else {
         check_entry_id(&entry.id)?;
     }
-    entry.revision = 1;
+    // SPIRE's numbering: a new entry is at revision 0; every update adds one.
+    entry.revision = 0;
     entry.created_at = now;
     Ok(entry)
 }
@@ -348,11 +353,15 @@ fn duplicate_entry(conn: &Connection, e: &RegistrationEntry, key: &str) -> Datas
         .ok()
         .flatten();
     match other {
-        // SPIRE's wording, so scripts written for it recognise the refusal.
-        Some(other) => DatastoreError::AlreadyExists(format!(
-            "similar entry already exists: entry {other} has the same spiffe_id {}, parent_id {} and selectors",
-            e.spiffe_id, e.parent_id
-        )),
+        // SPIRE's exact message (scripts match `msg: "similar entry already exists"`); which entry it is
+        // goes to the log.
+        Some(other) => {
+            tracing::info!(
+                existing = %other, spiffe_id = %e.spiffe_id, parent_id = %e.parent_id,
+                "entry refused: an entry with the same spiffe_id, parent_id and selectors exists"
+            );
+            DatastoreError::AlreadyExists("similar entry already exists".into())
+        }
         None => DatastoreError::AlreadyExists(format!("an entry with id {:?} already exists", e.id)),
     }
 }
@@ -384,6 +393,7 @@ fn entry_values(e: &RegistrationEntry, key: &str) -> Result<Vec<Value>> {
         Value::Integer(e.entry_expiry),
         Value::Integer(e.revision),
         Value::Integer(e.created_at),
+        Value::Integer(i64::from(e.store_svid)),
     ])
 }
 
@@ -393,8 +403,8 @@ fn insert_entry(conn: &Connection, e: &RegistrationEntry) -> Result<()> {
     values.extend(entry_values(e, &key)?);
     let inserted = conn.execute(
         "INSERT INTO entries (id, spiffe_id, parent_id, selector_key, selectors, x509_svid_ttl, jwt_svid_ttl, \
-         dns_names, federates_with, admin, downstream, hint, entry_expiry, revision, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+         dns_names, federates_with, admin, downstream, hint, entry_expiry, revision, created_at, store_svid) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         params_from_iter(values.iter()),
     );
     match inserted {
@@ -411,7 +421,8 @@ fn update_entry_row(conn: &Connection, e: &RegistrationEntry) -> Result<()> {
     let updated = conn.execute(
         "UPDATE entries SET spiffe_id = ?1, parent_id = ?2, selector_key = ?3, selectors = ?4, \
          x509_svid_ttl = ?5, jwt_svid_ttl = ?6, dns_names = ?7, federates_with = ?8, admin = ?9, \
-         downstream = ?10, hint = ?11, entry_expiry = ?12, revision = ?13, created_at = ?14 WHERE id = ?15",
+         downstream = ?10, hint = ?11, entry_expiry = ?12, revision = ?13, created_at = ?14, store_svid = ?15 \
+         WHERE id = ?16",
         params_from_iter(values.iter()),
     );
     match updated {
