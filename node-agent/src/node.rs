@@ -16,9 +16,6 @@ use sigil_core::bundle::Bundle;
 use sigil_core::{SpiffeId, TrustDomain};
 use sigil_proto::agent as pb;
 use sigil_proto::agent::node_client::NodeClient;
-
-/// The largest message the agent takes from the server (see [`ServerConn::client`]).
-pub const MAX_SYNC_MESSAGE: usize = 256 * 1024 * 1024;
 use sigil_proto::convert;
 use sigil_tls::ServerCheck;
 use tokio::sync::watch;
@@ -26,6 +23,9 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use crate::manager::{SignResult, SvidSigner, new_key_and_csr, now_unix, validity};
+
+/// The largest message the agent takes from the server (see [`ServerConn::client`]).
+pub const MAX_SYNC_MESSAGE: usize = 256 * 1024 * 1024;
 
 /// The file in `data_dir` holding the agent SVID, key and bundle.
 pub const IDENTITY_FILE: &str = "agent-identity.json";

@@ -318,7 +318,7 @@ impl WorkloadApi {
     /// gap that grows with its size (a burst of changes is merged). No task: the stream ends with the call.
     fn watch_stream<T, F>(&self, process: Arc<ProcHandle>, first: T, compute: F) -> BoxStream<T>
     where
-        T: PartialEq + Clone + Send + Sync + prost::Message + 'static,
+        T: Send + Sync + prost::Message + 'static,
         F: Fn(&Snapshot) -> Option<Result<T, Status>> + Send + 'static,
     {
         struct Watch<F> {
@@ -355,45 +355,45 @@ impl WorkloadApi {
                     // leaves the view even if nothing else happens).
                     let expiry = w.rx.borrow().svids.values().map(|s| s.not_after).filter(|t| *t > now_unix()).min();
                     let wait = expiry.map(|t| u64::try_from(t - now_unix() + 1).unwrap_or(1)).unwrap_or(3600);
-                    let stopping = tokio::select! {
+                    let mut stopping = tokio::select! {
                         r = w.rx.changed() => if r.is_err() { return None } else { false },
                         () = stopped(&mut w.stop) => true,
                         () = tokio::time::sleep(Duration::from_secs(wait)) => false,
                     };
-                    if stopping {
-                        w.done = true;
-                        return Some((Err(Status::unavailable("the agent is shutting down")), w));
-                    }
                     // Merge what else changes during the gap: the state is read only after it.
-                    if let Some(hold) = w.pacer.hold(Instant::now()) {
-                        let stopping = tokio::select! {
+                    if let Some(hold) = w.pacer.hold(Instant::now()).filter(|_| !stopping) {
+                        stopping = tokio::select! {
                             () = tokio::time::sleep(hold) => false,
                             () = stopped(&mut w.stop) => true,
                         };
-                        if stopping {
-                            w.done = true;
-                            return Some((Err(Status::unavailable("the agent is shutting down")), w));
-                        }
+                    }
+                    if stopping {
+                        w.done = true;
+                        return Some((Err(Status::unavailable("the agent is shutting down")), w));
                     }
                 }
                 w.fresh = false;
                 let snap = w.rx.borrow_and_update().clone();
                 match (w.compute)(&snap) {
-                    Some(Ok(msg)) if digest(&msg) != w.last => {
+                    Some(Ok(msg)) => {
+                        let d = digest(&msg);
+                        if d == w.last {
+                            continue;
+                        }
                         // Rotated keys go only to the process that opened the stream, as it was then.
                         if let Err(e) = w.process.verify() {
                             w.done = true;
                             return Some((Err(Status::unauthenticated(e.to_string())), w));
                         }
                         w.pacer.sent(Instant::now(), msg.encoded_len());
-                        w.last = digest(&msg);
+                        w.last = d;
                         return Some((Ok(msg), w));
                     }
                     Some(Err(status)) => {
                         w.done = true;
                         return Some((Err(status), w));
                     }
-                    _ => {}
+                    None => {}
                 }
             }
         });
