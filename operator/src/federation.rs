@@ -182,12 +182,12 @@ pub fn plan(declared: &[Declared], server: &[apb::FederationRelationship], marke
                 );
             }
             Some(cur) => {
+                let mut want = want;
+                // An update (for the URL or profile) carries the stated bundle only when it applies.
+                if !stated_bundle_applies(cur.trust_domain_bundle.as_ref(), want.trust_domain_bundle.as_ref()) {
+                    want.trust_domain_bundle = None;
+                }
                 if differs(cur, &want) {
-                    let mut want = want;
-                    // An update for the URL or profile carries the stated bundle only when it applies.
-                    if !stated_bundle_applies(cur.trust_domain_bundle.as_ref(), want.trust_domain_bundle.as_ref()) {
-                        want.trust_domain_bundle = None;
-                    }
                     out.update.push(want);
                 }
                 out.outcome.insert(d.name.clone(), Ok(format!("federation relationship with {td} set")));
