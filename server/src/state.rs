@@ -259,8 +259,8 @@ impl ServerState {
         {
             let mut idx = self.index.write().unwrap_or_else(|p| p.into_inner());
             for e in results.iter().flatten() {
-                let old = idx.remove(&e.id);
-                changed.record(old.as_ref().or(Some(e)), None);
+                idx.remove(&e.id);
+                changed.record(Some(e), None);
             }
             self.metrics.entries.set(idx.len() as i64);
         }
@@ -506,8 +506,8 @@ impl ServerState {
                 let ids: Vec<String> = users.into_iter().map(|e| e.id).collect();
                 for result in self.ds.delete_entries(&ids).await {
                     let deleted = result?;
-                    let old = self.index.write().unwrap_or_else(|p| p.into_inner()).remove(&deleted.id);
-                    changed.record(old.as_ref().or(Some(&deleted)), None);
+                    self.index.write().unwrap_or_else(|p| p.into_inner()).remove(&deleted.id);
+                    changed.record(Some(&deleted), None);
                 }
                 self.metrics.entries.set(self.index().len() as i64);
             }
