@@ -11,7 +11,7 @@ use sigil_proto::types as tpb;
 
 use super::args::{EntryCmd, EntryFields, EntryFilterArgs, Output};
 use super::output::{entries_json, entry_results_json, print_json};
-use super::{CliError, admin_channel, code_name, parse_id, parse_selector, rpc};
+use super::{CliError, admin_channel, all_pages, code_name, parse_id, parse_selector, rpc};
 use crate::api::convert;
 
 /// Go's `time.Time.String()` in UTC, as SPIRE prints an entry's expiry: `2027-01-15 08:00:00 +0000 UTC`.
@@ -361,25 +361,15 @@ pub(super) async fn run_entry(cmd: EntryCmd, out: &mut impl Write) -> Result<(),
                 vec![client.get_entry(pb::GetEntryRequest { id: id.clone() }).await.map_err(rpc)?.into_inner()]
             } else {
                 let f = filter_from_args(&filter)?;
-                let mut all = vec![];
-                let mut token = String::new();
-                loop {
+                all_pages(async |page_token| {
                     let page = client
-                        .list_entries(pb::ListEntriesRequest {
-                            filter: Some(f.clone()),
-                            page_size: 500,
-                            page_token: token,
-                        })
+                        .list_entries(pb::ListEntriesRequest { filter: Some(f.clone()), page_size: 500, page_token })
                         .await
                         .map_err(rpc)?
                         .into_inner();
-                    all.extend(page.entries);
-                    if page.next_page_token.is_empty() {
-                        break;
-                    }
-                    token = page.next_page_token;
-                }
-                all
+                    Ok((page.entries, page.next_page_token))
+                })
+                .await?
             };
             match output {
                 Output::Json => print_json(out, &entries_json(&entries))?,

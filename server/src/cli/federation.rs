@@ -8,7 +8,7 @@ use sigil_core::bundle::Bundle;
 use sigil_proto::admin::{self as pb, federation_relationship::Profile, trust_domains_client::TrustDomainsClient};
 
 use super::args::{BundleFormat, FederationCmd, FederationFields, Output};
-use super::{CliError, admin_channel, first_status_error, parse_id, rpc};
+use super::{CliError, admin_channel, all_pages, first_status_error, parse_id, rpc};
 use crate::api::convert;
 
 const PROFILE_HTTPS_WEB: &str = "https_web";
@@ -287,9 +287,7 @@ pub(super) async fn run_federation(cmd: FederationCmd, out: &mut impl Write) -> 
         FederationCmd::List { socket, output } => {
             let ch = admin_channel(&socket.socket_path).await?;
             let mut client = TrustDomainsClient::new(ch);
-            let mut all = vec![];
-            let mut page_token = String::new();
-            loop {
+            let all = all_pages(async |page_token| {
                 let page = client
                     .list_federation_relationships(pb::ListFederationRelationshipsRequest {
                         page_size: 500,
@@ -298,12 +296,9 @@ pub(super) async fn run_federation(cmd: FederationCmd, out: &mut impl Write) -> 
                     .await
                     .map_err(rpc)?
                     .into_inner();
-                all.extend(page.federation_relationships);
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = page.next_page_token;
-            }
+                Ok((page.federation_relationships, page.next_page_token))
+            })
+            .await?;
             // The fetchers' status: of these relationships, and of the config file's, which the list (as
             // SPIRE's) does not hold.
             let statuses = list_statuses(&mut client, None).await?;

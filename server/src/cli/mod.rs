@@ -40,6 +40,23 @@ fn rpc(s: tonic::Status) -> CliError {
     CliError::Rpc(format!("{}: {}", code_name(s.code()), s.message()))
 }
 
+/// Every item of a paged List call: `page(token)` returns one page's items and the next page's token, empty
+/// after the last page.
+async fn all_pages<T>(
+    mut page: impl AsyncFnMut(String) -> Result<(Vec<T>, String), CliError>,
+) -> Result<Vec<T>, CliError> {
+    let mut all = vec![];
+    let mut token = String::new();
+    loop {
+        let (items, next) = page(token).await?;
+        all.extend(items);
+        if next.is_empty() {
+            return Ok(all);
+        }
+        token = next;
+    }
+}
+
 fn code_name(c: tonic::Code) -> &'static str {
     use tonic::Code::*;
     match c {
