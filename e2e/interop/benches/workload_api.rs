@@ -11,10 +11,13 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/procstat.rs"]
+mod procstat;
 
 use std::time::{Duration, Instant};
 
 use common::*;
+use procstat::{cpu_seconds, rss_kib};
 use sigil_proto::admin::{self as apb, entries_client::EntriesClient};
 use sigil_proto::types as tpb;
 use sigil_proto::workload::{X509svidRequest, X509svidResponse, spiffe_workload_api_client::SpiffeWorkloadApiClient};
@@ -67,19 +70,6 @@ async fn until(stream: &mut tonic::Streaming<X509svidResponse>, done: impl Fn(&X
 
 fn pct(v: &[Duration], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .unwrap()
-        .trim()
-        .trim_end_matches(" kB")
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -277,16 +267,4 @@ async fn churn(
         after.iter().map(|k| format!("{:.1}", *k as f64 / 1024.0)).collect::<Vec<_>>().join(", "),
         (last as f64 / before as f64 - 1.0) * 100.0
     );
-}
-
-/// User + system CPU time of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command (which may hold spaces) start after the last ')'; utime and stime are
-    // fields 14 and 15 of the whole line, 12 and 13 after it.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap_or(100) as f64;
-    ticks as f64 / hz
 }

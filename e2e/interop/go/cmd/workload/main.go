@@ -12,6 +12,7 @@
 //	workload race -id ID                    ONE FetchX509SVID at process start, no retry; prints
 //	                                        RESULT ok|fail <ms since start> <start unix ns> <done unix ns>, then sleeps
 //	workload first -id ID                   like race, but retries every 20 ms until it succeeds
+//	workload x509stream -id ID              the raw FetchX509SVID stream, one line per message (stream.go)
 //	workload start -id ID                   no Workload API at all: RESULT ok 0 <start> <start>, then sleeps
 //	                                        (the pod start-up floor of the node, without Sigil)
 //
@@ -259,6 +260,9 @@ func main() {
 			time.Sleep(100 * time.Millisecond)
 		}
 		printJSON(map[string]any{"checks": checks, "serials": serials})
+
+	case "x509stream":
+		x509Stream()
 
 	case "mint", "validate", "bundles", "watchbundles", "fetchbundle", "bundleserve", "bundleload":
 		federationCommand(cmd, fedArgs{want: want, audience: *audience, token: *token, url: *url, bundle: *bundlePath,
