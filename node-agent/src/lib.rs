@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod node;
 pub mod pacing;
 pub mod run;
+pub mod schedule;
 pub mod state;
 pub mod testing;
 pub mod trim;

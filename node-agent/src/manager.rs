@@ -5,8 +5,13 @@
 //! served until they expire; signing is retried with exponential backoff (at most [`MAX_BACKOFF`]).
 //!
 //! JWT-SVIDs are cached per (entry, audience set) until about half their lifetime.
+//!
+//! A change costs O(entries changed), not O(entries): synced entries go to a `dirty` set that the next
+//! signing pass checks, rotation and retry times and SVID expiries are kept in [`Schedule`]s, and the
+//! snapshot's maps are persistent, so publishing one is O(1). Only a full snapshot from the server (at
+//! (re)connect) looks at every entry.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
 use crate::metrics::Metrics;
+use crate::schedule::Schedule;
 use crate::state::{CachedSvid, Snapshot};
 
 /// Most CSRs sent in one BatchNewX509Svid call.
@@ -136,6 +142,11 @@ impl SignedFor {
     fn of(e: &RegistrationEntry) -> Self {
         Self { spiffe_id: e.spiffe_id.clone(), dns_names: e.dns_names.clone(), ttl: e.x509_svid_ttl }
     }
+
+    /// Whether an SVID signed for this still fits `e` (no copies: this runs per synced entry).
+    fn fits(&self, e: &RegistrationEntry) -> bool {
+        self.spiffe_id == e.spiffe_id && self.dns_names == e.dns_names && self.ttl == e.x509_svid_ttl
+    }
 }
 
 /// Cached JWT-SVIDs: (entry id + SPIFFE ID, sorted audience) -> (token, exp, refresh at).
@@ -210,6 +221,9 @@ pub fn spawn(
         snap: Snapshot::default(),
         signed_for: HashMap::new(),
         entry_retry: HashMap::new(),
+        dirty: BTreeSet::new(),
+        wake: Schedule::default(),
+        expiry: Schedule::default(),
         global_retry: 0,
         backoff: Duration::from_secs(1),
     };
@@ -224,7 +238,14 @@ struct Worker {
     metrics: Arc<Metrics>,
     snap: Snapshot,
     signed_for: HashMap<String, SignedFor>,
+    /// Entries the server refused to sign, and until when not to ask again.
     entry_retry: HashMap<String, i64>,
+    /// Entries to check at the next signing pass (synced, or their wake-up came).
+    dirty: BTreeSet<String>,
+    /// When to look at an entry again: its SVID's rotation time, or the end of its retry wait.
+    wake: Schedule,
+    /// Each cached SVID's `not_after`.
+    expiry: Schedule,
     global_retry: i64,
     backoff: Duration,
 }
@@ -264,10 +285,23 @@ impl Worker {
             Command::Retry => {
                 self.global_retry = 0;
                 self.backoff = Duration::from_secs(1);
-                self.entry_retry.clear();
+                for id in self.entry_retry.drain().map(|(id, _)| id) {
+                    self.dirty.insert(id);
+                }
             }
             Command::Sync(u) => self.apply_sync(*u),
         }
+    }
+
+    /// Forgets everything held for an entry that is no longer authorized.
+    fn forget(&mut self, id: &str) {
+        self.snap.entries.remove(id);
+        self.snap.svids.remove(id);
+        self.signed_for.remove(id);
+        self.entry_retry.remove(id);
+        self.dirty.remove(id);
+        self.wake.remove(id);
+        self.expiry.remove(id);
     }
 
     fn apply_sync(&mut self, u: pb::SyncEntriesUpdate) {
@@ -275,25 +309,32 @@ impl Worker {
             self.snap.entries.clear();
         }
         for id in &u.removed_entry_ids {
-            self.snap.entries.remove(id);
+            self.forget(id);
         }
         for e in &u.upserted {
             match convert::entry_from_pb(e) {
                 // Node aliases (parent = the server) group agents; they are not workload identities.
-                Ok(entry) if entry.is_node_alias() => {
-                    self.snap.entries.remove(&entry.id);
-                }
+                Ok(entry) if entry.is_node_alias() => self.forget(&entry.id),
                 Ok(entry) => {
+                    self.dirty.insert(entry.id.clone());
                     self.snap.entries.insert(entry.id.clone(), Arc::new(entry));
                 }
                 Err(err) => tracing::warn!(entry_id = %e.id, error = %err, "ignoring invalid entry from server"),
             }
         }
-        // Drop everything that belongs to entries no longer authorized.
-        let entries = &self.snap.entries;
-        self.snap.svids.retain(|id, _| entries.contains_key(id));
-        self.signed_for.retain(|id, _| entries.contains_key(id));
-        self.entry_retry.retain(|id, _| entries.contains_key(id));
+        if u.full_snapshot {
+            // Drop everything that belongs to entries no longer authorized, and look at every entry.
+            let entries = &self.snap.entries;
+            let gone: Vec<String> = self.snap.svids.keys().filter(|id| !entries.contains_key(*id)).cloned().collect();
+            for id in &gone {
+                self.snap.svids.remove(id);
+            }
+            self.signed_for.retain(|id, _| entries.contains_key(id));
+            self.entry_retry.retain(|id, _| entries.contains_key(id));
+            self.wake.retain(|id| entries.contains_key(id));
+            self.expiry.retain(|id| entries.contains_key(id));
+            self.dirty = entries.keys().cloned().collect();
+        }
         if let Some(b) = &u.bundle {
             match convert::bundle_from_pb(b) {
                 Ok(bundle) => {
@@ -326,46 +367,60 @@ impl Worker {
         self.metrics.synced.set(i64::from(self.snap.synced));
     }
 
-    /// Entries that need an SVID now.
-    fn due(&self, now: i64) -> Vec<Arc<RegistrationEntry>> {
+    /// Entries that need an SVID now: the dirty ones and those whose wake-up came, when they have no SVID,
+    /// their SVID is due for rotation or no longer fits the entry. Entries waiting out a refusal are left to
+    /// their wake-up.
+    fn due(&mut self, now: i64) -> Vec<Arc<RegistrationEntry>> {
         if now < self.global_retry {
             return vec![];
         }
-        self.snap
-            .entries
-            .values()
-            .filter(|e| self.entry_retry.get(&e.id).is_none_or(|t| now >= *t))
-            .filter(|e| match self.snap.svids.get(&e.id) {
+        for id in self.wake.take_due(now) {
+            self.dirty.insert(id);
+        }
+        let mut due = vec![];
+        for id in std::mem::take(&mut self.dirty) {
+            let Some(e) = self.snap.entries.get(&id) else { continue };
+            if self.entry_retry.get(&id).is_some_and(|t| now < *t) {
+                continue;
+            }
+            self.entry_retry.remove(&id);
+            let needs = match self.snap.svids.get(&id) {
                 None => true,
-                Some(s) => now >= s.rotate_at || self.signed_for.get(&e.id).is_none_or(|f| f != &SignedFor::of(e)),
-            })
-            .cloned()
-            .collect()
+                Some(s) => now >= s.rotate_at || !self.signed_for.get(&id).is_some_and(|f| f.fits(e)),
+            };
+            if needs {
+                due.push(e.clone());
+            }
+        }
+        due
     }
 
-    /// When the next entry becomes due (same rules as [`Worker::due`]).
+    /// When the loop must run next: at once while entries are dirty (not before a global retry), at the
+    /// earliest wake-up, and at the earliest SVID expiry (to publish without it).
     fn next_wake(&self, now: i64) -> Option<i64> {
         if !self.snap.synced {
             return None;
         }
-        let next = self
-            .snap
-            .entries
-            .values()
-            .map(|e| {
-                let wanted = match self.snap.svids.get(&e.id) {
-                    Some(s) if self.signed_for.get(&e.id).is_some_and(|f| f == &SignedFor::of(e)) => s.rotate_at,
-                    _ => now,
-                };
-                wanted.max(self.entry_retry.get(&e.id).copied().unwrap_or(i64::MIN))
-            })
-            .min()?;
-        Some(next.max(self.global_retry).max(now))
+        let sign = if self.dirty.is_empty() { self.wake.first() } else { Some(now) };
+        let sign = sign.map(|t| t.max(self.global_retry));
+        let next = match (sign, self.expiry.first()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        next.map(|t| t.max(now))
+    }
+
+    /// An entry the server would not sign: not asked again before `until`.
+    fn retry_later(&mut self, id: String, until: i64) {
+        self.wake.set(&id, until);
+        self.entry_retry.insert(id, until);
     }
 
     fn publish(&mut self) {
-        let now = now_unix();
-        self.snap.svids.retain(|_, s| s.not_after > now);
+        for id in self.expiry.take_due(now_unix()) {
+            self.snap.svids.remove(&id);
+        }
+        self.snap.next_expiry = self.expiry.first();
         self.metrics.cached_svids.set(i64::try_from(self.snap.svids.len()).unwrap_or(i64::MAX));
         let snap = Arc::new(self.snap.clone());
         self.state_tx.send_replace(snap);
@@ -384,7 +439,7 @@ impl Worker {
         self.snap.pending =
             missing.iter().filter(|e| !self.snap.svids.contains_key(&e.id)).map(|e| e.id.clone()).collect();
         self.publish();
-        for batch in missing.chunks(BATCH_SIZE) {
+        for (n, batch) in missing.chunks(BATCH_SIZE).enumerate() {
             let mut keys = HashMap::new();
             let mut params = Vec::with_capacity(batch.len());
             for e in batch {
@@ -395,7 +450,7 @@ impl Worker {
                     }
                     Err(err) => {
                         tracing::error!(entry_id = %e.id, error = %err, "cannot create a CSR");
-                        self.entry_retry.insert(e.id.clone(), now + ENTRY_RETRY);
+                        self.retry_later(e.id.clone(), now + ENTRY_RETRY);
                     }
                 }
             }
@@ -420,19 +475,21 @@ impl Worker {
                                 self.metrics.svids_signed.inc();
                                 self.entry_retry.remove(&entry_id);
                                 self.signed_for.insert(entry_id.clone(), SignedFor::of(&entry));
+                                self.wake.set(&entry_id, svid.rotate_at);
+                                self.expiry.set(&entry_id, svid.not_after);
                                 self.snap.svids.insert(entry_id, Arc::new(svid));
                             }
                             Err(err) => {
                                 tracing::warn!(error = %err, "signing failed; retrying later");
                                 self.metrics.sign_failures.inc();
-                                self.entry_retry.insert(entry_id, now + ENTRY_RETRY);
+                                self.retry_later(entry_id, now + ENTRY_RETRY);
                             }
                         }
                     }
                     // Entries the server did not answer for are retried later too.
                     for id in keys.into_keys() {
                         self.snap.pending.remove(&id);
-                        self.entry_retry.insert(id, now + ENTRY_RETRY);
+                        self.retry_later(id, now + ENTRY_RETRY);
                     }
                     self.publish();
                 }
@@ -441,6 +498,10 @@ impl Worker {
                     tracing::warn!(code = ?status.code(), message = status.message(), backoff_secs = self.backoff.as_secs(), "BatchNewX509Svid failed; serving cached SVIDs and retrying");
                     self.global_retry = now_unix() + i64::try_from(self.backoff.as_secs()).unwrap_or(30);
                     self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                    // This batch and the ones not sent are looked at again after the global retry wait.
+                    for e in missing.iter().skip(n * BATCH_SIZE) {
+                        self.dirty.insert(e.id.clone());
+                    }
                     break;
                 }
             }

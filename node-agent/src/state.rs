@@ -41,7 +41,8 @@ impl std::fmt::Debug for CachedSvid {
     }
 }
 
-/// Everything the Workload API serves from.
+/// Everything the Workload API serves from. Published once per change, so the per-entry maps are persistent
+/// (cloning is O(1) and a change copies O(log n) nodes, not the map).
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// False until the first full entry snapshot arrived from the server (callers then get Unavailable).
@@ -50,11 +51,13 @@ pub struct Snapshot {
     pub bundle: Option<Arc<Bundle>>,
     pub federated_bundles: BTreeMap<TrustDomain, Arc<Bundle>>,
     /// Authorized entries by id.
-    pub entries: BTreeMap<String, Arc<RegistrationEntry>>,
+    pub entries: imbl::OrdMap<String, Arc<RegistrationEntry>>,
     /// Current SVIDs by entry id.
-    pub svids: BTreeMap<String, Arc<CachedSvid>>,
+    pub svids: imbl::OrdMap<String, Arc<CachedSvid>>,
     /// Entries whose SVID is being signed right now (a first response waits for them).
-    pub pending: BTreeSet<String>,
+    pub pending: imbl::OrdSet<String>,
+    /// The earliest `not_after` of `svids` (a stream wakes then to drop the expired SVID from its view).
+    pub next_expiry: Option<i64>,
 }
 
 /// Entries whose selectors are all among `selectors`, in the documented order, with duplicate hints

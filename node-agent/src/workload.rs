@@ -352,8 +352,13 @@ impl WorkloadApi {
             loop {
                 if !w.fresh {
                     // Wake on a new snapshot, at shutdown, or when a cached SVID expires (so an expired SVID
-                    // leaves the view even if nothing else happens).
-                    let expiry = w.rx.borrow().svids.values().map(|s| s.not_after).filter(|t| *t > now_unix()).min();
+                    // leaves the view even if nothing else happens). The manager keeps the earliest expiry; a
+                    // snapshot made elsewhere (tests) has none, and its SVIDs are looked at.
+                    let expiry = {
+                        let snap = w.rx.borrow();
+                        snap.next_expiry.or_else(|| snap.svids.values().map(|s| s.not_after).min())
+                    }
+                    .filter(|t| *t > now_unix());
                     let wait = expiry.map(|t| u64::try_from(t - now_unix() + 1).unwrap_or(1)).unwrap_or(3600);
                     let mut stopping = tokio::select! {
                         r = w.rx.changed() => if r.is_err() { return None } else { false },

@@ -175,3 +175,41 @@ async fn jwt_svids_are_cached_per_audience_set() {
     assert_ne!(a, c);
     assert!(handle.jwt_svid("unknown", &["x".into()]).await.is_err());
 }
+
+#[tokio::test]
+async fn a_delta_signs_only_what_changed() {
+    let (signer, handle, first) = setup(3600, 3);
+    let mut rx = handle.subscribe();
+    handle.send(Command::Sync(Box::new(first)));
+    let before = wait_for(&mut rx, "SVIDs", |s| s.svids.len() == 3).await;
+    let earliest = before.svids.values().map(|s| s.not_after).min();
+    assert_eq!(before.next_expiry, earliest, "the snapshot carries its earliest SVID expiry");
+    let calls = signer.calls.load(Ordering::SeqCst);
+    // e1 again, unchanged, and a new e3.
+    signer.add_entry("e3", &SpiffeId::new("spiffe://example.org/w3").unwrap());
+    handle.send(Command::Sync(Box::new(pb::SyncEntriesUpdate {
+        upserted: vec![pb_entry("e1", "spiffe://example.org/w1"), pb_entry("e3", "spiffe://example.org/w3")],
+        ..Default::default()
+    })));
+    let after = wait_for(&mut rx, "the new SVID", |s| s.svids.contains_key("e3")).await;
+    assert_eq!(signer.calls.load(Ordering::SeqCst), calls + 1, "one batch call");
+    for id in ["e0", "e1", "e2"] {
+        assert!(Arc::ptr_eq(&before.svids[id], &after.svids[id]), "{id} kept its SVID");
+    }
+}
+
+#[tokio::test]
+async fn entries_refused_while_the_server_was_down_are_signed_when_it_is_back() {
+    let (signer, handle, first) = setup(3600, 2);
+    signer.down.store(true, Ordering::SeqCst);
+    let mut rx = handle.subscribe();
+    handle.send(Command::Sync(Box::new(first)));
+    wait_for(&mut rx, "the synced snapshot", |s| s.synced).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(signer.calls.load(Ordering::SeqCst) >= 1, "it tried");
+    assert!(handle.snapshot().svids.is_empty());
+    // Back up, and no Retry command: the manager's own backoff brings the SVIDs.
+    signer.down.store(false, Ordering::SeqCst);
+    let snap = wait_for(&mut rx, "SVIDs after the backoff", |s| s.svids.len() == 2).await;
+    assert_eq!(snap.next_expiry, snap.svids.values().map(|s| s.not_after).min());
+}

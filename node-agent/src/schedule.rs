@@ -1,0 +1,97 @@
+//! Entry IDs keyed by a time (unix seconds), at most one time per ID: the SVID manager's rotation and
+//! retry wake-ups and its SVID expiries. Setting, removing and taking what is due cost O(log n), so a change
+//! to one entry never walks all of them.
+
+use std::collections::{BTreeSet, HashMap};
+
+#[derive(Debug, Default)]
+pub struct Schedule {
+    by_time: BTreeSet<(i64, String)>,
+    at: HashMap<String, i64>,
+}
+
+impl Schedule {
+    /// Puts `id` at `t`, replacing its earlier time.
+    pub fn set(&mut self, id: &str, t: i64) {
+        if let Some(old) = self.at.insert(id.to_owned(), t) {
+            self.by_time.remove(&(old, id.to_owned()));
+        }
+        self.by_time.insert((t, id.to_owned()));
+    }
+
+    pub fn remove(&mut self, id: &str) {
+        if let Some(old) = self.at.remove(id) {
+            self.by_time.remove(&(old, id.to_owned()));
+        }
+    }
+
+    /// The earliest time.
+    pub fn first(&self) -> Option<i64> {
+        self.by_time.first().map(|(t, _)| *t)
+    }
+
+    /// Takes every ID whose time is `now` or earlier, earliest first.
+    pub fn take_due(&mut self, now: i64) -> Vec<String> {
+        let mut due = vec![];
+        while let Some((t, _)) = self.by_time.first()
+            && *t <= now
+        {
+            if let Some((_, id)) = self.by_time.pop_first() {
+                self.at.remove(&id);
+                due.push(id);
+            }
+        }
+        due
+    }
+
+    /// Keeps only the IDs for which `keep` holds (O(n): for a full entry snapshot).
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.at.retain(|id, _| keep(id));
+        self.by_time.retain(|(_, id)| keep(id));
+    }
+
+    pub fn len(&self) -> usize {
+        self.at.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.at.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_replace_remove_and_take_due() {
+        let mut s = Schedule::default();
+        assert_eq!(s.first(), None);
+        s.set("a", 30);
+        s.set("b", 10);
+        s.set("c", 20);
+        assert_eq!(s.first(), Some(10));
+        s.set("b", 40); // replaced, not added
+        assert_eq!((s.len(), s.first()), (3, Some(20)));
+        s.remove("c");
+        s.remove("nope");
+        assert_eq!((s.len(), s.first()), (2, Some(30)));
+        assert_eq!(s.take_due(29), Vec::<String>::new());
+        s.set("d", 5);
+        assert_eq!(s.take_due(30), vec!["d".to_owned(), "a".to_owned()]);
+        assert_eq!((s.len(), s.first()), (1, Some(40)));
+        s.retain(|id| id != "b");
+        assert!(s.is_empty());
+        assert_eq!(s.first(), None);
+    }
+
+    #[test]
+    fn same_time_many_ids() {
+        let mut s = Schedule::default();
+        for id in ["x", "y", "z"] {
+            s.set(id, 7);
+        }
+        assert_eq!(s.take_due(7), vec!["x".to_owned(), "y".to_owned(), "z".to_owned()]);
+        assert!(s.is_empty());
+    }
+}
