@@ -13,7 +13,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(files, ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
-    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
+    // X509SVID's DER fields as `bytes::Bytes`: the agent answers every FetchX509SVID message from the same
+    // cached certificates, keys and bundle, and Bytes makes that a reference count, not a copy per SVID.
+    tonic_prost_build::configure().build_server(true).build_client(true).bytes(".X509SVID").compile_fds(fds)?;
     let plugin_fds = protox::compile(node_plugin_files, ["proto"])?;
     tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(plugin_fds)?;
     for f in files.iter().chain(&node_plugin_files) {

@@ -625,9 +625,9 @@ mod tests {
         let (chain, key) = ca.issue(&id, 600).unwrap();
         let svid = pb::X509svid {
             spiffe_id: id.to_string(),
-            x509_svid: chain.concat(),
-            x509_svid_key: key,
-            bundle: ca.bundle().x509_authorities_der_concat(),
+            x509_svid: chain.concat().into(),
+            x509_svid_key: key.into(),
+            bundle: ca.bundle().x509_authorities_der_concat().into(),
             hint: String::new(),
         };
         let resp = pb::X509svidResponse {

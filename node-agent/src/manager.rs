@@ -120,8 +120,8 @@ fn cached_svid(
     Ok(CachedSvid {
         entry_id: entry.id.clone(),
         spiffe_id: id,
-        chain_der: chain,
-        key_pkcs8,
+        chain_der: chain.into_iter().map(bytes::Bytes::from).collect(),
+        key_pkcs8: key_pkcs8.into(),
         not_before,
         not_after,
         // Half of the lifetime left at receipt: the server backdates NotBefore, which must not make short

@@ -20,10 +20,10 @@ use sigil_core::{RegistrationEntry, Selector, SpiffeId, TrustDomain, selector};
 pub struct CachedSvid {
     pub entry_id: String,
     pub spiffe_id: SpiffeId,
-    /// DER certificates, leaf first.
-    pub chain_der: Vec<Vec<u8>>,
+    /// DER certificates, leaf first (`Bytes`: every Workload API message refers to them, none copies them).
+    pub chain_der: Vec<bytes::Bytes>,
     /// PKCS#8 DER.
-    pub key_pkcs8: Vec<u8>,
+    pub key_pkcs8: bytes::Bytes,
     pub not_before: i64,
     pub not_after: i64,
     /// Unix seconds at which the manager replaces it (about half its lifetime, with jitter).
@@ -203,8 +203,8 @@ pub(crate) mod tests {
         Arc::new(CachedSvid {
             entry_id: entry_id.into(),
             spiffe_id: SpiffeId::new(spiffe).unwrap(),
-            chain_der: vec![vec![1]],
-            key_pkcs8: vec![2],
+            chain_der: vec![bytes::Bytes::from_static(&[1])],
+            key_pkcs8: bytes::Bytes::from_static(&[2]),
             not_before: 0,
             not_after,
             rotate_at: not_after / 2,

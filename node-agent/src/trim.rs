@@ -68,7 +68,7 @@ mod tests {
                     entry_id: format!("e{i}"),
                     spiffe_id: sigil_core::SpiffeId::new("spiffe://example.org/w").unwrap(),
                     chain_der: vec![],
-                    key_pkcs8: vec![],
+                    key_pkcs8: bytes::Bytes::new(),
                     not_before: 0,
                     not_after: 0,
                     rotate_at: 0,

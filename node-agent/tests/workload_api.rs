@@ -54,8 +54,8 @@ fn svid_for(ca: &TestCa, e: &RegistrationEntry, ttl: i64) -> Arc<CachedSvid> {
     Arc::new(CachedSvid {
         entry_id: e.id.clone(),
         spiffe_id: e.spiffe_id.clone(),
-        chain_der: chain,
-        key_pkcs8: key,
+        chain_der: chain.into_iter().map(Into::into).collect(),
+        key_pkcs8: key.into(),
         not_before: nb,
         not_after: na,
         rotate_at: na,
@@ -193,7 +193,7 @@ async fn x509_svid_response_is_complete_and_ordered() {
         let (_, cert) = x509_parser::parse_x509_certificate(&s.x509_svid).unwrap();
         let id = sigil_core::x509::leaf_spiffe_id(cert.as_ref()).unwrap();
         assert_eq!(id.as_str(), s.spiffe_id);
-        assert!(rcgen::KeyPair::try_from(s.x509_svid_key.as_slice()).is_ok(), "PKCS#8 key");
+        assert!(rcgen::KeyPair::try_from(&s.x509_svid_key[..]).is_ok(), "PKCS#8 key");
     }
     assert!(resp.federated_bundles.is_empty());
 }
