@@ -5,6 +5,7 @@
 # in this repo), the go-spiffe watcher, and Sigil's release binaries; then runs the benchmark.
 #   scripts/bench-vs-spire.sh            both products
 #   SIGIL_SIDE_SINGLES=N ...             N single changes each (default 30; SPIRE's take seconds each)
+#   SIGIL_SIDE_ONLY=sigil|spire ...      one product
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD

@@ -193,7 +193,9 @@ plugins {{
     });
     let out = Command::new(&server_bin).args(["token", "generate", "-socketPath"]).arg(&server_sock).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let token = String::from_utf8_lossy(&out.stdout).trim().strip_prefix("Token: ").unwrap().to_owned();
+    // "Token: <uuid>", then a warning line when no -spiffeID is given.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let token = stdout.lines().find_map(|l| l.strip_prefix("Token: ")).unwrap().trim().to_owned();
     let agent_id = format!("spiffe://{TD}/spire/agent/join_token/{token}");
     let agent = Command::new(&agent_bin)
         .args(["run", "-config"])
@@ -345,9 +347,12 @@ fn measure(p: &Product, go_workload: &Path, singles: usize) -> Figures {
         let id = format!("spiffe://{TD}/single/e{i}");
         let t0 = now_ns();
         p.create(&id, uid);
-        let seen = w.until(&format!("{id} on the stream"), Duration::from_secs(60), |s| s.added.contains_key(&id), |s| {
-            s.added[&id]
-        });
+        let seen = w.until(
+            &format!("{id} on the stream"),
+            Duration::from_secs(60),
+            |s| s.added.contains_key(&id),
+            |s| s.added[&id],
+        );
         single.push((seen.saturating_sub(t0)) as f64 / 1e6);
     }
     single.sort_by(f64::total_cmp);
@@ -374,8 +379,7 @@ fn measure(p: &Product, go_workload: &Path, singles: usize) -> Figures {
     let churn_before_mib = rss_big as f64 / 1024.0;
     let mut churn_after_mib = vec![];
     for cycle in 0..6 {
-        let ids: Vec<String> =
-            (0..200).map(|i| p.create(&format!("spiffe://{TD}/churn/c{cycle}/e{i}"), uid)).collect();
+        let ids: Vec<String> = (0..200).map(|i| p.create(&format!("spiffe://{TD}/churn/c{cycle}/e{i}"), uid)).collect();
         w.until("a churn cycle's creates", Duration::from_secs(120), |s| s.svids == base + 200, |_| ());
         for id in &ids {
             p.delete(id);
@@ -408,28 +412,36 @@ fn main() {
         "SIGIL_GO_WORKLOAD: the go-spiffe workload program (scripts/bench-vs-spire.sh builds it; see the header)",
     ));
     let singles: usize = std::env::var("SIGIL_SIDE_SINGLES").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let only = std::env::var("SIGIL_SIDE_ONLY").unwrap_or_default();
     let mut results = vec![];
-    let s = sigil();
-    results.push((s.name, measure(&s, &go_workload, singles)));
-    drop(s);
-    match std::env::var_os("SIGIL_SPIRE_BIN") {
-        Some(dir) => {
-            let p = spire(Path::new(&dir));
-            results.push((p.name, measure(&p, &go_workload, singles)));
-        }
-        None => println!("SIGIL_SPIRE_BIN not set: Sigil only (scripts/bench-vs-spire.sh runs both)"),
+    if only != "spire" {
+        let s = sigil();
+        results.push((s.name, measure(&s, &go_workload, singles)));
+        print_table(&results, singles);
     }
+    if only != "sigil" {
+        match std::env::var_os("SIGIL_SPIRE_BIN") {
+            Some(dir) => {
+                let p = spire(Path::new(&dir));
+                results.push((p.name, measure(&p, &go_workload, singles)));
+                print_table(&results, singles);
+            }
+            None => println!("SIGIL_SPIRE_BIN not set: Sigil only (scripts/bench-vs-spire.sh runs both)"),
+        }
+    }
+}
 
+fn print_table(results: &[(&str, Figures)], singles: usize) {
     println!("\nthe same run, the same go-spiffe watcher, each product's own `entry create` CLI per entry:");
     let row = |label: &str, f: &dyn Fn(&Figures) -> String| {
         print!("| {label:<62} |");
-        for (_, r) in &results {
+        for (_, r) in results {
             print!(" {:>22} |", f(r));
         }
         println!();
     };
     print!("| {:<62} |", "");
-    for (name, _) in &results {
+    for (name, _) in results {
         print!(" {name:>22} |");
     }
     println!();
@@ -442,9 +454,7 @@ fn main() {
     row("1,000 single creates: bytes to the watching workload", &|f| format!("{:.1} MB", f.burst_mb));
     row("1,000 single creates: until the workload has them all", &|f| format!("{:.1} s", f.burst_s));
     row("1,000 single creates: agent CPU", &|f| format!("{:.2} s", f.agent_cpu_s));
-    row("server CPU per single-entry create (CLI call included)", &|f| {
-        format!("{:.2} ms", f.server_cpu_per_create_ms)
-    });
+    row("server CPU per single-entry create (CLI call included)", &|f| format!("{:.2} ms", f.server_cpu_per_create_ms));
     row("agent memory per cached SVID (RSS delta / 1,000)", &|f| format!("{:.1} KiB", f.svid_kib));
     row("agent RSS with ~1,030 SVIDs, before churn", &|f| format!("{:.1} MiB", f.churn_before_mib));
     row("agent RSS after 6 churn cycles (200 creates + 200 deletes)", &|f| {
