@@ -136,7 +136,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, RunError> {
     let (snapshots, mut sd_trim) = (manager.subscribe(), shutdown_rx.clone());
     tasks.push(tokio::spawn(async move {
         tokio::select! {
-            () = crate::trim::trim_after_shrink(snapshots) => {}
+            () = crate::trim::trim_after_burst(snapshots) => {}
             _ = sd_trim.wait_for(|s| *s) => {}
         }
     }));
