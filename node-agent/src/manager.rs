@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
+use sigil_core::RegistrationEntry;
 use sigil_core::bundle::Bundle;
-use sigil_core::{RegistrationEntry, SpiffeId};
 use sigil_proto::agent as pb;
 use sigil_proto::convert;
 use tokio::sync::{mpsc, watch};
@@ -127,26 +127,9 @@ fn cached_svid(
         // Half of the lifetime left at receipt: the server backdates NotBefore, which must not make short
         // SVIDs due at once.
         rotate_at: rotation_time(not_before.max(now), not_after, random_jitter()),
+        dns_names: entry.dns_names.clone(),
+        x509_ttl: entry.x509_svid_ttl,
     })
-}
-
-/// What an SVID was signed for; a change of any of these needs a new SVID.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct SignedFor {
-    spiffe_id: SpiffeId,
-    dns_names: Vec<String>,
-    ttl: u32,
-}
-
-impl SignedFor {
-    fn of(e: &RegistrationEntry) -> Self {
-        Self { spiffe_id: e.spiffe_id.clone(), dns_names: e.dns_names.clone(), ttl: e.x509_svid_ttl }
-    }
-
-    /// Whether an SVID signed for this still fits `e` (no copies: this runs per synced entry).
-    fn fits(&self, e: &RegistrationEntry) -> bool {
-        self.spiffe_id == e.spiffe_id && self.dns_names == e.dns_names && self.ttl == e.x509_svid_ttl
-    }
 }
 
 /// Cached JWT-SVIDs: (entry id + SPIFFE ID, sorted audience) -> (token, exp, refresh at).
@@ -219,7 +202,6 @@ pub fn spawn(
         bundle_tx,
         metrics,
         snap: Snapshot::default(),
-        signed_for: HashMap::new(),
         entry_retry: HashMap::new(),
         dirty: BTreeSet::new(),
         wake: Schedule::default(),
@@ -237,7 +219,6 @@ struct Worker {
     bundle_tx: Option<watch::Sender<Arc<Bundle>>>,
     metrics: Arc<Metrics>,
     snap: Snapshot,
-    signed_for: HashMap<String, SignedFor>,
     /// Entries the server refused to sign, and until when not to ask again.
     entry_retry: HashMap<String, i64>,
     /// Entries to check at the next signing pass (synced, or their wake-up came).
@@ -297,7 +278,6 @@ impl Worker {
     fn forget(&mut self, id: &str) {
         self.snap.entries.remove(id);
         self.snap.svids.remove(id);
-        self.signed_for.remove(id);
         self.entry_retry.remove(id);
         self.dirty.remove(id);
         self.wake.remove(id);
@@ -329,7 +309,6 @@ impl Worker {
             for id in &gone {
                 self.snap.svids.remove(id);
             }
-            self.signed_for.retain(|id, _| entries.contains_key(id));
             self.entry_retry.retain(|id, _| entries.contains_key(id));
             self.wake.retain(|id| entries.contains_key(id));
             self.expiry.retain(|id| entries.contains_key(id));
@@ -386,7 +365,7 @@ impl Worker {
             self.entry_retry.remove(&id);
             let needs = match self.snap.svids.get(&id) {
                 None => true,
-                Some(s) => now >= s.rotate_at || !self.signed_for.get(&id).is_some_and(|f| f.fits(e)),
+                Some(s) => now >= s.rotate_at || !s.fits(e),
             };
             if needs {
                 due.push(e.clone());
@@ -474,7 +453,6 @@ impl Worker {
                                 tracing::debug!(entry_id = %entry_id, spiffe_id = %svid.spiffe_id, not_after = svid.not_after, "SVID signed");
                                 self.metrics.svids_signed.inc();
                                 self.entry_retry.remove(&entry_id);
-                                self.signed_for.insert(entry_id.clone(), SignedFor::of(&entry));
                                 self.wake.set(&entry_id, svid.rotate_at);
                                 self.expiry.set(&entry_id, svid.not_after);
                                 self.snap.svids.insert(entry_id, Arc::new(svid));

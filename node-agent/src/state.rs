@@ -28,6 +28,17 @@ pub struct CachedSvid {
     pub not_after: i64,
     /// Unix seconds at which the manager replaces it (about half its lifetime, with jitter).
     pub rotate_at: i64,
+    /// The entry's DNS names and X.509 TTL it was signed for (with `spiffe_id`: a change of any needs a new
+    /// SVID).
+    pub dns_names: Vec<String>,
+    pub x509_ttl: u32,
+}
+
+impl CachedSvid {
+    /// Whether this SVID still fits `e` (signed for its SPIFFE ID, DNS names and TTL).
+    pub fn fits(&self, e: &RegistrationEntry) -> bool {
+        self.spiffe_id == e.spiffe_id && self.dns_names == e.dns_names && self.x509_ttl == e.x509_svid_ttl
+    }
 }
 
 impl std::fmt::Debug for CachedSvid {
@@ -208,7 +219,22 @@ pub(crate) mod tests {
             not_before: 0,
             not_after,
             rotate_at: not_after / 2,
+            dns_names: vec![],
+            x509_ttl: 0,
         })
+    }
+
+    #[test]
+    fn an_svid_fits_the_entry_it_was_signed_for_only() {
+        let e = entry("a", "spiffe://td/a", &["unix:uid:1"], 1, "");
+        let s = svid("a", "spiffe://td/a", 100);
+        assert!(s.fits(&e));
+        let renamed = RegistrationEntry { spiffe_id: SpiffeId::new("spiffe://td/b").unwrap(), ..(*e).clone() };
+        let with_dns = RegistrationEntry { dns_names: vec!["a.example".into()], ..(*e).clone() };
+        let other_ttl = RegistrationEntry { x509_svid_ttl: 60, ..(*e).clone() };
+        for changed in [renamed, with_dns, other_ttl] {
+            assert!(!s.fits(&changed), "{changed:?}");
+        }
     }
 
     #[test]

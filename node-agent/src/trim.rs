@@ -74,6 +74,8 @@ mod tests {
                     not_before: 0,
                     not_after: 0,
                     rotate_at: 0,
+                    dns_names: vec![],
+                    x509_ttl: 0,
                 }),
             );
         }

@@ -59,6 +59,8 @@ fn svid_for(ca: &TestCa, e: &RegistrationEntry, ttl: i64) -> Arc<CachedSvid> {
         not_before: nb,
         not_after: na,
         rotate_at: na,
+        dns_names: vec![],
+        x509_ttl: 0,
     })
 }
 
