@@ -7,6 +7,7 @@ use sigil_agent::cli::{self, ApiCmd, Cli, Command, FetchCmd, RunArgs, ValidateCm
 use sigil_agent::config::{AgentConfig, FileConfig, Overrides};
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    sigil_agent::trim::map_large_allocations();
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
