@@ -10,12 +10,15 @@
 //! instead of making a duplicate, and entries without the prefix are never ours to touch.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sigil_core::{RegistrationEntry, Selector, SpiffeId, TrustDomain};
 
 use crate::labels::LabelMatcher;
+use crate::objects::Interner;
+pub use crate::objects::Pod;
 use crate::template::Template;
 
 /// Operator-wide settings that shape every entry.
@@ -59,20 +62,6 @@ pub struct Rank {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Pod {
-    pub uid: String,
-    pub namespace: String,
-    pub name: String,
-    pub node_name: Option<String>,
-    pub labels: BTreeMap<String, String>,
-    /// metadata and spec as compact Kubernetes JSON text, for templates (`.PodMeta`, `.PodSpec`). Text, not a
-    /// parsed `Value`: at 10k pods the parsed trees would be most of the operator's memory, and parsing one
-    /// pod's JSON when it is rendered costs microseconds.
-    pub meta: Box<str>,
-    pub spec: Box<str>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
 pub struct Namespace {
     pub name: String,
     pub labels: BTreeMap<String, String>,
@@ -88,8 +77,9 @@ pub struct Node {
 /// A ClusterSPIFFEID after validation.
 #[derive(Debug)]
 pub struct Policy {
-    pub name: String,
-    pub rank: Rank,
+    /// Shared by every entry the policy declares (as its [`Owner`]).
+    pub name: Arc<str>,
+    pub rank: Arc<Rank>,
     pub class_name: Option<String>,
     pub namespace_selector: LabelMatcher,
     pub pod_selector: LabelMatcher,
@@ -118,8 +108,8 @@ pub struct StaticEntry {
 /// What declares entries: one pod (through every ClusterSPIFFEID that selects it) or one ClusterStaticEntry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Source {
-    /// By pod UID.
-    Pod(String),
+    /// By pod UID (the pod's own shared copy).
+    Pod(Arc<str>),
     /// By ClusterStaticEntry name.
     Static(String),
 }
@@ -127,7 +117,7 @@ pub enum Source {
 /// The CR an entry is declared by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Owner {
-    ClusterSpiffeId(String),
+    ClusterSpiffeId(Arc<str>),
     ClusterStaticEntry(String),
 }
 
@@ -136,16 +126,16 @@ pub enum Owner {
 pub struct Declared {
     pub entry: RegistrationEntry,
     pub owner: Owner,
-    pub rank: Rank,
+    pub rank: Arc<Rank>,
 }
 
 #[derive(Debug, Default, Clone)]
 struct Contribution {
     declared: Vec<Declared>,
     /// (ClusterSPIFFEID name, why rendering failed)
-    failures: Vec<(String, String)>,
+    failures: Vec<(Arc<str>, String)>,
     /// ClusterSPIFFEIDs that selected this pod (after the fallback rule).
-    selected_by: Vec<String>,
+    selected_by: Vec<Arc<str>>,
 }
 
 /// Counts for a ClusterSPIFFEID's status, named as in spire-controller-manager.
@@ -184,16 +174,19 @@ pub struct World {
     settings: Settings,
     namespaces: HashMap<String, Namespace>,
     nodes: HashMap<String, Node>,
-    pods: HashMap<String, Pod>,
-    pods_by_namespace: HashMap<String, BTreeSet<String>>,
-    pods_by_node: HashMap<String, BTreeSet<String>>,
+    pods: HashMap<Arc<str>, Pod>,
+    /// Strings pods share (see [`crate::objects`]).
+    interner: Interner,
+    pods_by_namespace: HashMap<String, BTreeSet<Arc<str>>>,
+    pods_by_node: HashMap<String, BTreeSet<Arc<str>>>,
     slices: HashMap<String, ServiceSlice>,
     /// pod UID -> service name -> number of slices of that service naming the pod
     services_by_pod: HashMap<String, BTreeMap<String, usize>>,
     policies: BTreeMap<String, Policy>,
     statics: BTreeMap<String, StaticEntry>,
     contributions: HashMap<Source, Contribution>,
-    declared_by_id: HashMap<String, BTreeSet<Source>>,
+    /// Entry ID -> the sources declaring it: almost always one, so a small vector (a set's node is ~400 B).
+    declared_by_id: HashMap<String, Vec<Source>>,
     write_failures: HashMap<String, String>,
     dirty: HashSet<String>,
 }
@@ -208,6 +201,7 @@ impl World {
             namespaces: HashMap::new(),
             nodes: HashMap::new(),
             pods: HashMap::new(),
+            interner: Interner::default(),
             pods_by_namespace: HashMap::new(),
             pods_by_node: HashMap::new(),
             slices: HashMap::new(),
@@ -286,7 +280,7 @@ impl World {
     }
 
     fn recompute_namespace(&mut self, name: &str) {
-        let uids: Vec<String> = self.pods_by_namespace.get(name).into_iter().flatten().cloned().collect();
+        let uids: Vec<Arc<str>> = self.pods_by_namespace.get(name).into_iter().flatten().cloned().collect();
         for uid in uids {
             self.recompute_pod(&uid);
         }
@@ -310,7 +304,7 @@ impl World {
     }
 
     fn recompute_node(&mut self, name: &str) {
-        let uids: Vec<String> = self.pods_by_node.get(name).into_iter().flatten().cloned().collect();
+        let uids: Vec<Arc<str>> = self.pods_by_node.get(name).into_iter().flatten().cloned().collect();
         for uid in uids {
             self.recompute_pod(&uid);
         }
@@ -318,40 +312,49 @@ impl World {
 
     // ----- pods -----
 
-    pub fn upsert_pod(&mut self, pod: Pod) {
-        if self.pods.get(&pod.uid) == Some(&pod) {
+    pub fn upsert_pod(&mut self, mut pod: Pod) {
+        if self.pods.get(&*pod.uid) == Some(&pod) {
             return;
         }
+        // One copy of the UID for the map and the indexes.
+        if let Some((k, _)) = self.pods.get_key_value(&*pod.uid) {
+            pod.uid = k.clone();
+        }
+        pod.share(&mut self.interner);
         let uid = pod.uid.clone();
         self.unlink_pod(&uid);
-        self.pods_by_namespace.entry(pod.namespace.clone()).or_default().insert(uid.clone());
+        self.pods_by_namespace.entry(pod.namespace.to_string()).or_default().insert(uid.clone());
         if let Some(node) = &pod.node_name {
-            self.pods_by_node.entry(node.clone()).or_default().insert(uid.clone());
+            self.pods_by_node.entry(node.to_string()).or_default().insert(uid.clone());
         }
-        self.pods.insert(uid.clone(), pod);
+        if let Some(old) = self.pods.insert(uid.clone(), pod) {
+            old.release(&mut self.interner);
+        }
         self.recompute_pod(&uid);
     }
 
     pub fn delete_pod(&mut self, uid: &str) {
         self.unlink_pod(uid);
-        self.pods.remove(uid);
+        if let Some(old) = self.pods.remove(uid) {
+            old.release(&mut self.interner);
+        }
         self.recompute_pod(uid);
     }
 
     fn unlink_pod(&mut self, uid: &str) {
         if let Some(old) = self.pods.get(uid) {
-            if let Some(set) = self.pods_by_namespace.get_mut(&old.namespace) {
+            if let Some(set) = self.pods_by_namespace.get_mut(&*old.namespace) {
                 set.remove(uid);
                 if set.is_empty() {
-                    self.pods_by_namespace.remove(&old.namespace);
+                    self.pods_by_namespace.remove(&*old.namespace);
                 }
             }
             if let Some(node) = &old.node_name
-                && let Some(set) = self.pods_by_node.get_mut(node)
+                && let Some(set) = self.pods_by_node.get_mut(&**node)
             {
                 set.remove(uid);
                 if set.is_empty() {
-                    self.pods_by_node.remove(node);
+                    self.pods_by_node.remove(&**node);
                 }
             }
         }
@@ -406,7 +409,7 @@ impl World {
             return;
         }
         for uid in uids {
-            if self.pods.contains_key(&uid) {
+            if self.pods.contains_key(uid.as_str()) {
                 self.recompute_pod(&uid);
             }
         }
@@ -415,7 +418,7 @@ impl World {
     // ----- ClusterSPIFFEIDs -----
 
     pub fn upsert_policy(&mut self, policy: Policy) {
-        self.policies.insert(policy.name.clone(), policy);
+        self.policies.insert(policy.name.to_string(), policy);
         self.recompute_all_pods();
     }
 
@@ -430,7 +433,7 @@ impl World {
     }
 
     fn recompute_all_pods(&mut self) {
-        let uids: Vec<String> = self.pods.keys().cloned().collect();
+        let uids: Vec<Arc<str>> = self.pods.keys().cloned().collect();
         for uid in uids {
             self.recompute_pod(&uid);
         }
@@ -444,7 +447,7 @@ impl World {
         let declared = self.settings.owns_class(s.class_name.as_deref()).then(|| Declared {
             entry: s.entry.clone(),
             owner: Owner::ClusterStaticEntry(name.clone()),
-            rank: s.rank.clone(),
+            rank: Arc::new(s.rank.clone()),
         });
         self.statics.insert(name.clone(), s);
         let contribution = Contribution { declared: declared.into_iter().collect(), ..Default::default() };
@@ -460,8 +463,11 @@ impl World {
     // ----- computing what a pod declares -----
 
     fn recompute_pod(&mut self, uid: &str) {
-        let contribution = self.pods.get(uid).map(|pod| self.pod_contribution(pod));
-        self.replace_contribution(Source::Pod(uid.to_string()), contribution);
+        let (key, contribution) = match self.pods.get_key_value(uid) {
+            Some((k, pod)) => (k.clone(), Some(self.pod_contribution(pod))),
+            None => (Arc::from(uid), None),
+        };
+        self.replace_contribution(Source::Pod(key), contribution);
     }
 
     fn replace_contribution(&mut self, source: Source, new: Option<Contribution>) {
@@ -469,7 +475,7 @@ impl World {
         for d in old.iter().flat_map(|c| c.declared.iter()) {
             self.dirty.insert(d.entry.id.clone());
             if let Some(set) = self.declared_by_id.get_mut(&d.entry.id) {
-                set.remove(&source);
+                set.retain(|s| *s != source);
                 if set.is_empty() {
                     self.declared_by_id.remove(&d.entry.id);
                     // Nobody declares it any more: a refused write of it is no longer anyone's failure.
@@ -480,7 +486,10 @@ impl World {
         if let Some(new) = new {
             for d in &new.declared {
                 self.dirty.insert(d.entry.id.clone());
-                self.declared_by_id.entry(d.entry.id.clone()).or_default().insert(source.clone());
+                let set = self.declared_by_id.entry(d.entry.id.clone()).or_default();
+                if !set.contains(&source) {
+                    set.push(source.clone());
+                }
             }
             if !new.declared.is_empty() || !new.failures.is_empty() || !new.selected_by.is_empty() {
                 self.contributions.insert(source, new);
@@ -498,7 +507,7 @@ impl World {
             return out;
         }
         let empty = BTreeMap::new();
-        let ns_labels = self.namespaces.get(&pod.namespace).map_or(&empty, |n| &n.labels);
+        let ns_labels = self.namespaces.get(&*pod.namespace).map_or(&empty, |n| &n.labels);
         let matching: Vec<&Policy> = self
             .policies
             .values()
@@ -526,10 +535,10 @@ impl World {
             "TrustDomain": self.settings.trust_domain.name(),
             "ClusterName": self.settings.cluster_name,
             "ClusterDomain": self.settings.cluster_domain,
-            "PodMeta": parse_json_text(&pod.meta),
-            "PodSpec": parse_json_text(&pod.spec),
-            "NodeMeta": node.meta,
-            "NodeSpec": node.spec,
+            "PodMeta": pod.meta_value(),
+            "PodSpec": pod.spec_value(),
+            "NodeMeta": node.meta.clone(),
+            "NodeSpec": node.spec.clone(),
         });
         let parent = match self.render_id(&self.settings.parent_id_template, &data, "parentIDTemplate") {
             Ok(p) => p,
@@ -538,7 +547,7 @@ impl World {
                 return out;
             }
         };
-        let services = self.services_by_pod.get(&pod.uid);
+        let services = self.services_by_pod.get(&*pod.uid);
         for p in chosen {
             match self.render_pod_entry(p, pod, &parent, &data, services) {
                 Ok(entry) => out.declared.push(Declared {
@@ -649,16 +658,16 @@ impl World {
                 }
             }
         }
-        let owner = Owner::ClusterSpiffeId(name.to_string());
+        let owner = Owner::ClusterSpiffeId(Arc::from(name));
         for (source, c) in &self.contributions {
             if !matches!(source, Source::Pod(_)) {
                 continue;
             }
-            if c.selected_by.iter().any(|n| n == name) {
+            if c.selected_by.iter().any(|n| &**n == name) {
                 st.pods_selected += 1;
             }
             for (n, msg) in &c.failures {
-                if n == name {
+                if &**n == name {
                     st.pod_entry_render_failures += 1;
                     if st.render_failure_samples.len() < FAILURE_SAMPLES {
                         st.render_failure_samples.push(msg.clone());
@@ -709,16 +718,6 @@ pub fn is_own_entry_id(prefix: &str, id: &str) -> bool {
         .is_some_and(|rest| rest.len() == 32 && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
-/// Compact JSON text of a value, as [`Pod`] keeps it.
-pub fn json_text(v: &impl serde::Serialize) -> Box<str> {
-    serde_json::to_string(v).unwrap_or_else(|_| "null".to_string()).into_boxed_str()
-}
-
-/// The value back from [`json_text`]; `null` if it somehow doesn't parse (templates then report the field).
-fn parse_json_text(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or(Value::Null)
-}
-
 /// The ID an entry gets on the server: the prefix plus 128 bits of SHA-256 over its identity.
 pub fn entry_id(prefix: &str, entry: &RegistrationEntry) -> String {
     let mut selectors: Vec<String> = entry.selectors.iter().map(|s| s.to_string()).collect();
@@ -735,21 +734,54 @@ pub fn entry_id(prefix: &str, entry: &RegistrationEntry) -> String {
     format!("{prefix}{}", hex::encode(&digest[..16]))
 }
 
+/// What the operator keeps of an entry the server holds: whether it needs an update (a digest of the fields
+/// the operator sets) and what an update must carry. The whole entry would be ~1 KiB per pod; this is 32 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerCopy {
+    pub revision: i64,
+    pub created_at: i64,
+    pub digest: [u8; 16],
+}
+
+impl ServerCopy {
+    pub fn of(e: &RegistrationEntry) -> Self {
+        Self { revision: e.revision, created_at: e.created_at, digest: settable_digest(e) }
+    }
+}
+
+/// 128 bits of SHA-256 over the fields the operator sets besides the identity (which is in the ID): TTLs,
+/// federatesWith (as a set), admin, downstream, DNS names (in order), hint, storeSVID. Strings are
+/// length-prefixed and lists count-prefixed, so no two different entries share an encoding.
+pub fn settable_digest(e: &RegistrationEntry) -> [u8; 16] {
+    fn put(h: &mut Sha256, s: &str) {
+        h.update((s.len() as u64).to_le_bytes());
+        h.update(s.as_bytes());
+    }
+    let mut h = Sha256::new();
+    let mut federates: Vec<&str> = e.federates_with.iter().map(|t| t.name()).collect();
+    federates.sort_unstable();
+    federates.dedup();
+    put(&mut h, &e.hint);
+    h.update((federates.len() as u64).to_le_bytes());
+    for f in &federates {
+        put(&mut h, f);
+    }
+    h.update((e.dns_names.len() as u64).to_le_bytes());
+    for d in &e.dns_names {
+        put(&mut h, d);
+    }
+    h.update(e.x509_svid_ttl.to_le_bytes());
+    h.update(e.jwt_svid_ttl.to_le_bytes());
+    h.update([u8::from(e.admin), u8::from(e.downstream), u8::from(e.store_svid)]);
+    let digest = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest[..16]);
+    out
+}
+
 /// Whether the server's copy differs from the desired entry in a field the operator sets.
 pub fn needs_update(current: &RegistrationEntry, desired: &RegistrationEntry) -> bool {
-    let sorted = |v: &[TrustDomain]| {
-        let mut v = v.to_vec();
-        v.sort();
-        v
-    };
-    current.x509_svid_ttl != desired.x509_svid_ttl
-        || current.jwt_svid_ttl != desired.jwt_svid_ttl
-        || sorted(&current.federates_with) != sorted(&desired.federates_with)
-        || current.admin != desired.admin
-        || current.downstream != desired.downstream
-        || current.dns_names != desired.dns_names
-        || current.hint != desired.hint
-        || current.store_svid != desired.store_svid
+    settable_digest(current) != settable_digest(desired)
 }
 
 /// What to write so the server matches the world for these entry IDs.
@@ -774,7 +806,7 @@ impl Plan {
 pub fn plan<'a>(
     world: &World,
     ids: impl IntoIterator<Item = &'a String>,
-    current: &HashMap<String, RegistrationEntry>,
+    current: &HashMap<String, ServerCopy>,
 ) -> Plan {
     let mut plan = Plan::default();
     let mut seen = HashSet::new();
@@ -785,7 +817,7 @@ pub fn plan<'a>(
         match (world.desired(id), current.get(id)) {
             (Some(d), None) => plan.create.push(d.entry.clone()),
             (Some(d), Some(c)) => {
-                if needs_update(c, &d.entry) {
+                if settable_digest(&d.entry) != c.digest {
                     let mut e = d.entry.clone();
                     e.revision = c.revision;
                     e.created_at = c.created_at;
@@ -800,10 +832,16 @@ pub fn plan<'a>(
 }
 
 /// The full comparison: every declared ID and every ID the server holds under our prefix.
-pub fn full_plan(world: &World, current: &HashMap<String, RegistrationEntry>) -> Plan {
+pub fn full_plan(world: &World, current: &HashMap<String, ServerCopy>) -> Plan {
+    plan(world, full_plan_ids(world, current), current)
+}
+
+/// The IDs a full comparison covers, sorted and without duplicates (so they can be planned in slices).
+pub fn full_plan_ids<'a>(world: &'a World, current: &'a HashMap<String, ServerCopy>) -> Vec<&'a String> {
     let mut ids: Vec<&String> = world.declared_ids().chain(current.keys()).collect();
-    ids.sort();
-    plan(world, ids, current)
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 #[cfg(test)]
@@ -833,15 +871,11 @@ mod tests {
     }
 
     fn pod(uid: &str, ns: &str, name: &str, node: Option<&str>, l: &[(&str, &str)]) -> Pod {
-        Pod {
-            uid: uid.into(),
-            namespace: ns.into(),
-            name: name.into(),
-            node_name: node.map(String::from),
-            labels: labels(l),
-            meta: json_text(&json!({"name": name, "namespace": ns, "uid": uid, "labels": labels(l)})),
-            spec: json_text(&json!({"serviceAccountName": format!("sa-{name}"), "nodeName": node})),
-        }
+        Pod::from_json(
+            json!({"name": name, "namespace": ns, "uid": uid, "labels": labels(l)}),
+            json!({"serviceAccountName": format!("sa-{name}"), "nodeName": node}),
+        )
+        .unwrap()
     }
 
     fn node(name: &str, uid: &str) -> Node {
@@ -859,7 +893,7 @@ mod tests {
     fn policy(name: &str, template: &str) -> Policy {
         Policy {
             name: name.into(),
-            rank: rank(100, &format!("uid-{name}")),
+            rank: rank(100, &format!("uid-{name}")).into(),
             class_name: None,
             namespace_selector: LabelMatcher::everything(),
             pod_selector: LabelMatcher::everything(),
@@ -1073,7 +1107,7 @@ mod tests {
     fn same_entry_from_two_policies_goes_to_the_oldest_and_the_other_is_masked() {
         let mut w = world_with_pod();
         let mut newer = policy("newer", SA_TEMPLATE);
-        newer.rank = rank(200, "zzz");
+        newer.rank = rank(200, "zzz").into();
         newer.hint = "from-newer".into();
         w.upsert_policy(newer);
         let ids: Vec<_> = w.declared_ids().cloned().collect();
@@ -1083,11 +1117,11 @@ mod tests {
         assert_eq!(w.policy_stats("default").entries_to_set, 1);
         // Same creation time: not-being-deleted wins, then the lowest UID.
         let mut older_uid = policy("tie", SA_TEMPLATE);
-        older_uid.rank = rank(100, "aaa");
+        older_uid.rank = rank(100, "aaa").into();
         w.upsert_policy(older_uid);
         assert_eq!(w.desired(&ids[0]).unwrap().owner, Owner::ClusterSpiffeId("tie".into()));
         let mut deleting = policy("tie", SA_TEMPLATE);
-        deleting.rank = Rank { created: 100, deleting: true, uid: "aaa".into() };
+        deleting.rank = Rank { created: 100, deleting: true, uid: "aaa".into() }.into();
         w.upsert_policy(deleting);
         assert_eq!(w.desired(&ids[0]).unwrap().owner, Owner::ClusterSpiffeId("default".into()));
     }
@@ -1175,10 +1209,10 @@ mod tests {
         assert_eq!((p.create.len(), p.update.len(), p.delete.len()), (1, 0, 0));
         let mut stored = p.create[0].clone();
         stored.revision = 3;
-        current.insert(id.clone(), stored.clone());
+        current.insert(id.clone(), ServerCopy::of(&stored));
         assert!(full_plan(&w, &current).is_empty(), "nothing differs, nothing is written");
         stored.hint = "drifted".into();
-        current.insert(id.clone(), stored);
+        current.insert(id.clone(), ServerCopy::of(&stored));
         let p = full_plan(&w, &current);
         assert_eq!(p.update.len(), 1);
         assert_eq!(p.update[0].hint, "");
@@ -1192,7 +1226,8 @@ mod tests {
     fn needs_update_table() {
         let w = world_with_pod();
         let id = w.declared_ids().next().unwrap().clone();
-        let base = w.desired(&id).unwrap().entry.clone();
+        let mut base = w.desired(&id).unwrap().entry.clone();
+        base.dns_names = vec!["ab".into(), "c".into()];
         let td = TrustDomain::new("b.org").unwrap();
         let td2 = TrustDomain::new("a.org").unwrap();
         let mut with_fed = base.clone();
@@ -1211,6 +1246,16 @@ mod tests {
             ("dns", Box::new(|e| e.dns_names = vec!["a".into()]), true),
             ("hint", Box::new(|e| e.hint = "h".into()), true),
             ("store_svid", Box::new(|e| e.store_svid = true), true),
+            ("dns order", Box::new(|e| e.dns_names.reverse()), true),
+            ("dns split differently", Box::new(|e| e.dns_names = vec!["a".into(), "bc".into()]), true),
+            (
+                "hint moved into dns",
+                Box::new(|e| {
+                    e.dns_names = vec![e.hint.clone()];
+                    e.hint = String::new();
+                }),
+                true,
+            ),
         ];
         for (name, f, want) in cases {
             let mut c = base.clone();
