@@ -192,8 +192,8 @@ fn run(kind: &str, pods: usize, make: fn(usize, &str, &str) -> serde_json::Value
     let current_before = live();
     let current: HashMap<String, ServerCopy> = w
         .declared_ids()
-        .filter_map(|id| w.desired(id))
-        .map(|d| (d.entry.id.clone(), ServerCopy::of(&d.entry)))
+        .filter_map(|id| w.desired(id)?.entry.to_entry())
+        .map(|e| (e.id.clone(), ServerCopy::of(&e)))
         .collect();
     println!("  controller's copy of server entries:   {}", per_pod(live() - current_before, pods));
     println!("  total kept:                            {}", per_pod(live() - base, pods));
