@@ -6,7 +6,7 @@
 //! entry IDs. A periodic full pass lists the server's entries under our prefix and repairs any drift.
 //! Nothing is ever deleted before every initial list has arrived, so a restart never drops entries.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -42,6 +42,9 @@ const FETCH_STATUS_POLL: Duration = Duration::from_secs(5);
 /// How many entry IDs a full pass plans and writes at once (several write batches, so the server is kept
 /// busy, while the plan's copies of the entries stay a few MiB).
 const FULL_PASS_SLICE: usize = 10 * WRITE_BATCH;
+
+/// A listing of the server's entries for a full pass.
+type ListResult = Result<HashMap<String, ServerCopy>, crate::server_client::ClientError>;
 
 /// The kinds of watch; the controller waits for the initial list of each one it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -313,6 +316,10 @@ pub struct Controller {
     /// After a failed list, no new attempt before this.
     full_retry_at: Option<Instant>,
     first_full_done: bool,
+    /// A listing for a full pass is running (since then).
+    listing: Option<Instant>,
+    /// Entry IDs written while it runs.
+    written_during_listing: HashSet<String>,
     /// Leadership as last seen; writes stop between batches when it is lost.
     leader: watch::Receiver<bool>,
     /// Something that status depends on changed since the last status pass.
@@ -373,6 +380,8 @@ impl Controller {
             full_due: true,
             full_retry_at: None,
             first_full_done: false,
+            listing: None,
+            written_during_listing: HashSet::new(),
             leader,
             status_dirty: true,
             fetch_poll_due: true,
@@ -484,8 +493,17 @@ impl Controller {
         fetch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut is_leader = *leader.borrow();
         let mut status_due = false;
+        let (listed_tx, mut listed_rx) = mpsc::channel::<ListResult>(1);
         loop {
             tokio::select! {
+                Some(listed) = listed_rx.recv() => {
+                    if is_leader {
+                        self.finish_full_pass(listed).await;
+                    } else {
+                        // A new leader starts with a full pass of its own.
+                        self.listing = None;
+                    }
+                }
                 u = rx.recv() => {
                     let Some(u) = u else { break };
                     self.apply(u);
@@ -527,8 +545,10 @@ impl Controller {
                 continue;
             }
             if self.full_due {
-                self.full_pass().await;
-            } else {
+                self.start_full_pass(&listed_tx);
+            }
+            // Until the first full pass, nothing is known of the server's entries: every write waits for it.
+            if self.first_full_done {
                 self.incremental_pass().await;
             }
             if self.fetch_poll_due && self.federation.enabled() && self.federation.has_crs() {
@@ -556,18 +576,40 @@ impl Controller {
         self.observe("incremental", started);
     }
 
-    async fn full_pass(&mut self) {
-        if self.full_retry_at.is_some_and(|t| Instant::now() < t) {
+    /// Starts listing the server's entries for a full pass, beside the loop: at 100,000 entries the listing
+    /// takes seconds, and pod changes must not wait for it. The result comes back on `done`.
+    fn start_full_pass(&mut self, done: &mpsc::Sender<ListResult>) {
+        if self.listing.is_some() || self.full_retry_at.is_some_and(|t| Instant::now() < t) {
             return;
         }
-        let started = Instant::now();
-        self.world.take_dirty();
+        self.full_due = false;
+        self.listing = Some(Instant::now());
+        self.written_during_listing.clear();
+        let client = self.client.clone();
         let prefix = self.world.settings().entry_id_prefix.clone();
-        match self.client.list_server_copies(&prefix).await {
-            Ok(current) => {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let _ = done.send(client.list_server_copies(&prefix).await).await;
+        });
+    }
+
+    /// The listing is in: compares every ID with it and writes what differs.
+    async fn finish_full_pass(&mut self, listed: ListResult) {
+        let started = self.listing.take().unwrap_or_else(Instant::now);
+        match listed {
+            Ok(mut current) => {
+                // What was written while the listing ran is as this loop last wrote it, whichever way the
+                // listing and the write crossed.
+                for id in std::mem::take(&mut self.written_during_listing) {
+                    match self.current.get(&id) {
+                        Some(c) => current.insert(id, *c),
+                        None => current.remove(&id),
+                    };
+                }
                 self.current = current;
-                self.full_due = false;
                 self.full_retry_at = None;
+                // Every ID is compared below, the dirty ones included.
+                self.world.take_dirty();
                 // Planned and written a slice of IDs at a time: a plan holds a copy of each entry it writes,
                 // and at 100,000 pods one plan of everything would be ~90 MiB at once.
                 let ids: Vec<String> = world::full_plan_ids(&self.world, &self.current).into_iter().cloned().collect();
@@ -590,12 +632,20 @@ impl Controller {
             }
             Err(e) => {
                 self.metrics.error("list");
+                self.full_due = true;
                 self.full_retry_at = Some(Instant::now() + Duration::from_secs(2));
                 tracing::warn!(error = %e, "cannot list the server's entries; retrying in 2 s");
             }
         }
         self.federation_pass(true).await;
         self.observe("full", started);
+    }
+
+    /// An entry write while a listing runs: its state is this loop's, not the listing's.
+    fn note_written(&mut self, id: &str) {
+        if self.listing.is_some() {
+            self.written_during_listing.insert(id.to_string());
+        }
     }
 
     fn observe(&self, kind: &str, started: Instant) {
@@ -629,6 +679,7 @@ impl Controller {
                             _ => {
                                 self.count_write("delete", true);
                                 self.current.remove(id);
+                                self.note_written(id);
                                 self.world.record_write(id, None);
                             }
                         }
@@ -650,6 +701,7 @@ impl Controller {
                                 self.count_write("create", true);
                                 self.world.record_write(&e.id, None);
                                 self.current.insert(e.id.clone(), ServerCopy::of(stored.as_deref().unwrap_or(e)));
+                                self.note_written(&e.id);
                             }
                             WriteResult::Failed { code, message } => {
                                 self.count_write("create", false);
@@ -680,6 +732,7 @@ impl Controller {
                                 self.count_write("update", true);
                                 self.world.record_write(&e.id, None);
                                 self.current.insert(e.id.clone(), ServerCopy::of(stored.as_deref().unwrap_or(e)));
+                                self.note_written(&e.id);
                             }
                             WriteResult::Failed { code, message } => {
                                 self.count_write("update", false);
