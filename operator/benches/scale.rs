@@ -1,13 +1,15 @@
 //! Scale benchmark on the api tier (real kube-apiserver + etcd, real sigil-server, real sigil-operator):
 //! 10,000 pods across 100 namespaces and 20 nodes.
 //!
-//! Prints: time from operator start to all entries set; time from one pod change to its entry write
-//! (p50/p99 over 200 changes); operator RSS; Kubernetes API requests per pod change.
+//! Prints: time from operator start to all entries set (and when, by the operator's log, its initial lists
+//! were in and its initial pass written); time from one pod change to its entry write (p50/p99 over 200
+//! changes); operator and server RSS and CPU time; Kubernetes API requests per pod change.
 //!
 //!   export KUBECONFIG=$(e2e/cluster/cluster up --tier api)
 //!   cargo build --release -p sigil-server && cargo bench -p sigil-operator --bench scale
 //!
-//! Sizes can be lowered for a quick look: SIGIL_BENCH_PODS, SIGIL_BENCH_NAMESPACES, SIGIL_BENCH_NODES.
+//! Sizes: SIGIL_BENCH_PODS, SIGIL_BENCH_NAMESPACES, SIGIL_BENCH_NODES (the issue-19 table uses 10,000/100/20,
+//! 50,000/500/100 and 100,000/1,000/200). The pods are created concurrently (setup, not measured).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../tests/support/mod.rs"]
@@ -35,6 +37,35 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat; `rest` starts at field 3.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Seconds since midnight of a log line's leading RFC 3339 timestamp.
+fn log_time(line: &str) -> Option<f64> {
+    let t = line.split_whitespace().next()?.split_once('T')?.1.trim_end_matches('Z');
+    let mut it = t.split(':');
+    let (h, m, s) = (it.next()?.parse::<f64>().ok()?, it.next()?.parse::<f64>().ok()?, it.next()?.parse::<f64>().ok()?);
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// Seconds since midnight (UTC) now, as the operator's log lines tell time.
+fn time_of_day() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64() % 86_400.0)
+}
+
+/// When (seconds after `start`, a [`time_of_day`]) the operator logged a line containing `what`.
+fn logged_at(log: &str, what: &str, start: f64) -> Option<f64> {
+    log.lines().find(|l| l.contains(what)).and_then(log_time).map(|t| t - start)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -81,7 +112,7 @@ async fn main() {
             api.create(&PostParams::default(), &p).await.unwrap();
         }
     }))
-    .buffer_unordered(32)
+    .buffer_unordered(64)
     .collect::<Vec<_>>()
     .await;
     println!("created {pods} pods in {:.1} s (setup, not a result)", started.elapsed().as_secs_f64());
@@ -115,6 +146,7 @@ spec:
     // --- start to all entries set ---
     let mut entries_api = EntriesClient::new(server.client.channel());
     let t0 = Instant::now();
+    let t0_of_day = time_of_day();
     let op = Operator::spawn(dir.path(), "operator", &server, &config);
     let mut last = 0;
     loop {
@@ -135,6 +167,12 @@ spec:
     let startup = t0.elapsed();
     println!("operator start -> all {pods} entries set: {:.2} s", startup.as_secs_f64());
     let rss_after_sync = rss_kib(op.pid(), "VmRSS:");
+    let (op_cpu_sync, server_cpu_sync) = (cpu_seconds(op.pid()), cpu_seconds(server.pid()));
+    let server_rss_sync = rss_kib(server.pid(), "VmRSS:");
+    println!(
+        "  CPU until all set: operator {op_cpu_sync:.2} s, server {server_cpu_sync:.2} s; server RSS with the {pods} entries {:.1} MiB",
+        server_rss_sync as f64 / 1024.0
+    );
 
     // --- one pod change -> its entry write ---
     let by_pod: HashMap<String, String> = server
@@ -147,6 +185,13 @@ spec:
         })
         .collect();
     let pod_api = |ns: &str| Api::<Pod>::namespaced(k.clone(), ns);
+    let log = op.log_text();
+    let at = |what| logged_at(&log, what, t0_of_day).map_or("?".to_string(), |t| format!("{t:.2} s"));
+    println!(
+        "  by the operator's log: initial lists in at {}, initial pass written at {}",
+        at("all initial lists received"),
+        at("initial pass")
+    );
     let requests_before = op.metric("sigil_operator_kube_requests_total").await.unwrap_or(0.0);
     let writes_before = op.metric("sigil_operator_entry_writes_total").await.unwrap_or(0.0);
     let mut latencies = vec![];
@@ -186,6 +231,13 @@ spec:
         rss_after_sync as f64 / 1024.0,
         rss_kib(op.pid(), "VmRSS:") as f64 / 1024.0,
         rss_kib(op.pid(), "VmHWM:") as f64 / 1024.0
+    );
+    println!(
+        "server: RSS {:.1} MiB now, peak (VmHWM) {:.1} MiB; CPU {:.2} s in total (operator {:.2} s)",
+        rss_kib(server.pid(), "VmRSS:") as f64 / 1024.0,
+        rss_kib(server.pid(), "VmHWM:") as f64 / 1024.0,
+        cpu_seconds(server.pid()),
+        cpu_seconds(op.pid())
     );
     let reqs = op.metric("sigil_operator_kube_requests_total").await.unwrap_or(0.0);
     println!("Kubernetes API requests in total since operator start: {reqs}");

@@ -41,10 +41,10 @@ fn template(field: String, src: &str) -> Result<Template, CompileError> {
 
 pub fn policy(cr: &ClusterSPIFFEID) -> Result<Policy, CompileError> {
     let s = &cr.spec;
-    let name = cr.metadata.name.clone().unwrap_or_default();
+    let name = cr.metadata.name.as_deref().unwrap_or_default().into();
     Ok(Policy {
         name,
-        rank: rank(&cr.metadata),
+        rank: rank(&cr.metadata).into(),
         class_name: s.class_name.clone().filter(|c| !c.is_empty()),
         namespace_selector: LabelMatcher::from_selector(s.namespace_selector.as_ref())
             .map_err(|e| err("namespaceSelector", e))?,

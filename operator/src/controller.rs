@@ -6,7 +6,7 @@
 //! entry IDs. A periodic full pass lists the server's entries under our prefix and repairs any drift.
 //! Nothing is ever deleted before every initial list has arrived, so a restart never drops entries.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -22,7 +22,6 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use sigil_core::RegistrationEntry;
 use tokio::sync::{mpsc, watch};
 
 use crate::compile;
@@ -30,8 +29,9 @@ use crate::config::OperatorConfig;
 use crate::crd::{ClusterFederatedTrustDomain, ClusterSPIFFEID, ClusterStaticEntry};
 use crate::federation::{FederationState, fetch_status};
 use crate::metrics::{Health, Metrics, labels};
+use crate::objects;
 use crate::server_client::{AdminClient, WRITE_BATCH, WriteResult};
-use crate::world::{self, Plan, World};
+use crate::world::{self, Plan, ServerCopy, World};
 
 /// gRPC codes the reconciler reacts to.
 const CODE_NOT_FOUND: i32 = 5;
@@ -39,6 +39,12 @@ const CODE_ALREADY_EXISTS: i32 = 6;
 /// How often the server's bundle fetching is asked about: fresh enough for a human watching `kubectl get`,
 /// one cheap call per period whatever the number of CRs.
 const FETCH_STATUS_POLL: Duration = Duration::from_secs(5);
+/// How many entry IDs a full pass plans and writes at once (several write batches, so the server is kept
+/// busy, while the plan's copies of the entries stay a few MiB).
+const FULL_PASS_SLICE: usize = 10 * WRITE_BATCH;
+
+/// A listing of the server's entries for a full pass.
+type ListResult = Result<HashMap<String, ServerCopy>, crate::server_client::ClientError>;
 
 /// The kinds of watch; the controller waits for the initial list of each one it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -73,39 +79,6 @@ pub enum Update {
 }
 
 // ----- converting watched objects -----
-
-/// Metadata without managedFields and the last-applied annotation: big, and never useful in templates.
-fn strip_meta(
-    mut meta: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-    meta.managed_fields = None;
-    if let Some(a) = meta.annotations.as_mut() {
-        a.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
-    meta
-}
-
-fn pod_from_k8s(p: K8sPod) -> Option<world::Pod> {
-    let uid = p.metadata.uid.clone()?;
-    let namespace = p.metadata.namespace.clone()?;
-    let name = p.metadata.name.clone()?;
-    let labels = p.metadata.labels.clone().unwrap_or_default().into_iter().collect();
-    let node_name = p.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty());
-    let spec = world::json_text(&p.spec);
-    let mut metadata = p.metadata;
-    // Every status update bumps it; without it an unchanged pod compares equal and re-renders nothing.
-    metadata.resource_version = None;
-    Some(world::Pod { uid, namespace, name, node_name, labels, meta: world::json_text(&strip_meta(metadata)), spec })
-}
-
-fn node_from_k8s(n: K8sNode) -> Option<world::Node> {
-    let name = n.metadata.name.clone()?;
-    let mut meta = n.metadata;
-    // Heartbeats bump the resourceVersion; without it an unchanged node compares equal and re-renders nothing.
-    meta.resource_version = None;
-    let spec = serde_json::to_value(&n.spec).unwrap_or(Value::Null);
-    Some(world::Node { name, meta: serde_json::to_value(strip_meta(meta)).unwrap_or(Value::Null), spec })
-}
 
 fn slice_update(s: EndpointSlice) -> Option<Update> {
     let key = ns_slice_key(&s)?;
@@ -251,7 +224,7 @@ pub fn start_watches(
             Kind::Node,
             tx.clone(),
             m.clone(),
-            Mapping { key: name_key, apply: |n| node_from_k8s(n).map(Update::Node), gone: Update::NodeGone },
+            Mapping { key: name_key, apply: |n| objects::node_from_k8s(n).map(Update::Node), gone: Update::NodeGone },
         );
         spawn_watch(
             Api::<K8sPod>::all(client.clone()),
@@ -261,7 +234,7 @@ pub fn start_watches(
             m.clone(),
             Mapping {
                 key: uid_key,
-                apply: |p| pod_from_k8s(p).map(|p| Update::Pod(Box::new(p))),
+                apply: |p| objects::pod_from_k8s(p).map(|p| Update::Pod(Box::new(p))),
                 gone: Update::PodGone,
             },
         );
@@ -335,13 +308,18 @@ pub struct Controller {
     health: Arc<Health>,
     recorder: Recorder,
     gc_interval: Duration,
-    /// The server's entries under our prefix, as of the last list plus our own writes since.
-    current: HashMap<String, RegistrationEntry>,
+    /// The server's entries under our prefix (what a comparison needs of them), as of the last list plus our
+    /// own writes since.
+    current: HashMap<String, ServerCopy>,
     /// A full pass is due (startup, new leadership, a failed write, the gc interval).
     full_due: bool,
     /// After a failed list, no new attempt before this.
     full_retry_at: Option<Instant>,
     first_full_done: bool,
+    /// A listing for a full pass is running (since then).
+    listing: Option<Instant>,
+    /// Entry IDs written while it runs.
+    written_during_listing: HashSet<String>,
     /// Leadership as last seen; writes stop between batches when it is lost.
     leader: watch::Receiver<bool>,
     /// Something that status depends on changed since the last status pass.
@@ -402,6 +380,8 @@ impl Controller {
             full_due: true,
             full_retry_at: None,
             first_full_done: false,
+            listing: None,
+            written_during_listing: HashSet::new(),
             leader,
             status_dirty: true,
             fetch_poll_due: true,
@@ -513,8 +493,17 @@ impl Controller {
         fetch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut is_leader = *leader.borrow();
         let mut status_due = false;
+        let (listed_tx, mut listed_rx) = mpsc::channel::<ListResult>(1);
         loop {
             tokio::select! {
+                Some(listed) = listed_rx.recv() => {
+                    if is_leader {
+                        self.finish_full_pass(listed).await;
+                    } else {
+                        // A new leader starts with a full pass of its own.
+                        self.listing = None;
+                    }
+                }
                 u = rx.recv() => {
                     let Some(u) = u else { break };
                     self.apply(u);
@@ -556,8 +545,10 @@ impl Controller {
                 continue;
             }
             if self.full_due {
-                self.full_pass().await;
-            } else {
+                self.start_full_pass(&listed_tx);
+            }
+            // Until the first full pass, nothing is known of the server's entries: every write waits for it.
+            if self.first_full_done {
                 self.incremental_pass().await;
             }
             if self.fetch_poll_due && self.federation.enabled() && self.federation.has_crs() {
@@ -585,46 +576,76 @@ impl Controller {
         self.observe("incremental", started);
     }
 
-    async fn full_pass(&mut self) {
-        if self.full_retry_at.is_some_and(|t| Instant::now() < t) {
+    /// Starts listing the server's entries for a full pass, beside the loop: at 100,000 entries the listing
+    /// takes seconds, and pod changes must not wait for it. The result comes back on `done`.
+    fn start_full_pass(&mut self, done: &mpsc::Sender<ListResult>) {
+        if self.listing.is_some() || self.full_retry_at.is_some_and(|t| Instant::now() < t) {
             return;
         }
-        let started = Instant::now();
-        self.world.take_dirty();
+        self.full_due = false;
+        self.listing = Some(Instant::now());
+        self.written_during_listing.clear();
+        let client = self.client.clone();
         let prefix = self.world.settings().entry_id_prefix.clone();
-        match self.client.list_entries_with_prefix(&prefix).await {
-            Ok(current) => {
-                let plan = world::full_plan(&self.world, &current);
-                if self.first_full_done && !plan.is_empty() {
-                    tracing::info!(
-                        create = plan.create.len(),
-                        update = plan.update.len(),
-                        delete = plan.delete.len(),
-                        "full pass repairs drift"
-                    );
-                    self.metrics.drift_repaired.inc_by(plan.len() as u64);
-                } else if !plan.is_empty() {
-                    tracing::info!(
-                        create = plan.create.len(),
-                        update = plan.update.len(),
-                        delete = plan.delete.len(),
-                        "initial pass"
-                    );
+        let done = done.clone();
+        tokio::spawn(async move {
+            let _ = done.send(client.list_server_copies(&prefix).await).await;
+        });
+    }
+
+    /// The listing is in: compares every ID with it and writes what differs.
+    async fn finish_full_pass(&mut self, listed: ListResult) {
+        let started = self.listing.take().unwrap_or_else(Instant::now);
+        match listed {
+            Ok(mut current) => {
+                // What was written while the listing ran is as this loop last wrote it, whichever way the
+                // listing and the write crossed.
+                for id in std::mem::take(&mut self.written_during_listing) {
+                    match self.current.get(&id) {
+                        Some(c) => current.insert(id, *c),
+                        None => current.remove(&id),
+                    };
                 }
                 self.current = current;
-                self.full_due = false;
                 self.full_retry_at = None;
-                self.execute(plan).await;
+                // Every ID is compared below, the dirty ones included.
+                self.world.take_dirty();
+                // Planned and written a slice of IDs at a time: a plan holds a copy of each entry it writes,
+                // and at 100,000 pods one plan of everything would be ~90 MiB at once.
+                let ids: Vec<String> = world::full_plan_ids(&self.world, &self.current).into_iter().cloned().collect();
+                let (mut create, mut update, mut delete) = (0, 0, 0);
+                for slice in ids.chunks(FULL_PASS_SLICE) {
+                    let plan = world::plan(&self.world, slice, &self.current);
+                    (create, update, delete) =
+                        (create + plan.create.len(), update + plan.update.len(), delete + plan.delete.len());
+                    self.execute(plan).await;
+                }
+                let total = create + update + delete;
+                if total > 0 {
+                    let what = if self.first_full_done { "full pass repaired drift" } else { "initial pass" };
+                    tracing::info!(create, update, delete, "{what}");
+                    if self.first_full_done {
+                        self.metrics.drift_repaired.inc_by(total as u64);
+                    }
+                }
                 self.first_full_done = true;
             }
             Err(e) => {
                 self.metrics.error("list");
+                self.full_due = true;
                 self.full_retry_at = Some(Instant::now() + Duration::from_secs(2));
                 tracing::warn!(error = %e, "cannot list the server's entries; retrying in 2 s");
             }
         }
         self.federation_pass(true).await;
         self.observe("full", started);
+    }
+
+    /// An entry write while a listing runs: its state is this loop's, not the listing's.
+    fn note_written(&mut self, id: &str) {
+        if self.listing.is_some() {
+            self.written_during_listing.insert(id.to_string());
+        }
     }
 
     fn observe(&self, kind: &str, started: Instant) {
@@ -658,6 +679,7 @@ impl Controller {
                             _ => {
                                 self.count_write("delete", true);
                                 self.current.remove(id);
+                                self.note_written(id);
                                 self.world.record_write(id, None);
                             }
                         }
@@ -678,7 +700,8 @@ impl Controller {
                             WriteResult::Ok(stored) => {
                                 self.count_write("create", true);
                                 self.world.record_write(&e.id, None);
-                                self.current.insert(e.id.clone(), stored.map_or_else(|| e.clone(), |s| *s));
+                                self.current.insert(e.id.clone(), ServerCopy::of(stored.as_deref().unwrap_or(e)));
+                                self.note_written(&e.id);
                             }
                             WriteResult::Failed { code, message } => {
                                 self.count_write("create", false);
@@ -708,7 +731,8 @@ impl Controller {
                             WriteResult::Ok(stored) => {
                                 self.count_write("update", true);
                                 self.world.record_write(&e.id, None);
-                                self.current.insert(e.id.clone(), stored.map_or_else(|| e.clone(), |s| *s));
+                                self.current.insert(e.id.clone(), ServerCopy::of(stored.as_deref().unwrap_or(e)));
+                                self.note_written(&e.id);
                             }
                             WriteResult::Failed { code, message } => {
                                 self.count_write("update", false);

@@ -11,6 +11,8 @@ use sigil_proto::convert::{ConvertError, entry_to_pb};
 use sigil_proto::types as tpb;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::world::ServerCopy;
+
 /// Batch sizes for writes (spire-controller-manager uses 50 for create/update and 200 for delete; the
 /// server takes a whole batch in one datastore transaction, so bigger batches are cheaper here).
 pub const WRITE_BATCH: usize = 500;
@@ -61,12 +63,18 @@ impl AdminClient {
         EntriesClient::new(self.channel.clone()).max_decoding_message_size(256 * 1024 * 1024)
     }
 
-    /// Every entry this operator made under `prefix` (see [`crate::world::is_own_entry_id`]), by ID.
-    pub async fn list_entries_with_prefix(
-        &self,
-        prefix: &str,
-    ) -> Result<HashMap<String, RegistrationEntry>, ClientError> {
-        self.list_entries_where(|id| crate::world::is_own_entry_id(prefix, id)).await
+    /// What the operator keeps of every entry it made under `prefix`, by ID: converted page by page, so
+    /// the whole list of decoded entries is never held at once.
+    pub async fn list_server_copies(&self, prefix: &str) -> Result<HashMap<String, ServerCopy>, ClientError> {
+        let mut out = HashMap::new();
+        self.for_each_entry(
+            |id| crate::world::is_own_entry_id(prefix, id),
+            |e| {
+                out.insert(e.id.clone(), ServerCopy::of(&e));
+            },
+        )
+        .await?;
+        Ok(out)
     }
 
     /// Every entry whose ID passes `keep`, by ID.
@@ -75,6 +83,18 @@ impl AdminClient {
         keep: impl Fn(&str) -> bool,
     ) -> Result<HashMap<String, RegistrationEntry>, ClientError> {
         let mut out = HashMap::new();
+        self.for_each_entry(keep, |e| {
+            out.insert(e.id.clone(), e);
+        })
+        .await?;
+        Ok(out)
+    }
+
+    async fn for_each_entry(
+        &self,
+        keep: impl Fn(&str) -> bool,
+        mut each: impl FnMut(RegistrationEntry),
+    ) -> Result<(), ClientError> {
         let mut token = String::new();
         loop {
             let resp = self
@@ -85,12 +105,11 @@ impl AdminClient {
                 .into_inner();
             for e in resp.entries {
                 if keep(&e.id) {
-                    let entry = entry_from_pb(&e)?;
-                    out.insert(entry.id.clone(), entry);
+                    each(entry_from_pb(&e)?);
                 }
             }
             if resp.next_page_token.is_empty() {
-                return Ok(out);
+                return Ok(());
             }
             token = resp.next_page_token;
         }

@@ -10,12 +10,15 @@
 //! instead of making a duplicate, and entries without the prefix are never ours to touch.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sigil_core::{RegistrationEntry, Selector, SpiffeId, TrustDomain};
 
 use crate::labels::LabelMatcher;
+use crate::objects::Interner;
+pub use crate::objects::Pod;
 use crate::template::Template;
 
 /// Operator-wide settings that shape every entry.
@@ -59,20 +62,6 @@ pub struct Rank {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Pod {
-    pub uid: String,
-    pub namespace: String,
-    pub name: String,
-    pub node_name: Option<String>,
-    pub labels: BTreeMap<String, String>,
-    /// metadata and spec as compact Kubernetes JSON text, for templates (`.PodMeta`, `.PodSpec`). Text, not a
-    /// parsed `Value`: at 10k pods the parsed trees would be most of the operator's memory, and parsing one
-    /// pod's JSON when it is rendered costs microseconds.
-    pub meta: Box<str>,
-    pub spec: Box<str>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
 pub struct Namespace {
     pub name: String,
     pub labels: BTreeMap<String, String>,
@@ -88,8 +77,9 @@ pub struct Node {
 /// A ClusterSPIFFEID after validation.
 #[derive(Debug)]
 pub struct Policy {
-    pub name: String,
-    pub rank: Rank,
+    /// Shared by every entry the policy declares (as its [`Owner`]).
+    pub name: Arc<str>,
+    pub rank: Arc<Rank>,
     pub class_name: Option<String>,
     pub namespace_selector: LabelMatcher,
     pub pod_selector: LabelMatcher,
@@ -118,8 +108,8 @@ pub struct StaticEntry {
 /// What declares entries: one pod (through every ClusterSPIFFEID that selects it) or one ClusterStaticEntry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Source {
-    /// By pod UID.
-    Pod(String),
+    /// By pod UID (the pod's own shared copy).
+    Pod(Arc<str>),
     /// By ClusterStaticEntry name.
     Static(String),
 }
@@ -127,25 +117,97 @@ pub enum Source {
 /// The CR an entry is declared by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Owner {
-    ClusterSpiffeId(String),
+    ClusterSpiffeId(Arc<str>),
     ClusterStaticEntry(String),
+}
+
+/// A declared entry as the world keeps it (one per selected pod, so it is kept small): the SPIFFE ID as text,
+/// the parent ID and hint shared (interned) with the other entries that have the same ones.
+/// [`KeptEntry::to_entry`] gives back the entry it was made from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeptEntry {
+    pub id: String,
+    spiffe_id: Box<str>,
+    parent_id: Arc<str>,
+    selectors: Box<[Selector]>,
+    dns_names: Box<[Box<str>]>,
+    federates_with: Box<[TrustDomain]>,
+    hint: Arc<str>,
+    x509_svid_ttl: u32,
+    jwt_svid_ttl: u32,
+    entry_expiry: i64,
+    admin: bool,
+    downstream: bool,
+    store_svid: bool,
+}
+
+impl KeptEntry {
+    pub fn new(e: RegistrationEntry) -> Self {
+        Self {
+            spiffe_id: e.spiffe_id.as_str().into(),
+            parent_id: Arc::from(e.parent_id.as_str()),
+            selectors: e.selectors.into_boxed_slice(),
+            dns_names: e.dns_names.into_iter().map(String::into_boxed_str).collect(),
+            federates_with: e.federates_with.into_boxed_slice(),
+            hint: Arc::from(e.hint.as_str()),
+            x509_svid_ttl: e.x509_svid_ttl,
+            jwt_svid_ttl: e.jwt_svid_ttl,
+            entry_expiry: e.entry_expiry,
+            admin: e.admin,
+            downstream: e.downstream,
+            store_svid: e.store_svid,
+            id: e.id,
+        }
+    }
+
+    /// The entry (revision and creation time 0). None only if an ID no longer parses, which cannot happen
+    /// for IDs that parsed when the entry was made.
+    pub fn to_entry(&self) -> Option<RegistrationEntry> {
+        Some(RegistrationEntry {
+            id: self.id.clone(),
+            spiffe_id: SpiffeId::new(&self.spiffe_id).ok()?,
+            parent_id: SpiffeId::new(&self.parent_id).ok()?,
+            selectors: self.selectors.to_vec(),
+            x509_svid_ttl: self.x509_svid_ttl,
+            jwt_svid_ttl: self.jwt_svid_ttl,
+            dns_names: self.dns_names.iter().map(|d| d.to_string()).collect(),
+            federates_with: self.federates_with.to_vec(),
+            admin: self.admin,
+            downstream: self.downstream,
+            hint: self.hint.to_string(),
+            entry_expiry: self.entry_expiry,
+            store_svid: self.store_svid,
+            revision: 0,
+            created_at: 0,
+        })
+    }
+
+    fn share(&mut self, interner: &mut Interner) {
+        self.parent_id = interner.share(&self.parent_id);
+        self.hint = interner.share(&self.hint);
+    }
+
+    fn release(&self, interner: &mut Interner) {
+        interner.release(&self.parent_id);
+        interner.release(&self.hint);
+    }
 }
 
 /// One entry as one CR declares it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Declared {
-    pub entry: RegistrationEntry,
+    pub entry: KeptEntry,
     pub owner: Owner,
-    pub rank: Rank,
+    pub rank: Arc<Rank>,
 }
 
 #[derive(Debug, Default, Clone)]
 struct Contribution {
     declared: Vec<Declared>,
     /// (ClusterSPIFFEID name, why rendering failed)
-    failures: Vec<(String, String)>,
+    failures: Vec<(Arc<str>, String)>,
     /// ClusterSPIFFEIDs that selected this pod (after the fallback rule).
-    selected_by: Vec<String>,
+    selected_by: Vec<Arc<str>>,
 }
 
 /// Counts for a ClusterSPIFFEID's status, named as in spire-controller-manager.
@@ -160,6 +222,15 @@ pub struct PolicyStats {
     pub entry_failures: u64,
     /// The first few render failures, for the status condition and Events.
     pub render_failure_samples: Vec<String>,
+}
+
+/// What [`World`] keeps counted per ClusterSPIFFEID.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct PolicyCounts {
+    pods_selected: u64,
+    render_failures: u64,
+    /// Entries its pods declare (set or masked).
+    declared: u64,
 }
 
 /// Counts for a ClusterStaticEntry's status.
@@ -184,16 +255,27 @@ pub struct World {
     settings: Settings,
     namespaces: HashMap<String, Namespace>,
     nodes: HashMap<String, Node>,
-    pods: HashMap<String, Pod>,
-    pods_by_namespace: HashMap<String, BTreeSet<String>>,
-    pods_by_node: HashMap<String, BTreeSet<String>>,
+    pods: HashMap<Arc<str>, Pod>,
+    /// Strings pods share (see [`crate::objects`]).
+    interner: Interner,
+    pods_by_namespace: HashMap<String, BTreeSet<Arc<str>>>,
+    pods_by_node: HashMap<String, BTreeSet<Arc<str>>>,
     slices: HashMap<String, ServiceSlice>,
     /// pod UID -> service name -> number of slices of that service naming the pod
     services_by_pod: HashMap<String, BTreeMap<String, usize>>,
     policies: BTreeMap<String, Policy>,
     statics: BTreeMap<String, StaticEntry>,
     contributions: HashMap<Source, Contribution>,
-    declared_by_id: HashMap<String, BTreeSet<Source>>,
+    /// Entry ID -> the source of each declaration of it (a source appears once per entry it declares with
+    /// this ID): almost always one, so a small vector (a set's node is ~400 B).
+    declared_by_id: HashMap<String, Vec<Source>>,
+    /// IDs declared more than once: the only ones where an owner can be masked.
+    contested: HashSet<String>,
+    /// Per ClusterSPIFFEID, counts kept up to date as contributions change, so a status pass costs no scan of
+    /// every pod (at 100,000 pods a scan a second delayed pod changes by tens of milliseconds).
+    counts: HashMap<String, PolicyCounts>,
+    /// Pod sources with render failures.
+    failing: HashSet<Source>,
     write_failures: HashMap<String, String>,
     dirty: HashSet<String>,
 }
@@ -208,6 +290,7 @@ impl World {
             namespaces: HashMap::new(),
             nodes: HashMap::new(),
             pods: HashMap::new(),
+            interner: Interner::default(),
             pods_by_namespace: HashMap::new(),
             pods_by_node: HashMap::new(),
             slices: HashMap::new(),
@@ -216,6 +299,9 @@ impl World {
             statics: BTreeMap::new(),
             contributions: HashMap::new(),
             declared_by_id: HashMap::new(),
+            contested: HashSet::new(),
+            counts: HashMap::new(),
+            failing: HashSet::new(),
             write_failures: HashMap::new(),
             dirty: HashSet::new(),
         }
@@ -247,11 +333,13 @@ impl World {
     }
 
     fn declarations<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a Declared> + 'a {
-        self.declared_by_id
-            .get(id)
-            .into_iter()
-            .flatten()
-            .filter_map(|s| self.contributions.get(s))
+        let sources = self.declared_by_id.get(id).map_or(&[][..], Vec::as_slice);
+        // A source declaring the ID twice (two policies rendering the same entry for one pod) is listed twice.
+        sources
+            .iter()
+            .enumerate()
+            .filter(move |(i, s)| !sources[..*i].contains(s))
+            .filter_map(|(_, s)| self.contributions.get(s))
             .flat_map(|c| c.declared.iter())
             .filter(move |d| d.entry.id == id)
     }
@@ -286,7 +374,7 @@ impl World {
     }
 
     fn recompute_namespace(&mut self, name: &str) {
-        let uids: Vec<String> = self.pods_by_namespace.get(name).into_iter().flatten().cloned().collect();
+        let uids: Vec<Arc<str>> = self.pods_by_namespace.get(name).into_iter().flatten().cloned().collect();
         for uid in uids {
             self.recompute_pod(&uid);
         }
@@ -310,7 +398,7 @@ impl World {
     }
 
     fn recompute_node(&mut self, name: &str) {
-        let uids: Vec<String> = self.pods_by_node.get(name).into_iter().flatten().cloned().collect();
+        let uids: Vec<Arc<str>> = self.pods_by_node.get(name).into_iter().flatten().cloned().collect();
         for uid in uids {
             self.recompute_pod(&uid);
         }
@@ -318,40 +406,49 @@ impl World {
 
     // ----- pods -----
 
-    pub fn upsert_pod(&mut self, pod: Pod) {
-        if self.pods.get(&pod.uid) == Some(&pod) {
+    pub fn upsert_pod(&mut self, mut pod: Pod) {
+        if self.pods.get(&*pod.uid) == Some(&pod) {
             return;
         }
+        // One copy of the UID for the map and the indexes.
+        if let Some((k, _)) = self.pods.get_key_value(&*pod.uid) {
+            pod.uid = k.clone();
+        }
+        pod.share(&mut self.interner);
         let uid = pod.uid.clone();
         self.unlink_pod(&uid);
-        self.pods_by_namespace.entry(pod.namespace.clone()).or_default().insert(uid.clone());
+        self.pods_by_namespace.entry(pod.namespace.to_string()).or_default().insert(uid.clone());
         if let Some(node) = &pod.node_name {
-            self.pods_by_node.entry(node.clone()).or_default().insert(uid.clone());
+            self.pods_by_node.entry(node.to_string()).or_default().insert(uid.clone());
         }
-        self.pods.insert(uid.clone(), pod);
+        if let Some(old) = self.pods.insert(uid.clone(), pod) {
+            old.release(&mut self.interner);
+        }
         self.recompute_pod(&uid);
     }
 
     pub fn delete_pod(&mut self, uid: &str) {
         self.unlink_pod(uid);
-        self.pods.remove(uid);
+        if let Some(old) = self.pods.remove(uid) {
+            old.release(&mut self.interner);
+        }
         self.recompute_pod(uid);
     }
 
     fn unlink_pod(&mut self, uid: &str) {
         if let Some(old) = self.pods.get(uid) {
-            if let Some(set) = self.pods_by_namespace.get_mut(&old.namespace) {
+            if let Some(set) = self.pods_by_namespace.get_mut(&*old.namespace) {
                 set.remove(uid);
                 if set.is_empty() {
-                    self.pods_by_namespace.remove(&old.namespace);
+                    self.pods_by_namespace.remove(&*old.namespace);
                 }
             }
             if let Some(node) = &old.node_name
-                && let Some(set) = self.pods_by_node.get_mut(node)
+                && let Some(set) = self.pods_by_node.get_mut(&**node)
             {
                 set.remove(uid);
                 if set.is_empty() {
-                    self.pods_by_node.remove(node);
+                    self.pods_by_node.remove(&**node);
                 }
             }
         }
@@ -406,7 +503,7 @@ impl World {
             return;
         }
         for uid in uids {
-            if self.pods.contains_key(&uid) {
+            if self.pods.contains_key(uid.as_str()) {
                 self.recompute_pod(&uid);
             }
         }
@@ -415,7 +512,7 @@ impl World {
     // ----- ClusterSPIFFEIDs -----
 
     pub fn upsert_policy(&mut self, policy: Policy) {
-        self.policies.insert(policy.name.clone(), policy);
+        self.policies.insert(policy.name.to_string(), policy);
         self.recompute_all_pods();
     }
 
@@ -430,7 +527,7 @@ impl World {
     }
 
     fn recompute_all_pods(&mut self) {
-        let uids: Vec<String> = self.pods.keys().cloned().collect();
+        let uids: Vec<Arc<str>> = self.pods.keys().cloned().collect();
         for uid in uids {
             self.recompute_pod(&uid);
         }
@@ -442,9 +539,9 @@ impl World {
         s.entry.id = entry_id(&self.settings.entry_id_prefix, &s.entry);
         let name = s.name.clone();
         let declared = self.settings.owns_class(s.class_name.as_deref()).then(|| Declared {
-            entry: s.entry.clone(),
+            entry: KeptEntry::new(s.entry.clone()),
             owner: Owner::ClusterStaticEntry(name.clone()),
-            rank: s.rank.clone(),
+            rank: Arc::new(s.rank.clone()),
         });
         self.statics.insert(name.clone(), s);
         let contribution = Contribution { declared: declared.into_iter().collect(), ..Default::default() };
@@ -460,16 +557,29 @@ impl World {
     // ----- computing what a pod declares -----
 
     fn recompute_pod(&mut self, uid: &str) {
-        let contribution = self.pods.get(uid).map(|pod| self.pod_contribution(pod));
-        self.replace_contribution(Source::Pod(uid.to_string()), contribution);
+        let (key, contribution) = match self.pods.get_key_value(uid) {
+            Some((k, pod)) => (k.clone(), Some(self.pod_contribution(pod))),
+            None => (Arc::from(uid), None),
+        };
+        self.replace_contribution(Source::Pod(key), contribution);
     }
 
-    fn replace_contribution(&mut self, source: Source, new: Option<Contribution>) {
+    fn replace_contribution(&mut self, source: Source, mut new: Option<Contribution>) {
+        for d in new.iter_mut().flat_map(|c| c.declared.iter_mut()) {
+            d.entry.share(&mut self.interner);
+        }
         let old = self.contributions.remove(&source);
+        if let Some(c) = &old {
+            self.account(&source, c, false);
+        }
         for d in old.iter().flat_map(|c| c.declared.iter()) {
+            d.entry.release(&mut self.interner);
             self.dirty.insert(d.entry.id.clone());
             if let Some(set) = self.declared_by_id.get_mut(&d.entry.id) {
-                set.remove(&source);
+                set.retain(|s| *s != source);
+                if set.len() < 2 {
+                    self.contested.remove(&d.entry.id);
+                }
                 if set.is_empty() {
                     self.declared_by_id.remove(&d.entry.id);
                     // Nobody declares it any more: a refused write of it is no longer anyone's failure.
@@ -480,9 +590,14 @@ impl World {
         if let Some(new) = new {
             for d in &new.declared {
                 self.dirty.insert(d.entry.id.clone());
-                self.declared_by_id.entry(d.entry.id.clone()).or_default().insert(source.clone());
+                let set = self.declared_by_id.entry(d.entry.id.clone()).or_default();
+                set.push(source.clone());
+                if set.len() > 1 {
+                    self.contested.insert(d.entry.id.clone());
+                }
             }
             if !new.declared.is_empty() || !new.failures.is_empty() || !new.selected_by.is_empty() {
+                self.account(&source, &new, true);
                 self.contributions.insert(source, new);
             }
         }
@@ -498,7 +613,7 @@ impl World {
             return out;
         }
         let empty = BTreeMap::new();
-        let ns_labels = self.namespaces.get(&pod.namespace).map_or(&empty, |n| &n.labels);
+        let ns_labels = self.namespaces.get(&*pod.namespace).map_or(&empty, |n| &n.labels);
         let matching: Vec<&Policy> = self
             .policies
             .values()
@@ -526,10 +641,10 @@ impl World {
             "TrustDomain": self.settings.trust_domain.name(),
             "ClusterName": self.settings.cluster_name,
             "ClusterDomain": self.settings.cluster_domain,
-            "PodMeta": parse_json_text(&pod.meta),
-            "PodSpec": parse_json_text(&pod.spec),
-            "NodeMeta": node.meta,
-            "NodeSpec": node.spec,
+            "PodMeta": pod.meta_value(),
+            "PodSpec": pod.spec_value(),
+            "NodeMeta": node.meta.clone(),
+            "NodeSpec": node.spec.clone(),
         });
         let parent = match self.render_id(&self.settings.parent_id_template, &data, "parentIDTemplate") {
             Ok(p) => p,
@@ -538,11 +653,11 @@ impl World {
                 return out;
             }
         };
-        let services = self.services_by_pod.get(&pod.uid);
+        let services = self.services_by_pod.get(&*pod.uid);
         for p in chosen {
             match self.render_pod_entry(p, pod, &parent, &data, services) {
                 Ok(entry) => out.declared.push(Declared {
-                    entry,
+                    entry: KeptEntry::new(entry),
                     owner: Owner::ClusterSpiffeId(p.name.clone()),
                     rank: p.rank.clone(),
                 }),
@@ -635,6 +750,32 @@ impl World {
 
     // ----- status -----
 
+    /// Adds (or removes) a pod contribution's share of the per-policy counts.
+    fn account(&mut self, source: &Source, c: &Contribution, add: bool) {
+        if !matches!(source, Source::Pod(_)) {
+            return;
+        }
+        let step = |n: &mut u64| *n = if add { *n + 1 } else { n.saturating_sub(1) };
+        for n in &c.selected_by {
+            step(&mut self.counts.entry(n.to_string()).or_default().pods_selected);
+        }
+        for (n, _) in &c.failures {
+            step(&mut self.counts.entry(n.to_string()).or_default().render_failures);
+        }
+        for d in &c.declared {
+            if let Owner::ClusterSpiffeId(n) = &d.owner {
+                step(&mut self.counts.entry(n.to_string()).or_default().declared);
+            }
+        }
+        if add && !c.failures.is_empty() {
+            self.failing.insert(source.clone());
+        } else if !add {
+            self.failing.remove(source);
+        }
+    }
+
+    /// The status counts of a ClusterSPIFFEID: from the kept counts, plus a look at the few contested IDs,
+    /// refused writes and failing pods.
     pub fn policy_stats(&self, name: &str) -> PolicyStats {
         let mut st = PolicyStats::default();
         let Some(p) = self.policies.get(name) else {
@@ -649,20 +790,66 @@ impl World {
                 }
             }
         }
-        let owner = Owner::ClusterSpiffeId(name.to_string());
+        let counts = self.counts.get(name).copied().unwrap_or_default();
+        st.pods_selected = counts.pods_selected;
+        st.pod_entry_render_failures = counts.render_failures;
+        let owner = Owner::ClusterSpiffeId(Arc::from(name));
+        let is_mine = |d: &&Declared| d.owner == owner;
+        let wins = |id: &str| self.desired(id).is_some_and(|w| w.owner == owner);
+        for id in &self.contested {
+            let mine = self.declarations(id).filter(is_mine).count() as u64;
+            if mine > 0 && !wins(id) {
+                st.entries_masked += mine;
+            }
+        }
+        st.entries_to_set = counts.declared.saturating_sub(st.entries_masked);
+        for id in self.write_failures.keys() {
+            if wins(id) {
+                st.entry_failures += self.declarations(id).filter(is_mine).count() as u64;
+            }
+        }
+        let mut samples: Vec<&String> = self
+            .failing
+            .iter()
+            .filter_map(|s| self.contributions.get(s))
+            .flat_map(|c| c.failures.iter())
+            .filter(|(n, _)| &**n == name)
+            .map(|(_, m)| m)
+            .collect();
+        samples.sort();
+        st.render_failure_samples = samples.into_iter().take(FAILURE_SAMPLES).cloned().collect();
+        st
+    }
+
+    /// [`World::policy_stats`] by a scan of every contribution (what it was before the kept counts): the
+    /// tests' oracle.
+    #[cfg(test)]
+    fn policy_stats_by_scan(&self, name: &str) -> PolicyStats {
+        let mut st = PolicyStats::default();
+        let Some(p) = self.policies.get(name) else {
+            return st;
+        };
+        for ns in self.namespaces.values() {
+            if p.namespace_selector.matches(&ns.labels) {
+                if self.settings.is_ignored_namespace(&ns.name) {
+                    st.namespaces_ignored += 1;
+                } else {
+                    st.namespaces_selected += 1;
+                }
+            }
+        }
+        let owner = Owner::ClusterSpiffeId(Arc::from(name));
         for (source, c) in &self.contributions {
             if !matches!(source, Source::Pod(_)) {
                 continue;
             }
-            if c.selected_by.iter().any(|n| n == name) {
+            if c.selected_by.iter().any(|n| &**n == name) {
                 st.pods_selected += 1;
             }
             for (n, msg) in &c.failures {
-                if n == name {
+                if &**n == name {
                     st.pod_entry_render_failures += 1;
-                    if st.render_failure_samples.len() < FAILURE_SAMPLES {
-                        st.render_failure_samples.push(msg.clone());
-                    }
+                    st.render_failure_samples.push(msg.clone());
                 }
             }
             for d in c.declared.iter().filter(|d| d.owner == owner) {
@@ -670,6 +857,7 @@ impl World {
             }
         }
         st.render_failure_samples.sort();
+        st.render_failure_samples.truncate(FAILURE_SAMPLES);
         st
     }
 
@@ -709,16 +897,6 @@ pub fn is_own_entry_id(prefix: &str, id: &str) -> bool {
         .is_some_and(|rest| rest.len() == 32 && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
-/// Compact JSON text of a value, as [`Pod`] keeps it.
-pub fn json_text(v: &impl serde::Serialize) -> Box<str> {
-    serde_json::to_string(v).unwrap_or_else(|_| "null".to_string()).into_boxed_str()
-}
-
-/// The value back from [`json_text`]; `null` if it somehow doesn't parse (templates then report the field).
-fn parse_json_text(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or(Value::Null)
-}
-
 /// The ID an entry gets on the server: the prefix plus 128 bits of SHA-256 over its identity.
 pub fn entry_id(prefix: &str, entry: &RegistrationEntry) -> String {
     let mut selectors: Vec<String> = entry.selectors.iter().map(|s| s.to_string()).collect();
@@ -735,21 +913,54 @@ pub fn entry_id(prefix: &str, entry: &RegistrationEntry) -> String {
     format!("{prefix}{}", hex::encode(&digest[..16]))
 }
 
+/// What the operator keeps of an entry the server holds: whether it needs an update (a digest of the fields
+/// the operator sets) and what an update must carry. The whole entry would be ~1 KiB per pod; this is 32 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerCopy {
+    pub revision: i64,
+    pub created_at: i64,
+    pub digest: [u8; 16],
+}
+
+impl ServerCopy {
+    pub fn of(e: &RegistrationEntry) -> Self {
+        Self { revision: e.revision, created_at: e.created_at, digest: settable_digest(e) }
+    }
+}
+
+/// 128 bits of SHA-256 over the fields the operator sets besides the identity (which is in the ID): TTLs,
+/// federatesWith (as a set), admin, downstream, DNS names (in order), hint, storeSVID. Strings are
+/// length-prefixed and lists count-prefixed, so no two different entries share an encoding.
+pub fn settable_digest(e: &RegistrationEntry) -> [u8; 16] {
+    fn put(h: &mut Sha256, s: &str) {
+        h.update((s.len() as u64).to_le_bytes());
+        h.update(s.as_bytes());
+    }
+    let mut h = Sha256::new();
+    let mut federates: Vec<&str> = e.federates_with.iter().map(|t| t.name()).collect();
+    federates.sort_unstable();
+    federates.dedup();
+    put(&mut h, &e.hint);
+    h.update((federates.len() as u64).to_le_bytes());
+    for f in &federates {
+        put(&mut h, f);
+    }
+    h.update((e.dns_names.len() as u64).to_le_bytes());
+    for d in &e.dns_names {
+        put(&mut h, d);
+    }
+    h.update(e.x509_svid_ttl.to_le_bytes());
+    h.update(e.jwt_svid_ttl.to_le_bytes());
+    h.update([u8::from(e.admin), u8::from(e.downstream), u8::from(e.store_svid)]);
+    let digest = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest[..16]);
+    out
+}
+
 /// Whether the server's copy differs from the desired entry in a field the operator sets.
 pub fn needs_update(current: &RegistrationEntry, desired: &RegistrationEntry) -> bool {
-    let sorted = |v: &[TrustDomain]| {
-        let mut v = v.to_vec();
-        v.sort();
-        v
-    };
-    current.x509_svid_ttl != desired.x509_svid_ttl
-        || current.jwt_svid_ttl != desired.jwt_svid_ttl
-        || sorted(&current.federates_with) != sorted(&desired.federates_with)
-        || current.admin != desired.admin
-        || current.downstream != desired.downstream
-        || current.dns_names != desired.dns_names
-        || current.hint != desired.hint
-        || current.store_svid != desired.store_svid
+    settable_digest(current) != settable_digest(desired)
 }
 
 /// What to write so the server matches the world for these entry IDs.
@@ -774,7 +985,7 @@ impl Plan {
 pub fn plan<'a>(
     world: &World,
     ids: impl IntoIterator<Item = &'a String>,
-    current: &HashMap<String, RegistrationEntry>,
+    current: &HashMap<String, ServerCopy>,
 ) -> Plan {
     let mut plan = Plan::default();
     let mut seen = HashSet::new();
@@ -782,11 +993,10 @@ pub fn plan<'a>(
         if !seen.insert(id.as_str()) {
             continue;
         }
-        match (world.desired(id), current.get(id)) {
-            (Some(d), None) => plan.create.push(d.entry.clone()),
-            (Some(d), Some(c)) => {
-                if needs_update(c, &d.entry) {
-                    let mut e = d.entry.clone();
+        match (world.desired(id).and_then(|d| d.entry.to_entry()), current.get(id)) {
+            (Some(e), None) => plan.create.push(e),
+            (Some(mut e), Some(c)) => {
+                if settable_digest(&e) != c.digest {
                     e.revision = c.revision;
                     e.created_at = c.created_at;
                     plan.update.push(e);
@@ -800,10 +1010,16 @@ pub fn plan<'a>(
 }
 
 /// The full comparison: every declared ID and every ID the server holds under our prefix.
-pub fn full_plan(world: &World, current: &HashMap<String, RegistrationEntry>) -> Plan {
+pub fn full_plan(world: &World, current: &HashMap<String, ServerCopy>) -> Plan {
+    plan(world, full_plan_ids(world, current), current)
+}
+
+/// The IDs a full comparison covers, sorted and without duplicates (so they can be planned in slices).
+pub fn full_plan_ids<'a>(world: &'a World, current: &'a HashMap<String, ServerCopy>) -> Vec<&'a String> {
     let mut ids: Vec<&String> = world.declared_ids().chain(current.keys()).collect();
-    ids.sort();
-    plan(world, ids, current)
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 #[cfg(test)]
@@ -833,15 +1049,11 @@ mod tests {
     }
 
     fn pod(uid: &str, ns: &str, name: &str, node: Option<&str>, l: &[(&str, &str)]) -> Pod {
-        Pod {
-            uid: uid.into(),
-            namespace: ns.into(),
-            name: name.into(),
-            node_name: node.map(String::from),
-            labels: labels(l),
-            meta: json_text(&json!({"name": name, "namespace": ns, "uid": uid, "labels": labels(l)})),
-            spec: json_text(&json!({"serviceAccountName": format!("sa-{name}"), "nodeName": node})),
-        }
+        Pod::from_json(
+            json!({"name": name, "namespace": ns, "uid": uid, "labels": labels(l)}),
+            json!({"serviceAccountName": format!("sa-{name}"), "nodeName": node}),
+        )
+        .unwrap()
     }
 
     fn node(name: &str, uid: &str) -> Node {
@@ -859,7 +1071,7 @@ mod tests {
     fn policy(name: &str, template: &str) -> Policy {
         Policy {
             name: name.into(),
-            rank: rank(100, &format!("uid-{name}")),
+            rank: rank(100, &format!("uid-{name}")).into(),
             class_name: None,
             namespace_selector: LabelMatcher::everything(),
             pod_selector: LabelMatcher::everything(),
@@ -950,7 +1162,7 @@ mod tests {
         let ida: Vec<_> = a.declared_ids().cloned().collect();
         let idb: Vec<_> = b.declared_ids().cloned().collect();
         assert_eq!(ida, idb);
-        let mut e = a.desired(&ida[0]).unwrap().entry.clone();
+        let mut e = a.desired(&ida[0]).unwrap().entry.to_entry().unwrap();
         let before = entry_id(PREFIX, &e);
         e.hint = "changed".into();
         assert_eq!(entry_id(PREFIX, &e), before, "non-identity fields don't change the ID");
@@ -1073,7 +1285,7 @@ mod tests {
     fn same_entry_from_two_policies_goes_to_the_oldest_and_the_other_is_masked() {
         let mut w = world_with_pod();
         let mut newer = policy("newer", SA_TEMPLATE);
-        newer.rank = rank(200, "zzz");
+        newer.rank = rank(200, "zzz").into();
         newer.hint = "from-newer".into();
         w.upsert_policy(newer);
         let ids: Vec<_> = w.declared_ids().cloned().collect();
@@ -1083,11 +1295,11 @@ mod tests {
         assert_eq!(w.policy_stats("default").entries_to_set, 1);
         // Same creation time: not-being-deleted wins, then the lowest UID.
         let mut older_uid = policy("tie", SA_TEMPLATE);
-        older_uid.rank = rank(100, "aaa");
+        older_uid.rank = rank(100, "aaa").into();
         w.upsert_policy(older_uid);
         assert_eq!(w.desired(&ids[0]).unwrap().owner, Owner::ClusterSpiffeId("tie".into()));
         let mut deleting = policy("tie", SA_TEMPLATE);
-        deleting.rank = Rank { created: 100, deleting: true, uid: "aaa".into() };
+        deleting.rank = Rank { created: 100, deleting: true, uid: "aaa".into() }.into();
         w.upsert_policy(deleting);
         assert_eq!(w.desired(&ids[0]).unwrap().owner, Owner::ClusterSpiffeId("default".into()));
     }
@@ -1116,7 +1328,7 @@ mod tests {
         w.upsert_pod(pod("p1", "apps", "web", Some("n1"), &[]));
         w.upsert_endpoint_slice("apps/web-abc", "apps", "websvc", BTreeSet::from(["p1".to_string()]));
         let id = w.declared_ids().next().unwrap().clone();
-        let e = &w.desired(&id).unwrap().entry;
+        let e = &w.desired(&id).unwrap().entry.to_entry().unwrap();
         assert_eq!(
             e.selectors.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
             vec!["k8s:ns:apps", "k8s:pod-uid:p1"]
@@ -1126,7 +1338,7 @@ mod tests {
             vec!["web.example.org", "websvc", "websvc.apps", "websvc.apps.svc", "websvc.apps.svc.cluster.local"]
         );
         w.delete_endpoint_slice("apps/web-abc");
-        let e = &w.desired(&id).unwrap().entry;
+        let e = &w.desired(&id).unwrap().entry.to_entry().unwrap();
         assert_eq!(e.dns_names, vec!["web.example.org"]);
     }
 
@@ -1175,10 +1387,10 @@ mod tests {
         assert_eq!((p.create.len(), p.update.len(), p.delete.len()), (1, 0, 0));
         let mut stored = p.create[0].clone();
         stored.revision = 3;
-        current.insert(id.clone(), stored.clone());
+        current.insert(id.clone(), ServerCopy::of(&stored));
         assert!(full_plan(&w, &current).is_empty(), "nothing differs, nothing is written");
         stored.hint = "drifted".into();
-        current.insert(id.clone(), stored);
+        current.insert(id.clone(), ServerCopy::of(&stored));
         let p = full_plan(&w, &current);
         assert_eq!(p.update.len(), 1);
         assert_eq!(p.update[0].hint, "");
@@ -1192,7 +1404,8 @@ mod tests {
     fn needs_update_table() {
         let w = world_with_pod();
         let id = w.declared_ids().next().unwrap().clone();
-        let base = w.desired(&id).unwrap().entry.clone();
+        let mut base = w.desired(&id).unwrap().entry.to_entry().unwrap();
+        base.dns_names = vec!["ab".into(), "c".into()];
         let td = TrustDomain::new("b.org").unwrap();
         let td2 = TrustDomain::new("a.org").unwrap();
         let mut with_fed = base.clone();
@@ -1211,6 +1424,16 @@ mod tests {
             ("dns", Box::new(|e| e.dns_names = vec!["a".into()]), true),
             ("hint", Box::new(|e| e.hint = "h".into()), true),
             ("store_svid", Box::new(|e| e.store_svid = true), true),
+            ("dns order", Box::new(|e| e.dns_names.reverse()), true),
+            ("dns split differently", Box::new(|e| e.dns_names = vec!["a".into(), "bc".into()]), true),
+            (
+                "hint moved into dns",
+                Box::new(|e| {
+                    e.dns_names = vec![e.hint.clone()];
+                    e.hint = String::new();
+                }),
+                true,
+            ),
         ];
         for (name, f, want) in cases {
             let mut c = base.clone();
@@ -1218,5 +1441,34 @@ mod tests {
             assert_eq!(needs_update(&c, &base), want, "{name}");
         }
         assert!(!needs_update(&with_fed, &with_fed_rev), "federatesWith order doesn't matter");
+    }
+
+    /// The kept counts agree with a scan of every contribution, through masking, failures and deletions.
+    #[test]
+    fn policy_stats_from_kept_counts_match_a_full_scan() {
+        let check = |w: &World, step: &str| {
+            for name in w.policy_names() {
+                assert_eq!(w.policy_stats(name), w.policy_stats_by_scan(name), "{step}: {name}");
+            }
+        };
+        let mut w = world_with_pod();
+        w.upsert_pod(pod("p2", "apps", "db", Some("n1"), &[("app", "db")]));
+        check(&w, "one policy");
+        let mut newer = policy("newer", SA_TEMPLATE);
+        newer.rank = rank(200, "zzz").into();
+        w.upsert_policy(newer);
+        check(&w, "masked by an older policy");
+        assert_eq!(w.policy_stats("newer").entries_masked, 2, "the check compares something");
+        w.upsert_policy(policy("foreign", "spiffe://other.org/{{ .PodMeta.Name }}"));
+        check(&w, "render failures");
+        assert_eq!(w.policy_stats("foreign").pod_entry_render_failures, 2);
+        let id = w.declared_ids().next().unwrap().clone();
+        w.record_write(&id, Some("refused".into()));
+        check(&w, "a refused write");
+        w.delete_pod("p1");
+        check(&w, "pod deleted");
+        w.delete_policy("default");
+        check(&w, "older policy deleted");
+        assert_eq!(w.policy_stats("newer").entries_to_set, 1);
     }
 }

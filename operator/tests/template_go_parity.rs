@@ -8,6 +8,7 @@
 //! where Sigil deliberately refuses what Go accepts.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use sigil_operator::objects::Pod;
 use sigil_operator::template::{Template, TemplateError};
 
 #[derive(Debug)]
@@ -548,7 +549,27 @@ const SIGIL_DIVERGENCES: &[(&str, &str, &str, Want)] = &[
 ];
 
 fn check(cases: &[(&str, &str, &str, Want)]) {
-    let data: serde_json::Value = serde_json::from_str(DATA).unwrap();
+    check_data(cases, serde_json::from_str(DATA).unwrap());
+}
+
+/// The data sets with `.PodMeta` and `.PodSpec` as the operator gives them to templates: through the compact
+/// form it keeps each pod in (`objects::Pod`), which must give back exactly the JSON it was made from.
+fn data_through_kept_pods() -> serde_json::Value {
+    let mut data: serde_json::Value = serde_json::from_str(DATA).unwrap();
+    let mut converted = 0;
+    for set in data.as_object_mut().unwrap().values_mut() {
+        let (meta, spec) = (set["PodMeta"].clone(), set["PodSpec"].clone());
+        if let Some(pod) = Pod::from_json(meta, spec) {
+            set["PodMeta"] = pod.meta_value();
+            set["PodSpec"] = pod.spec_value();
+            converted += 1;
+        }
+    }
+    assert!(converted > 0, "some data set has a pod");
+    data
+}
+
+fn check_data(cases: &[(&str, &str, &str, Want)], data: serde_json::Value) {
     let mut failures = Vec::new();
     for (name, set, src, want) in cases {
         let got = Template::parse(src).and_then(|t| t.render(&data[*set]));
@@ -574,4 +595,10 @@ fn template_matches_go_text_template() {
 #[test]
 fn template_documented_divergences_from_go() {
     check(SIGIL_DIVERGENCES);
+}
+
+#[test]
+fn template_matches_go_through_the_kept_pod_form() {
+    check_data(GO_CASES, data_through_kept_pods());
+    check_data(SIGIL_DIVERGENCES, data_through_kept_pods());
 }

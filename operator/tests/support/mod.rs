@@ -100,6 +100,10 @@ impl Server {
         s
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The server's entries whose ID starts with `prefix`.
     pub async fn entries(&self, prefix: &str) -> HashMap<String, RegistrationEntry> {
         self.client.list_entries_where(|id| id.starts_with(prefix)).await.unwrap()

@@ -232,6 +232,11 @@ impl entries_server::Entries for AdminApi {
         req: Request<pb::CountEntriesRequest>,
     ) -> Result<Response<pb::CountEntriesResponse>, Status> {
         let filter = filter_from_pb(req.into_inner().filter.as_ref())?;
+        // Every entry: the in-memory index holds them all (kept under the write lock with the datastore), so
+        // a poller (a dashboard, a benchmark waiting for 100,000 entries) costs no table scan per call.
+        if filter == EntryFilter::default() {
+            return Ok(Response::new(pb::CountEntriesResponse { count: self.state.index().len() as u64 }));
+        }
         let count = self.state.ds.count_entries(&filter).await.map_err(datastore_status)?;
         Ok(Response::new(pb::CountEntriesResponse { count }))
     }
