@@ -8,6 +8,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "../../e2e/interop/benches/support/procstat.rs"]
+mod procstat;
 
 use std::time::{Duration, Instant};
 
@@ -21,25 +23,11 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 
 /// User + system CPU seconds of this process.
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    ticks as f64 / 100.0
+    procstat::cpu_seconds(std::process::id())
 }
 
 fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .unwrap()
-        .trim()
-        .trim_end_matches(" kB")
-        .trim()
-        .parse()
-        .unwrap();
-    kib / 1024.0
+    procstat::rss_kib(std::process::id()) as f64 / 1024.0
 }
 
 fn entry(i: usize, parent: &str) -> tpb::Entry {

@@ -1,4 +1,5 @@
-//! What /proc says about a process (Linux): its resident memory and the CPU time it has used.
+//! What /proc says about a process (Linux): its resident memory and the CPU time it has used. Included with
+//! `#[path]` by the interop benches and server/benches/sync_scale.rs (bench-only code, no crate of its own).
 
 /// VmRSS of a process, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
