@@ -774,13 +774,8 @@ impl World {
         }
     }
 
-    /// The status counts of a ClusterSPIFFEID: from the kept counts, plus a look at the few contested IDs,
-    /// refused writes and failing pods.
-    pub fn policy_stats(&self, name: &str) -> PolicyStats {
-        let mut st = PolicyStats::default();
-        let Some(p) = self.policies.get(name) else {
-            return st;
-        };
+    /// The namespaces a policy's namespace selector selects, and how many of them are ignored.
+    fn count_namespaces(&self, p: &Policy, st: &mut PolicyStats) {
         for ns in self.namespaces.values() {
             if p.namespace_selector.matches(&ns.labels) {
                 if self.settings.is_ignored_namespace(&ns.name) {
@@ -790,6 +785,16 @@ impl World {
                 }
             }
         }
+    }
+
+    /// The status counts of a ClusterSPIFFEID: from the kept counts, plus a look at the few contested IDs,
+    /// refused writes and failing pods.
+    pub fn policy_stats(&self, name: &str) -> PolicyStats {
+        let mut st = PolicyStats::default();
+        let Some(p) = self.policies.get(name) else {
+            return st;
+        };
+        self.count_namespaces(p, &mut st);
         let counts = self.counts.get(name).copied().unwrap_or_default();
         st.pods_selected = counts.pods_selected;
         st.pod_entry_render_failures = counts.render_failures;
@@ -829,15 +834,7 @@ impl World {
         let Some(p) = self.policies.get(name) else {
             return st;
         };
-        for ns in self.namespaces.values() {
-            if p.namespace_selector.matches(&ns.labels) {
-                if self.settings.is_ignored_namespace(&ns.name) {
-                    st.namespaces_ignored += 1;
-                } else {
-                    st.namespaces_selected += 1;
-                }
-            }
-        }
+        self.count_namespaces(p, &mut st);
         let owner = Owner::ClusterSpiffeId(Arc::from(name));
         for (source, c) in &self.contributions {
             if !matches!(source, Source::Pod(_)) {
