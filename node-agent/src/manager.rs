@@ -382,11 +382,7 @@ impl Worker {
         }
         let sign = if self.dirty.is_empty() { self.wake.first() } else { Some(now) };
         let sign = sign.map(|t| t.max(self.global_retry));
-        let next = match (sign, self.expiry.first()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        next.map(|t| t.max(now))
+        [sign, self.expiry.first()].into_iter().flatten().min().map(|t| t.max(now))
     }
 
     /// An entry the server would not sign: not asked again before `until`.
