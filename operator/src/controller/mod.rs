@@ -37,9 +37,22 @@ const CODE_ALREADY_EXISTS: i32 = 6;
 /// How often the server's bundle fetching is asked about: fresh enough for a human watching `kubectl get`,
 /// one cheap call per period whatever the number of CRs.
 const FETCH_STATUS_POLL: Duration = Duration::from_secs(5);
-/// How many entry IDs a full pass plans and writes at once (several write batches, so the server is kept
-/// busy, while the plan's copies of the entries stay a few MiB).
-const FULL_PASS_SLICE: usize = 10 * WRITE_BATCH;
+/// How many entry IDs a full pass plans and writes per turn of the loop: two write batches, so that a pod
+/// change waits for one slice at most (a few ms to plan, tens of ms when it writes), never for a whole pass
+/// over 100,000 pods, while the plan's copies of the entries stay small.
+const FULL_PASS_SLICE: usize = 2 * WRITE_BATCH;
+
+/// A full pass under way, after its listing: the IDs still to compare, a slice per turn of the loop.
+#[derive(Debug)]
+struct FullPass {
+    ids: Vec<String>,
+    next: usize,
+    started: Instant,
+    /// The first pass since start (its log line says "initial pass"; a later one's writes are drift).
+    initial: bool,
+    /// Creates, updates and deletes planned so far.
+    planned: [usize; 3],
+}
 
 /// A listing of the server's entries for a full pass.
 type ListResult = Result<HashMap<String, ServerCopy>, crate::server_client::ClientError>;
@@ -66,6 +79,8 @@ pub struct Controller {
     listing: Option<Instant>,
     /// Entry IDs written while it runs.
     written_during_listing: HashSet<String>,
+    /// The comparison with the last listing, while it is under way.
+    full_pass: Option<FullPass>,
     /// Leadership as last seen; writes stop between batches when it is lost.
     leader: watch::Receiver<bool>,
     /// Something that status depends on changed since the last status pass.
@@ -128,6 +143,7 @@ impl Controller {
             first_full_done: false,
             listing: None,
             written_during_listing: HashSet::new(),
+            full_pass: None,
             leader,
             status_dirty: true,
             fetch_poll_due: true,
@@ -253,14 +269,10 @@ impl Controller {
                 u = rx.recv() => {
                     let Some(u) = u else { break };
                     self.apply(u);
-                    // Take whatever else is queued, so one pass covers a burst.
-                    for _ in 0..20_000 {
-                        match rx.try_recv() {
-                            Ok(u) => self.apply(u),
-                            Err(_) => break,
-                        }
-                    }
+                    self.apply_queued(&mut rx);
                 }
+                // The next slice of a full pass; what the watches queued meanwhile goes first.
+                () = std::future::ready(()), if is_leader && self.full_pass.is_some() => self.apply_queued(&mut rx),
                 _ = gc.tick() => self.full_due = true,
                 _ = status_tick.tick() => status_due = true,
                 _ = fetch_tick.tick() => self.fetch_poll_due = true,
@@ -288,6 +300,7 @@ impl Controller {
             if !is_leader {
                 // The follower keeps its picture current but writes nothing; a new leader starts with a full pass.
                 self.world.take_dirty();
+                self.full_pass = None;
                 continue;
             }
             if self.full_due {
@@ -296,6 +309,7 @@ impl Controller {
             // Until the first full pass, nothing is known of the server's entries: every write waits for it.
             if self.first_full_done {
                 self.incremental_pass().await;
+                self.full_pass_step().await;
             }
             if self.fetch_poll_due && self.federation.enabled() && self.federation.has_crs() {
                 self.fetch_poll_due = false;
@@ -305,6 +319,16 @@ impl Controller {
                 status_due = false;
                 self.status_dirty = false;
                 self.write_statuses().await;
+            }
+        }
+    }
+
+    /// Applies whatever else the watches queued, so one pass covers a burst.
+    fn apply_queued(&mut self, rx: &mut mpsc::Receiver<Update>) {
+        for _ in 0..20_000 {
+            match rx.try_recv() {
+                Ok(u) => self.apply(u),
+                Err(_) => break,
             }
         }
     }
@@ -325,7 +349,8 @@ impl Controller {
     /// Starts listing the server's entries for a full pass, beside the loop: at 100,000 entries the listing
     /// takes seconds, and pod changes must not wait for it. The result comes back on `done`.
     fn start_full_pass(&mut self, done: &mpsc::Sender<ListResult>) {
-        if self.listing.is_some() || self.full_retry_at.is_some_and(|t| Instant::now() < t) {
+        if self.listing.is_some() || self.full_pass.is_some() || self.full_retry_at.is_some_and(|t| Instant::now() < t)
+        {
             return;
         }
         self.full_due = false;
@@ -339,7 +364,8 @@ impl Controller {
         });
     }
 
-    /// The listing is in: compares every ID with it and writes what differs.
+    /// The listing is in: from now on `current` is known, and every ID is compared with it, a slice per turn
+    /// of the loop ([`Self::full_pass_step`]).
     async fn finish_full_pass(&mut self, listed: ListResult) {
         let started = self.listing.take().unwrap_or_else(Instant::now);
         match listed {
@@ -354,26 +380,11 @@ impl Controller {
                 }
                 self.current = current;
                 self.full_retry_at = None;
-                // Every ID is compared below, the dirty ones included.
+                // Every ID is compared by the pass, the dirty ones included.
                 self.world.take_dirty();
-                // Planned and written a slice of IDs at a time: a plan holds a copy of each entry it writes,
-                // and at 100,000 pods one plan of everything would be ~90 MiB at once.
-                let ids: Vec<String> = world::full_plan_ids(&self.world, &self.current).into_iter().cloned().collect();
-                let (mut create, mut update, mut delete) = (0, 0, 0);
-                for slice in ids.chunks(FULL_PASS_SLICE) {
-                    let plan = world::plan(&self.world, slice, &self.current);
-                    (create, update, delete) =
-                        (create + plan.create.len(), update + plan.update.len(), delete + plan.delete.len());
-                    self.execute(plan).await;
-                }
-                let total = create + update + delete;
-                if total > 0 {
-                    let what = if self.first_full_done { "full pass repaired drift" } else { "initial pass" };
-                    tracing::info!(create, update, delete, "{what}");
-                    if self.first_full_done {
-                        self.metrics.drift_repaired.inc_by(total as u64);
-                    }
-                }
+                let ids = world::full_plan_ids(&self.world, &self.current).into_iter().cloned().collect();
+                self.full_pass =
+                    Some(FullPass { ids, next: 0, started, initial: !self.first_full_done, planned: [0; 3] });
                 self.first_full_done = true;
             }
             Err(e) => {
@@ -381,10 +392,39 @@ impl Controller {
                 self.full_due = true;
                 self.full_retry_at = Some(Instant::now() + Duration::from_secs(2));
                 tracing::warn!(error = %e, "cannot list the server's entries; retrying in 2 s");
+                self.federation_pass(true).await;
+                self.observe("full", started);
+            }
+        }
+    }
+
+    /// Plans and writes the next slice of the full pass under way; ends it after the last one. Changes seen
+    /// between slices were written by the incremental pass and are in `current`, so a slice never undoes them.
+    async fn full_pass_step(&mut self) {
+        let Some(mut pass) = self.full_pass.take() else { return };
+        let end = (pass.next + FULL_PASS_SLICE).min(pass.ids.len());
+        let plan = world::plan(&self.world, &pass.ids[pass.next..end], &self.current);
+        for (n, planned) in [plan.create.len(), plan.update.len(), plan.delete.len()].into_iter().zip(&mut pass.planned)
+        {
+            *planned += n;
+        }
+        pass.next = end;
+        self.execute(plan).await;
+        if pass.next < pass.ids.len() {
+            self.full_pass = Some(pass);
+            return;
+        }
+        let [create, update, delete] = pass.planned;
+        let total = create + update + delete;
+        if total > 0 {
+            let what = if pass.initial { "initial pass" } else { "full pass repaired drift" };
+            tracing::info!(create, update, delete, "{what}");
+            if !pass.initial {
+                self.metrics.drift_repaired.inc_by(total as u64);
             }
         }
         self.federation_pass(true).await;
-        self.observe("full", started);
+        self.observe("full", pass.started);
     }
 
     /// An entry write while a listing runs: its state is this loop's, not the listing's.
