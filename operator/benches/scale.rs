@@ -147,7 +147,14 @@ spec:
     let mut entries_api = EntriesClient::new(server.client.channel());
     let t0 = Instant::now();
     let t0_of_day = time_of_day();
-    let op = Operator::spawn(dir.path(), "operator", &server, &config);
+    // Debug for the controller: its full passes are logged with their duration (shown beside slow changes).
+    let op = Operator::spawn_env(
+        dir.path(),
+        "operator",
+        &server,
+        &config,
+        &[("RUST_LOG", "info,kube=warn,sigil_operator::controller=debug")],
+    );
     let mut last = 0;
     loop {
         let n = entries_api.count_entries(apb::CountEntriesRequest { filter: None }).await.unwrap().into_inner().count;
@@ -195,12 +202,14 @@ spec:
     let requests_before = op.metric("sigil_operator_kube_requests_total").await.unwrap_or(0.0);
     let writes_before = op.metric("sigil_operator_entry_writes_total").await.unwrap_or(0.0);
     let mut latencies = vec![];
+    // (latency, when it started): the slowest are shown beside the operator's log lines of that moment.
+    let mut started_at = vec![];
     for i in 0..changes {
         let (ns, name, _) = &specs[(i * 7919) % pods];
         let uid = pod_api(ns).get(name).await.unwrap().metadata.uid.unwrap();
         let id = by_pod[&uid].clone();
         let want = format!("v{}.{name}.example", i + 1);
-        let t = Instant::now();
+        let (t, t_of_day) = (Instant::now(), time_of_day());
         set_pod_labels(&k, ns, name, &[("app", "bench"), ("v", &(i + 1).to_string())]).await;
         loop {
             let e = entries_api.get_entry(apb::GetEntryRequest { id: id.clone() }).await.unwrap().into_inner();
@@ -211,6 +220,7 @@ spec:
             tokio::time::sleep(Duration::from_micros(500)).await;
         }
         latencies.push(t.elapsed());
+        started_at.push((t.elapsed(), t_of_day));
     }
     latencies.sort();
     let requests_after = op.metric("sigil_operator_kube_requests_total").await.unwrap_or(0.0);
@@ -221,6 +231,15 @@ spec:
         ms(percentile(&latencies, 0.99)),
         ms(*latencies.last().unwrap())
     );
+    started_at.sort_by_key(|&(latency, _)| std::cmp::Reverse(latency));
+    let log = op.log_text();
+    for (latency, at) in started_at.iter().take(3) {
+        println!("  slow change: {} at {at:.3} s of the day; the operator's log from 1 s before:", ms(*latency));
+        for line in log.lines().filter(|l| log_time(l).is_some_and(|t| t > at - 1.0 && t < at + latency.as_secs_f64()))
+        {
+            println!("    {line}");
+        }
+    }
     println!(
         "Kubernetes API requests per pod change: {:.3} (watch events only); entry writes per pod change: {:.2}",
         (requests_after - requests_before) / changes as f64,

@@ -424,6 +424,7 @@ impl Controller {
             }
         }
         self.federation_pass(true).await;
+        tracing::debug!(ids = pass.ids.len(), seconds = pass.started.elapsed().as_secs_f64(), "full pass done");
         self.observe("full", pass.started);
     }
 
