@@ -132,7 +132,7 @@ pub fn pod_identity(snap: &Snapshot, uid: &str, now: i64) -> PodIdentity {
     let mut ready = vec![];
     let mut waiting = vec![];
     for e in snap.entries.values().filter(|e| e.selectors.contains(&wanted)) {
-        let current = snap.svids.get(&e.id).is_some_and(|s| s.not_after > now && s.spiffe_id == e.spiffe_id);
+        let current = snap.svids.get(e.id.as_str()).is_some_and(|s| s.not_after > now && s.spiffe_id == e.spiffe_id);
         if current { ready.push(e.spiffe_id.clone()) } else { waiting.push(e.spiffe_id.clone()) }
     }
     let sorted = |mut v: Vec<SpiffeId>| {
@@ -475,7 +475,7 @@ mod tests {
         let with = |entries: Vec<Arc<sigil_core::RegistrationEntry>>, svids: Vec<Arc<CachedSvid>>| {
             let mut s = synced();
             for e in entries {
-                s.entries.insert(e.id.clone(), e);
+                s.entries.insert(e.id.as_str().into(), e);
             }
             for v in svids {
                 s.svids.insert(v.entry_id.clone(), v);

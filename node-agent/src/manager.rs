@@ -25,7 +25,7 @@ use tonic::Status;
 
 use crate::metrics::Metrics;
 use crate::schedule::Schedule;
-use crate::state::{CachedSvid, Snapshot};
+use crate::state::{CachedSvid, EntryId, Snapshot};
 
 /// Most CSRs sent in one BatchNewX509Svid call.
 pub const BATCH_SIZE: usize = 100;
@@ -102,6 +102,7 @@ pub fn validity(cert_der: &[u8]) -> Result<(i64, i64), String> {
 /// Checks a signed chain against the entry and bundle and turns it into a cache item.
 fn cached_svid(
     entry: &RegistrationEntry,
+    entry_id: EntryId,
     chain: Vec<Vec<u8>>,
     key_pkcs8: Vec<u8>,
     bundle: Option<&Bundle>,
@@ -118,7 +119,7 @@ fn cached_svid(
     }
     let (not_before, not_after) = validity(leaf).map_err(bad)?;
     Ok(CachedSvid {
-        entry_id: entry.id.clone(),
+        entry_id,
         spiffe_id: id,
         chain_der: chain.into_iter().map(bytes::Bytes::from).collect(),
         key_pkcs8: key_pkcs8.into(),
@@ -220,9 +221,9 @@ struct Worker {
     metrics: Arc<Metrics>,
     snap: Snapshot,
     /// Entries the server refused to sign, and until when not to ask again.
-    entry_retry: HashMap<String, i64>,
+    entry_retry: HashMap<EntryId, i64>,
     /// Entries to check at the next signing pass (synced, or their wake-up came).
-    dirty: BTreeSet<String>,
+    dirty: BTreeSet<EntryId>,
     /// When to look at an entry again: its SVID's rotation time, or the end of its retry wait.
     wake: Schedule,
     /// Each cached SVID's `not_after`.
@@ -274,6 +275,15 @@ impl Worker {
         }
     }
 
+    /// The shared ID of an entry the agent holds (or had an SVID for), a new one otherwise.
+    fn intern(&self, id: &str) -> EntryId {
+        let held = self.snap.entries.get_key_value(id).map(|(k, _)| k);
+        match held.or_else(|| self.snap.svids.get_key_value(id).map(|(k, _)| k)) {
+            Some(k) => k.clone(),
+            None => id.into(),
+        }
+    }
+
     /// Forgets everything held for an entry that is no longer authorized.
     fn forget(&mut self, id: &str) {
         self.snap.entries.remove(id);
@@ -296,8 +306,9 @@ impl Worker {
                 // Node aliases (parent = the server) group agents; they are not workload identities.
                 Ok(entry) if entry.is_node_alias() => self.forget(&entry.id),
                 Ok(entry) => {
-                    self.dirty.insert(entry.id.clone());
-                    self.snap.entries.insert(entry.id.clone(), Arc::new(entry));
+                    let id = self.intern(&entry.id);
+                    self.dirty.insert(id.clone());
+                    self.snap.entries.insert(id, Arc::new(entry));
                 }
                 Err(err) => tracing::warn!(entry_id = %e.id, error = %err, "ignoring invalid entry from server"),
             }
@@ -305,7 +316,7 @@ impl Worker {
         if u.full_snapshot {
             // Drop everything that belongs to entries no longer authorized, and look at every entry.
             let entries = &self.snap.entries;
-            let gone: Vec<String> = self.snap.svids.keys().filter(|id| !entries.contains_key(*id)).cloned().collect();
+            let gone: Vec<EntryId> = self.snap.svids.keys().filter(|id| !entries.contains_key(*id)).cloned().collect();
             for id in &gone {
                 self.snap.svids.remove(id);
             }
@@ -386,7 +397,7 @@ impl Worker {
     }
 
     /// An entry the server would not sign: not asked again before `until`.
-    fn retry_later(&mut self, id: String, until: i64) {
+    fn retry_later(&mut self, id: EntryId, until: i64) {
         self.wake.set(&id, until);
         self.entry_retry.insert(id, until);
     }
@@ -409,23 +420,26 @@ impl Worker {
         }
         // Entries without any SVID first: they block workloads; rotations can wait a moment.
         let (mut missing, rotating): (Vec<_>, Vec<_>) =
-            due.into_iter().partition(|e| !self.snap.svids.contains_key(&e.id));
+            due.into_iter().partition(|e| !self.snap.svids.contains_key(e.id.as_str()));
         missing.extend(rotating);
-        self.snap.pending =
-            missing.iter().filter(|e| !self.snap.svids.contains_key(&e.id)).map(|e| e.id.clone()).collect();
+        self.snap.pending = missing
+            .iter()
+            .filter(|e| !self.snap.svids.contains_key(e.id.as_str()))
+            .map(|e| self.intern(&e.id))
+            .collect();
         self.publish();
         for (n, batch) in missing.chunks(BATCH_SIZE).enumerate() {
-            let mut keys = HashMap::new();
+            let mut keys: HashMap<EntryId, Vec<u8>> = HashMap::new();
             let mut params = Vec::with_capacity(batch.len());
             for e in batch {
                 match new_key_and_csr() {
                     Ok((key, csr)) => {
-                        keys.insert(e.id.clone(), key);
+                        keys.insert(self.intern(&e.id), key);
                         params.push((e.id.clone(), csr));
                     }
                     Err(err) => {
                         tracing::error!(entry_id = %e.id, error = %err, "cannot create a CSR");
-                        self.retry_later(e.id.clone(), now + ENTRY_RETRY);
+                        self.retry_later(self.intern(&e.id), now + ENTRY_RETRY);
                     }
                 }
             }
@@ -435,28 +449,31 @@ impl Worker {
                     self.global_retry = 0;
                     let now = now_unix();
                     for (entry_id, result) in results {
-                        self.snap.pending.remove(&entry_id);
-                        let (Some(entry), Some(key)) =
-                            (self.snap.entries.get(&entry_id).cloned(), keys.remove(&entry_id))
-                        else {
+                        self.snap.pending.remove(entry_id.as_str());
+                        let (Some((id, entry)), Some(key)) = (
+                            self.snap.entries.get_key_value(entry_id.as_str()).map(|(k, v)| (k.clone(), v.clone())),
+                            keys.remove(entry_id.as_str()),
+                        ) else {
                             continue;
                         };
                         let outcome = result
                             .map_err(|reason| ManagerError::BadSvid { entry_id: entry_id.clone(), reason })
-                            .and_then(|chain| cached_svid(&entry, chain, key, self.snap.bundle.as_deref(), now));
+                            .and_then(|chain| {
+                                cached_svid(&entry, id.clone(), chain, key, self.snap.bundle.as_deref(), now)
+                            });
                         match outcome {
                             Ok(svid) => {
                                 tracing::debug!(entry_id = %entry_id, spiffe_id = %svid.spiffe_id, not_after = svid.not_after, "SVID signed");
                                 self.metrics.svids_signed.inc();
-                                self.entry_retry.remove(&entry_id);
-                                self.wake.set(&entry_id, svid.rotate_at);
-                                self.expiry.set(&entry_id, svid.not_after);
-                                self.snap.svids.insert(entry_id, Arc::new(svid));
+                                self.entry_retry.remove(&id);
+                                self.wake.set(&id, svid.rotate_at);
+                                self.expiry.set(&id, svid.not_after);
+                                self.snap.svids.insert(id, Arc::new(svid));
                             }
                             Err(err) => {
                                 tracing::warn!(error = %err, "signing failed; retrying later");
                                 self.metrics.sign_failures.inc();
-                                self.retry_later(entry_id, now + ENTRY_RETRY);
+                                self.retry_later(id, now + ENTRY_RETRY);
                             }
                         }
                     }
@@ -474,7 +491,8 @@ impl Worker {
                     self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
                     // This batch and the ones not sent are looked at again after the global retry wait.
                     for e in missing.iter().skip(n * BATCH_SIZE) {
-                        self.dirty.insert(e.id.clone());
+                        let id = self.intern(&e.id);
+                        self.dirty.insert(id);
                     }
                     break;
                 }

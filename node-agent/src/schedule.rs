@@ -4,24 +4,26 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use crate::state::EntryId;
+
 #[derive(Debug, Default)]
 pub struct Schedule {
-    by_time: BTreeSet<(i64, String)>,
-    at: HashMap<String, i64>,
+    by_time: BTreeSet<(i64, EntryId)>,
+    at: HashMap<EntryId, i64>,
 }
 
 impl Schedule {
     /// Puts `id` at `t`, replacing its earlier time.
-    pub fn set(&mut self, id: &str, t: i64) {
-        if let Some(old) = self.at.insert(id.to_owned(), t) {
-            self.by_time.remove(&(old, id.to_owned()));
+    pub fn set(&mut self, id: &EntryId, t: i64) {
+        if let Some(old) = self.at.insert(id.clone(), t) {
+            self.by_time.remove(&(old, id.clone()));
         }
-        self.by_time.insert((t, id.to_owned()));
+        self.by_time.insert((t, id.clone()));
     }
 
     pub fn remove(&mut self, id: &str) {
-        if let Some(old) = self.at.remove(id) {
-            self.by_time.remove(&(old, id.to_owned()));
+        if let Some((id, old)) = self.at.remove_entry(id) {
+            self.by_time.remove(&(old, id));
         }
     }
 
@@ -31,7 +33,7 @@ impl Schedule {
     }
 
     /// Takes every ID whose time is `now` or earlier, earliest first.
-    pub fn take_due(&mut self, now: i64) -> Vec<String> {
+    pub fn take_due(&mut self, now: i64) -> Vec<EntryId> {
         let mut due = vec![];
         while let Some((t, _)) = self.by_time.first()
             && *t <= now
@@ -63,22 +65,26 @@ impl Schedule {
 mod tests {
     use super::*;
 
+    fn id(s: &str) -> EntryId {
+        s.into()
+    }
+
     #[test]
     fn set_replace_remove_and_take_due() {
         let mut s = Schedule::default();
         assert_eq!(s.first(), None);
-        s.set("a", 30);
-        s.set("b", 10);
-        s.set("c", 20);
+        s.set(&id("a"), 30);
+        s.set(&id("b"), 10);
+        s.set(&id("c"), 20);
         assert_eq!(s.first(), Some(10));
-        s.set("b", 40); // replaced, not added
+        s.set(&id("b"), 40); // replaced, not added
         assert_eq!((s.len(), s.first()), (3, Some(20)));
         s.remove("c");
         s.remove("nope");
         assert_eq!((s.len(), s.first()), (2, Some(30)));
-        assert_eq!(s.take_due(29), Vec::<String>::new());
-        s.set("d", 5);
-        assert_eq!(s.take_due(30), vec!["d".to_owned(), "a".to_owned()]);
+        assert_eq!(s.take_due(29), Vec::<EntryId>::new());
+        s.set(&id("d"), 5);
+        assert_eq!(s.take_due(30), vec![id("d"), id("a")]);
         assert_eq!((s.len(), s.first()), (1, Some(40)));
         s.retain(|id| id != "b");
         assert!(s.is_empty());
@@ -88,10 +94,10 @@ mod tests {
     #[test]
     fn same_time_many_ids() {
         let mut s = Schedule::default();
-        for id in ["x", "y", "z"] {
-            s.set(id, 7);
+        for name in ["x", "y", "z"] {
+            s.set(&id(name), 7);
         }
-        assert_eq!(s.take_due(7), vec!["x".to_owned(), "y".to_owned(), "z".to_owned()]);
+        assert_eq!(s.take_due(7), vec![id("x"), id("y"), id("z")]);
         assert!(s.is_empty());
     }
 }

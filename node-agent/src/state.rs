@@ -15,10 +15,14 @@ use std::sync::Arc;
 use sigil_core::bundle::Bundle;
 use sigil_core::{RegistrationEntry, Selector, SpiffeId, TrustDomain, selector};
 
+/// An entry's ID as the agent keeps it: one allocation per entry, shared by every map and schedule that names
+/// the entry (a `String` per map cost ~70 B each, eight times per cached SVID).
+pub type EntryId = Arc<str>;
+
 /// An X509-SVID held by the agent, with its private key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CachedSvid {
-    pub entry_id: String,
+    pub entry_id: EntryId,
     pub spiffe_id: SpiffeId,
     /// DER certificates, leaf first (`Bytes`: every Workload API message refers to them, none copies them).
     pub chain_der: Vec<bytes::Bytes>,
@@ -62,11 +66,11 @@ pub struct Snapshot {
     pub bundle: Option<Arc<Bundle>>,
     pub federated_bundles: BTreeMap<TrustDomain, Arc<Bundle>>,
     /// Authorized entries by id.
-    pub entries: imbl::OrdMap<String, Arc<RegistrationEntry>>,
+    pub entries: imbl::OrdMap<EntryId, Arc<RegistrationEntry>>,
     /// Current SVIDs by entry id.
-    pub svids: imbl::OrdMap<String, Arc<CachedSvid>>,
+    pub svids: imbl::OrdMap<EntryId, Arc<CachedSvid>>,
     /// Entries whose SVID is being signed right now (a first response waits for them).
-    pub pending: imbl::OrdSet<String>,
+    pub pending: imbl::OrdSet<EntryId>,
     /// The earliest `not_after` of `svids` (a stream wakes then to drop the expired SVID from its view).
     pub next_expiry: Option<i64>,
 }
@@ -121,14 +125,14 @@ impl Snapshot {
         if matching.is_empty() {
             return View::NoIdentity;
         }
-        if first && matching.iter().any(|e| self.pending.contains(&e.id)) {
+        if first && matching.iter().any(|e| self.pending.contains(e.id.as_str())) {
             return View::Waiting;
         }
         let svids: Vec<_> = matching
             .iter()
             .filter_map(|e| {
                 self.svids
-                    .get(&e.id)
+                    .get(e.id.as_str())
                     .filter(|s| s.not_after > now && s.spiffe_id == e.spiffe_id)
                     .map(|s| (Arc::clone(e), Arc::clone(s)))
             })

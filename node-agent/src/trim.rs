@@ -78,9 +78,9 @@ mod tests {
         let mut s = Snapshot::default();
         for i in 0..n {
             s.svids.insert(
-                format!("e{i}"),
+                format!("e{i}").into(),
                 Arc::new(CachedSvid {
-                    entry_id: format!("e{i}"),
+                    entry_id: format!("e{i}").into(),
                     spiffe_id: sigil_core::SpiffeId::new("spiffe://example.org/w").unwrap(),
                     chain_der: vec![],
                     key_pkcs8: bytes::Bytes::new(),

@@ -97,7 +97,7 @@ async fn removed_entries_drop_their_svids() {
         ..Default::default()
     })));
     let snap = wait_for(&mut rx, "removal", |s| s.entries.len() == 1).await;
-    assert_eq!(snap.svids.keys().collect::<Vec<_>>(), vec!["e1"]);
+    assert_eq!(snap.svids.keys().map(|k| &**k).collect::<Vec<_>>(), vec!["e1"]);
 }
 
 #[tokio::test]
@@ -142,7 +142,7 @@ async fn node_alias_entries_get_no_svid() {
     let mut rx = handle.subscribe();
     handle.send(Command::Sync(Box::new(first)));
     let snap = wait_for(&mut rx, "SVID", |s| s.svids.contains_key("e0")).await;
-    assert_eq!(snap.entries.keys().collect::<Vec<_>>(), vec!["e0"]);
+    assert_eq!(snap.entries.keys().map(|k| &**k).collect::<Vec<_>>(), vec!["e0"]);
 }
 
 #[tokio::test]

@@ -52,7 +52,7 @@ fn svid_for(ca: &TestCa, e: &RegistrationEntry, ttl: i64) -> Arc<CachedSvid> {
     let (chain, key) = ca.issue(&e.spiffe_id, ttl).unwrap();
     let (nb, na) = sigil_agent::manager::validity(&chain[0]).unwrap();
     Arc::new(CachedSvid {
-        entry_id: e.id.clone(),
+        entry_id: e.id.as_str().into(),
         spiffe_id: e.spiffe_id.clone(),
         chain_der: chain.into_iter().map(Into::into).collect(),
         key_pkcs8: key.into(),
@@ -93,9 +93,9 @@ async fn serve(entries: Vec<Arc<RegistrationEntry>>, with_svids: bool) -> Fixtur
     let mut snap = Snapshot { synced: true, bundle: Some(Arc::new(ca.bundle())), ..Default::default() };
     for e in entries {
         if with_svids {
-            snap.svids.insert(e.id.clone(), svid_for(&ca, &e, 3600));
+            snap.svids.insert(e.id.as_str().into(), svid_for(&ca, &e, 3600));
         }
-        snap.entries.insert(e.id.clone(), e);
+        snap.entries.insert(e.id.as_str().into(), e);
     }
     let (tx, rx) = watch::channel(Arc::new(snap));
     let attestors: Vec<Arc<dyn WorkloadAttestor>> = vec![Arc::new(UnixAttestor::new(UnixAttestorConfig::default()))];
@@ -486,8 +486,8 @@ async fn a_burst_of_changes_is_merged_into_few_messages() {
         let e = entry(&format!("e{i}"), &format!("spiffe://example.org/w{i}"), &sels, i, "");
         let svid = svid_for(&f.ca, &e, 3600);
         f.update(|s| {
-            s.svids.insert(e.id.clone(), svid);
-            s.entries.insert(e.id.clone(), e);
+            s.svids.insert(e.id.as_str().into(), svid);
+            s.entries.insert(e.id.as_str().into(), e);
         });
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
