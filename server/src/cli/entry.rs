@@ -455,9 +455,12 @@ pub(super) async fn run_entry(cmd: EntryCmd, out: &mut impl Write) -> Result<(),
 mod tests {
     use super::*;
 
+    /// (-ttl, -x509SVIDTTL, Ok((X509-SVID TTL, deprecation noted)) or Err(start of the message)).
+    type Case = (Option<i32>, Option<i32>, Result<(Option<i32>, bool), &'static str>);
+
     #[test]
     fn ttl_alias_folds_into_x509_svid_ttl() {
-        let cases: &[(Option<i32>, Option<i32>, Result<(Option<i32>, bool), &str>)] = &[
+        let cases: &[Case] = &[
             (None, None, Ok((None, false))),
             (None, Some(60), Ok((Some(60), false))),
             (Some(3600), None, Ok((Some(3600), true))),

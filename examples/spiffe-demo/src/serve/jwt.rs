@@ -47,11 +47,47 @@ pub async fn fetch(client: &WorkloadApiClient, audience: &str) -> Result<JwtSvid
     client.fetch_jwt_svid([audience], None).await.map_err(|e| JwtError::WorkloadApi(e.to_string()))
 }
 
+/// The `aud` claim (a string or an array of strings).
+pub fn audiences(claims: &Value) -> Vec<String> {
+    match &claims["aud"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+        _ => vec![],
+    }
+}
+
+/// The readable reasons checked before the signature (the verifier's own messages are terse): the
+/// audience, and expiry at `now` (unix seconds).
+pub fn precheck(claims: &Value, audience: &str, now: i64) -> Result<(), JwtError> {
+    let auds = audiences(claims);
+    if !auds.iter().any(|a| a == audience) {
+        return Err(JwtError::Invalid(format!("audience mismatch: the token is for {auds:?}, not {audience:?}")));
+    }
+    match claims["exp"].as_i64() {
+        None => Err(JwtError::Invalid("no exp claim".into())),
+        Some(exp) if exp <= now => Err(JwtError::Invalid(format!("expired at {}", crate::validate::rfc3339(exp)))),
+        Some(_) => Ok(()),
+    }
+}
+
+/// An error and its sources, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// Validates `token` for `audience` against the JWT bundles from the Workload API.
 pub async fn validate(client: &WorkloadApiClient, token: &str, audience: &str) -> Result<JwtSvid, JwtError> {
-    decode(token)?;
+    let (_, claims) = decode(token)?;
+    precheck(&claims, audience, crate::validate::now_unix())?;
     let bundles = client.fetch_jwt_bundles().await.map_err(|e| JwtError::WorkloadApi(e.to_string()))?;
-    JwtSvid::parse_and_validate(token, &bundles, &[audience]).map_err(|e| JwtError::Invalid(e.to_string()))
+    JwtSvid::parse_and_validate(token, &bundles, &[audience]).map_err(|e| JwtError::Invalid(chain(&e)))
 }
 
 /// The claims of a validated token, as JSON.
@@ -83,6 +119,21 @@ mod tests {
         for (tok, want) in cases {
             let e = decode(tok).unwrap_err().to_string();
             assert!(e.starts_with("malformed JWT: ") && e.contains(want), "{tok}: {e}");
+        }
+    }
+
+    #[test]
+    fn prechecks() {
+        let c = json!({"aud": ["x", "y"], "exp": 100});
+        assert_eq!(precheck(&c, "y", 99), Ok(()));
+        let cases = [
+            (json!({"aud": "x", "exp": 100}), "z", 50, "audience mismatch: the token is for [\"x\"], not \"z\""),
+            (json!({"aud": ["x"], "exp": 100}), "x", 100, "expired at 1970-01-01T00:01:40Z"),
+            (json!({"aud": "x"}), "x", 0, "no exp claim"),
+            (json!({"exp": 100}), "x", 0, "audience mismatch: the token is for [], not \"x\""),
+        ];
+        for (claims, aud, now, want) in cases {
+            assert_eq!(precheck(&claims, aud, now), Err(JwtError::Invalid(want.into())), "{claims}");
         }
     }
 

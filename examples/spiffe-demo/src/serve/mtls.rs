@@ -410,9 +410,12 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// (URL, Ok((host, port)) or Err(part of the message)).
+    type Case = (&'static str, Result<(&'static str, u16), &'static str>);
+
     #[test]
     fn peer_urls() {
-        let cases: &[(&str, Result<(&str, u16), &str>)] = &[
+        let cases: &[Case] = &[
             ("https://demo-b:8443", Ok(("demo-b", 8443))),
             ("https://127.0.0.1:9000/", Ok(("127.0.0.1", 9000))),
             ("https://[::1]:9000", Ok(("::1", 9000))),

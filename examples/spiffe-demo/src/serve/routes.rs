@@ -122,23 +122,33 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A request the handler refuses before doing anything: 400 with the reason.
+#[derive(Debug)]
+pub struct BadRequest(String);
+
+impl IntoResponse for BadRequest {
+    fn into_response(self) -> Response {
+        fail(StatusCode::BAD_REQUEST, self.0)
+    }
+}
+
 /// A JSON object body, empty meaning `{}`.
-fn body_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, Response> {
+fn body_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, BadRequest> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::Map::new());
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(fail(StatusCode::BAD_REQUEST, "the body is a JSON object")),
-        Err(e) => Err(fail(StatusCode::BAD_REQUEST, format!("malformed JSON body: {e}"))),
+        Ok(_) => Err(BadRequest("the body is a JSON object".into())),
+        Err(e) => Err(BadRequest(format!("malformed JSON body: {e}"))),
     }
 }
 
-fn str_field<'a>(m: &'a serde_json::Map<String, Value>, k: &str) -> Result<Option<&'a str>, Response> {
+fn str_field<'a>(m: &'a serde_json::Map<String, Value>, k: &str) -> Result<Option<&'a str>, BadRequest> {
     match m.get(k) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(fail(StatusCode::BAD_REQUEST, format!("\"{k}\" is a string"))),
+        Some(_) => Err(BadRequest(format!("\"{k}\" is a string"))),
     }
 }
 
@@ -233,11 +243,11 @@ async fn validate_jwt(State(app): State<App>, body: Bytes) -> Response {
     let r = ready!(app);
     let m = match body_object(&body) {
         Ok(m) => m,
-        Err(resp) => return resp,
+        Err(resp) => return resp.into_response(),
     };
     let (token, audience) = match (str_field(&m, "token"), str_field(&m, "audience")) {
         (Ok(Some(t)), Ok(Some(a))) => (t.to_owned(), a.to_owned()),
-        (Err(resp), _) | (_, Err(resp)) => return resp,
+        (Err(resp), _) | (_, Err(resp)) => return resp.into_response(),
         _ => return fail(StatusCode::BAD_REQUEST, "the body is {\"token\": \"...\", \"audience\": \"...\"}"),
     };
     match jwt::validate(&r.client, &token, &audience).await {
@@ -267,7 +277,7 @@ async fn validate_x509(State(app): State<App>, body: Bytes) -> Response {
         match body_object(&body).and_then(|m| str_field(&m, "pem").map(|p| p.map(str::to_owned))) {
             Ok(Some(p)) => p,
             Ok(None) => return fail(StatusCode::BAD_REQUEST, "the body is PEM, or {\"pem\": \"...\"}"),
-            Err(resp) => return resp,
+            Err(resp) => return resp.into_response(),
         }
     } else {
         text
@@ -346,17 +356,17 @@ async fn trust_bundle(State(app): State<App>) -> Response {
 }
 
 /// The peer and its authorized ID of a demo call: the body's `peer`/`peer_id`, else the flags.
-fn call_target(app: &App, m: &serde_json::Map<String, Value>) -> Result<(PeerUrl, SpiffeId), Response> {
+fn call_target(app: &App, m: &serde_json::Map<String, Value>) -> Result<(PeerUrl, SpiffeId), BadRequest> {
     let peer = match str_field(m, "peer")? {
-        Some(p) => p.parse::<PeerUrl>().map_err(|e| fail(StatusCode::BAD_REQUEST, e))?,
+        Some(p) => p.parse::<PeerUrl>().map_err(BadRequest)?,
         None => app.peer.clone().ok_or_else(|| {
-            fail(StatusCode::BAD_REQUEST, "no peer: start with --peer https://host:port or give \"peer\" in the body")
+            BadRequest("no peer: start with --peer https://host:port or give \"peer\" in the body".into())
         })?,
     };
     let peer_id = match str_field(m, "peer_id")? {
-        Some(p) => SpiffeId::new(p).map_err(|e| fail(StatusCode::BAD_REQUEST, format!("peer_id {p:?}: {e}")))?,
+        Some(p) => SpiffeId::new(p).map_err(|e| BadRequest(format!("peer_id {p:?}: {e}")))?,
         None => app.peer_id.clone().ok_or_else(|| {
-            fail(StatusCode::BAD_REQUEST, "no authorized peer ID: start with --peer-id or give \"peer_id\" in the body")
+            BadRequest("no authorized peer ID: start with --peer-id or give \"peer_id\" in the body".into())
         })?,
     };
     Ok((peer, peer_id))
@@ -397,7 +407,7 @@ async fn mtls_call(State(app): State<App>, body: Bytes) -> Response {
     let r = ready!(app);
     let (peer, peer_id) = match body_object(&body).and_then(|m| call_target(&app, &m)) {
         Ok(t) => t,
-        Err(resp) => return resp,
+        Err(resp) => return resp.into_response(),
     };
     match mtls::call(app.shared.clone(), &peer, peer_id.clone(), "/spiffe/peer/hello", None).await {
         Ok(res) if res.status == 200 => json_response(
@@ -423,16 +433,16 @@ async fn jwt_auth_call(State(app): State<App>, body: Bytes) -> Response {
     let r = ready!(app);
     let m = match body_object(&body) {
         Ok(m) => m,
-        Err(resp) => return resp,
+        Err(resp) => return resp.into_response(),
     };
     let (peer, peer_id) = match call_target(&app, &m) {
         Ok(t) => t,
-        Err(resp) => return resp,
+        Err(resp) => return resp.into_response(),
     };
     // The audience is the peer's SPIFFE ID unless the body asks for another (to see the peer refuse it).
     let audience = match str_field(&m, "audience") {
         Ok(a) => a.map_or_else(|| peer_id.to_string(), str::to_owned),
-        Err(resp) => return resp,
+        Err(resp) => return resp.into_response(),
     };
     let token = match jwt::fetch(&r.client, &audience).await {
         Ok(s) => s.token().to_owned(),
