@@ -229,6 +229,17 @@ fn agent_down_503_on_every_endpoint_then_200_without_restart() {
     wait_ready(a.http, Duration::from_secs(60));
     let (_, chain) = http("GET", a.http, "/spiffe/svid/x509/chain", None);
 
+    // A uid without an entry: the agent answers, with no identity for it.
+    let none = serve(&s, UID_NONE, free_port(), None);
+    wait_for("the no-identity answer", Duration::from_secs(30), || {
+        get_json(none.http, "/spiffe/status").1["agent_reachable"] == true
+    });
+    let (st, v) = get_json(none.http, "/spiffe/svid/x509");
+    assert_eq!(st, 503, "{v}");
+    let want = format!("the Workload API at {} gives this workload no identity: ", s.endpoint());
+    assert!(v["error"].as_str().unwrap().starts_with(&want), "{v}");
+    drop(none);
+
     s.kill_agent();
     wait_for("503 once the agent is gone", Duration::from_secs(30), || get_json(a.http, "/spiffe/status").0 == 503);
     for (method, path, body) in endpoints(&chain) {

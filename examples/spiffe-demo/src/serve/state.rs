@@ -89,6 +89,8 @@ pub struct Snapshot {
     /// The client of the live connection (for JWT-SVIDs and JWT bundles).
     pub client: Option<WorkloadApiClient>,
     pub agent_reachable: bool,
+    /// The X.509 stream is live (the agent answers and gives this workload an identity).
+    pub streaming: bool,
     pub last_error: Option<String>,
     /// Bundle updates seen (a changed set of authorities counts once).
     pub bundle_sequence: u64,
@@ -101,6 +103,8 @@ pub struct Snapshot {
 pub enum Unavailable {
     #[error("Workload API unreachable at {endpoint}: {reason}")]
     Unreachable { endpoint: String, reason: String },
+    #[error("the Workload API at {endpoint} gives this workload no identity: {reason}")]
+    NoIdentity { endpoint: String, reason: String },
     #[error("no X509-SVID from the Workload API yet")]
     NoSvid,
 }
@@ -148,6 +152,12 @@ impl Shared {
                     reason: s.last_error.clone().unwrap_or_else(|| "not connected yet".into()),
                 });
             }
+            if !s.streaming {
+                return Err(Unavailable::NoIdentity {
+                    endpoint: self.endpoint.clone(),
+                    reason: s.last_error.clone().unwrap_or_else(|| "no answer yet".into()),
+                });
+            }
             match (&s.svid, &s.bundles, &s.client) {
                 (Some(svid), Some(bundles), Some(client)) => {
                     Ok(Ready { svid: svid.clone(), bundles: bundles.clone(), client: client.clone() })
@@ -193,14 +203,20 @@ impl Shared {
             s.svid = svid;
             s.bundles = Some(bundles);
             s.agent_reachable = true;
+            s.streaming = true;
             s.last_error = None;
         });
     }
 
-    fn lost(&self, reason: String) {
+    /// The stream ended or never started. `reachable`: the agent answered, but with no identity for this
+    /// workload (its handlers still cannot work: 503 with that reason).
+    fn lost(&self, reason: String, reachable: bool) {
         self.write(|s| {
-            s.agent_reachable = false;
-            s.client = None;
+            s.agent_reachable = reachable;
+            s.streaming = false;
+            if !reachable {
+                s.client = None;
+            }
             s.last_error = Some(reason);
         });
     }
@@ -210,25 +226,31 @@ impl Shared {
 /// mark the agent unreachable and try again (every `retry`).
 pub async fn watch(shared: Arc<Shared>, retry: Duration) {
     loop {
-        let reason = match WorkloadApiClient::connect_to(&shared.endpoint).await {
-            Err(e) => e.to_string(),
+        let (reason, reachable) = match WorkloadApiClient::connect_to(&shared.endpoint).await {
+            Err(e) => classify(&e),
             Ok(client) => match client.stream_x509_contexts().await {
-                Err(e) => e.to_string(),
+                Err(e) => classify(&e),
                 Ok(mut stream) => {
                     shared.connected(client);
                     loop {
                         match stream.next().await {
                             Some(Ok(ctx)) => shared.update(ctx.default_svid().cloned(), ctx.bundle_set().clone()),
-                            Some(Err(e)) => break e.to_string(),
-                            None => break "the Workload API closed the stream".to_owned(),
+                            Some(Err(e)) => break classify(&e),
+                            None => break ("the Workload API closed the stream".to_owned(), false),
                         }
                     }
                 }
             },
         };
-        shared.lost(reason);
+        shared.lost(reason, reachable);
         tokio::time::sleep(retry).await;
     }
+}
+
+/// The reason, and whether the agent answered (it did when it refuses this workload an identity).
+fn classify(e: &spiffe::WorkloadApiError) -> (String, bool) {
+    use spiffe::WorkloadApiError as E;
+    (e.to_string(), matches!(e, E::NoIdentityIssued | E::PermissionDenied(_)))
 }
 
 #[cfg(test)]
@@ -299,10 +321,16 @@ mod tests {
             s.ready().map(|_| ()).unwrap_err().to_string(),
             "Workload API unreachable at unix:///nowhere: not connected yet"
         );
-        s.lost("connection refused".into());
+        s.lost("connection refused".into(), false);
         assert_eq!(
             s.ready().map(|_| ()).unwrap_err().to_string(),
             "Workload API unreachable at unix:///nowhere: connection refused"
         );
+        s.lost("no identity issued".into(), true);
+        assert_eq!(
+            s.ready().map(|_| ()).unwrap_err().to_string(),
+            "the Workload API at unix:///nowhere gives this workload no identity: no identity issued"
+        );
+        assert!(s.with(|s| s.agent_reachable));
     }
 }
