@@ -261,6 +261,81 @@ mod tests {
         );
     }
 
+    /// A CA of `td` (params, key).
+    fn ca(cn: &str) -> (rcgen::CertificateParams, rcgen::KeyPair) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        (p, key)
+    }
+
+    fn leaf_of(
+        id: &str,
+        issuer: &(rcgen::CertificateParams, rcgen::KeyPair),
+        ekus: &[rcgen::ExtendedKeyUsagePurpose],
+    ) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, "leaf");
+        p.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().unwrap())];
+        p.extended_key_usages = ekus.to_vec();
+        p.signed_by(&key, &rcgen::Issuer::from_params(&issuer.0, &issuer.1)).unwrap().der().to_vec()
+    }
+
+    fn bundles(td: &str, roots: &[&(rcgen::CertificateParams, rcgen::KeyPair)]) -> X509BundleSet {
+        let ders: Vec<Vec<u8>> = roots.iter().map(|(p, k)| p.self_signed(k).unwrap().der().to_vec()).collect();
+        let refs: Vec<&[u8]> = ders.iter().map(Vec::as_slice).collect();
+        let b = spiffe::X509Bundle::from_x509_authorities(spiffe::TrustDomain::new(td).unwrap(), &refs).unwrap();
+        let mut set = X509BundleSet::new();
+        set.add_bundle(b);
+        set
+    }
+
+    #[test]
+    fn chains_against_the_bundle() {
+        use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+        let root = ca("example.org root");
+        let impostor = ca("impostor");
+        let set = bundles("example.org", &[&root]);
+        let now = now_unix();
+        let id = "spiffe://example.org/svc";
+        let der = |d: Vec<u8>| vec![CertificateDer::from(d)];
+
+        let ok = der(leaf_of(id, &root, &[ServerAuth, ClientAuth]));
+        assert_eq!(verify_chain(&ok, &set, now, Role::Client).unwrap().to_string(), id);
+        assert_eq!(verify_chain(&ok, &set, now, Role::Server).unwrap().to_string(), id);
+        // No EKU at all is allowed (only a present EKU must allow the role).
+        assert!(verify_chain(&der(leaf_of(id, &root, &[])), &set, now, Role::Client).is_ok());
+
+        let client_only = der(leaf_of(id, &root, &[ClientAuth]));
+        let e = verify_chain(&client_only, &set, now, Role::Server).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "chain does not verify against the example.org bundle: the leaf's extended key usage does not allow this role"
+        );
+
+        let forged = der(leaf_of(id, &impostor, &[ServerAuth, ClientAuth]));
+        let e = verify_chain(&forged, &set, now, Role::Client).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "chain does not verify against the example.org bundle: not issued by any of its authorities"
+        );
+
+        // Through an intermediate sent along with the leaf.
+        let ikey = rcgen::KeyPair::generate().unwrap();
+        let mut ip = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ip.distinguished_name.push(rcgen::DnType::CommonName, "intermediate");
+        ip.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ider = ip.signed_by(&ikey, &rcgen::Issuer::from_params(&root.0, &root.1)).unwrap().der().to_vec();
+        let inter = (ip, ikey);
+        let chain = vec![CertificateDer::from(leaf_of(id, &inter, &[ClientAuth])), CertificateDer::from(ider)];
+        assert_eq!(verify_chain(&chain, &set, now, Role::Client).unwrap().to_string(), id);
+        assert!(verify_chain(&chain[..1], &set, now, Role::Client).is_err(), "without the intermediate");
+
+        assert_eq!(verify_chain(&[], &set, now, Role::Client), Err(Refusal::Empty));
+    }
+
     #[test]
     fn pem_parsing() {
         assert_eq!(parse_pem_chain(""), Err(Refusal::Empty));

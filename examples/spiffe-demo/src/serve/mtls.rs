@@ -53,6 +53,27 @@ pub enum MtlsError {
     Timeout { addr: String, secs: u64 },
 }
 
+impl MtlsError {
+    /// A handshake error carrying this side's verifier refusal becomes [`MtlsError::Refused`].
+    pub fn classified(self) -> Self {
+        match &self {
+            MtlsError::HandshakeIo { source, .. } => match refusal_of(source) {
+                Some(r) => MtlsError::Refused(r),
+                None => self,
+            },
+            _ => self,
+        }
+    }
+}
+
+/// The verifier's refusal inside a handshake error, if that is what failed.
+fn refusal_of(e: &std::io::Error) -> Option<Refusal> {
+    match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::InvalidCertificate(CertificateError::Other(o)) => o.0.downcast_ref::<Refusal>().cloned(),
+        _ => None,
+    }
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -409,6 +430,96 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use axum::extract::Extension;
+    use axum::routing::get;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        SanType,
+    };
+    use spiffe::{TrustDomain, X509Bundle, X509BundleSet};
+
+    /// A trust domain's CA: (name, params, key, DER).
+    struct Ca(String, CertificateParams, KeyPair, Vec<u8>);
+
+    fn ca(td: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, format!("{td} CA"));
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let der = p.self_signed(&key).unwrap().der().to_vec();
+        Ca(td.to_owned(), p, key, der)
+    }
+
+    fn svid(ca: &Ca, path: &str) -> X509Svid {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.subject_alt_names = vec![SanType::URI(format!("spiffe://{}{path}", ca.0).try_into().unwrap())];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let leaf = p.signed_by(&key, &Issuer::from_params(&ca.1, &ca.2)).unwrap();
+        X509Svid::parse_from_der(leaf.der(), &key.serialize_der()).unwrap()
+    }
+
+    /// A [`Shared`] holding `svid` and trusting `cas`.
+    fn shared(svid: X509Svid, cas: &[&Ca]) -> Arc<Shared> {
+        let mut set = X509BundleSet::new();
+        for c in cas {
+            set.add_bundle(X509Bundle::from_x509_authorities(TrustDomain::new(&c.0).unwrap(), &[&c.3]).unwrap());
+        }
+        let s = Shared::new("unix:///test".into());
+        s.update(Some(Arc::new(svid)), Arc::new(set));
+        s
+    }
+
+    /// The server side answers the client's SPIFFE ID as it verified it.
+    async fn server(s: Arc<Shared>) -> PeerUrl {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let router = Router::new().route(
+            "/spiffe/peer/hello",
+            get(|Extension(PeerIdentity(id)): Extension<PeerIdentity>| async move { id.to_string() }),
+        );
+        tokio::spawn(serve(l, server_config(s).unwrap(), router));
+        PeerUrl { host: "127.0.0.1".into(), port }
+    }
+
+    fn id(s: &str) -> SpiffeId {
+        SpiffeId::new(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn mtls_verifies_and_authorizes_both_sides() {
+        let (ex, other) = (ca("example.org"), ca("other.org"));
+        // The server trusts both (federated) but admits clients of its own trust domain only.
+        let peer = server(shared(svid(&ex, "/b"), &[&ex, &other])).await;
+        let hello = "/spiffe/peer/hello";
+
+        let a = shared(svid(&ex, "/a"), &[&ex]);
+        let r = call(a.clone(), &peer, id("spiffe://example.org/b"), hello, None).await.unwrap();
+        assert_eq!((r.status, r.server_id.as_str()), (200, "spiffe://example.org/b"));
+        assert_eq!(r.body, serde_json::json!("spiffe://example.org/a"), "the server saw the client's ID");
+
+        let e = call(a, &peer, id("spiffe://example.org/x"), hello, None).await.unwrap_err().classified();
+        assert_eq!(
+            e.to_string(),
+            "the peer's X509-SVID is refused: peer is spiffe://example.org/b, not the authorized spiffe://example.org/x"
+        );
+
+        // A client of another trust domain: its handshake or request fails, the handler is not reached.
+        let foreign = shared(svid(&other, "/a"), &[&ex, &other]);
+        let e = call(foreign, &peer, id("spiffe://example.org/b"), hello, None).await.unwrap_err();
+        assert!(matches!(e, MtlsError::HandshakeIo { .. } | MtlsError::Http { .. }), "{e}");
+
+        // A client trusting only its own domain refuses the server: no bundle for example.org.
+        let lonely = shared(svid(&other, "/a"), &[&other]);
+        let e = call(lonely, &peer, id("spiffe://example.org/b"), hello, None).await.unwrap_err().classified();
+        assert_eq!(
+            e.to_string(),
+            "the peer's X509-SVID is refused: trust domain example.org is not trusted (bundles held for: other.org)"
+        );
+    }
 
     /// (URL, Ok((host, port)) or Err(part of the message)).
     type Case = (&'static str, Result<(&'static str, u16), &'static str>);

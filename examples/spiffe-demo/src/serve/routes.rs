@@ -372,15 +372,6 @@ fn call_target(app: &App, m: &serde_json::Map<String, Value>) -> Result<(PeerUrl
     Ok((peer, peer_id))
 }
 
-/// The verifier's refusal inside a handshake error, if that is what failed.
-fn refusal_of(e: &std::io::Error) -> Option<Refusal> {
-    let inner = e.get_ref()?.downcast_ref::<rustls::Error>()?;
-    match inner {
-        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o)) => o.0.downcast_ref::<Refusal>().cloned(),
-        _ => None,
-    }
-}
-
 fn call_failed(e: &MtlsError, peer_id: &SpiffeId) -> Response {
     let status = match e {
         MtlsError::Refused(Refusal::NotAuthorized { .. }) => StatusCode::FORBIDDEN,
@@ -388,19 +379,6 @@ fn call_failed(e: &MtlsError, peer_id: &SpiffeId) -> Response {
         _ => StatusCode::BAD_GATEWAY,
     };
     json_response(status, json!({"ok": false, "error": e.to_string(), "authorized_peer_id": peer_id.to_string()}))
-}
-
-impl MtlsError {
-    /// A handshake error carrying the verifier's refusal becomes [`MtlsError::Refused`].
-    fn classified(self) -> Self {
-        match &self {
-            MtlsError::HandshakeIo { source, .. } => match refusal_of(source) {
-                Some(r) => MtlsError::Refused(r),
-                None => self,
-            },
-            _ => self,
-        }
-    }
 }
 
 async fn mtls_call(State(app): State<App>, body: Bytes) -> Response {

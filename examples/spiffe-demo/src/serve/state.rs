@@ -184,7 +184,8 @@ impl Shared {
         self.write(|s| s.client = Some(client));
     }
 
-    fn update(&self, svid: Option<Arc<X509Svid>>, bundles: Arc<X509BundleSet>) {
+    /// A new X.509 context from the Workload API (also how the in-process TLS tests feed SVIDs).
+    pub(crate) fn update(&self, svid: Option<Arc<X509Svid>>, bundles: Arc<X509BundleSet>) {
         let summary = svid.as_deref().and_then(|s| summarize(s).ok());
         let fingerprint: Vec<Vec<u8>> = {
             let mut v: Vec<Vec<u8>> =
