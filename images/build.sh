@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # images/build.sh [--out DIR] [--profile release|debug] [--tag TAG] [--prefix REPO_PREFIX] [--only NAME]
 #
-# Builds the four Sigil images from source with no Docker engine and no registry: one docker-archive per
+# Builds the four Sigil images, and the spiffe-demo example's (examples/spiffe-demo), from source with no Docker engine and no registry: one docker-archive per
 # image (the `docker save` layout, see e2e/cluster/mkimage.sh), loadable with
 #   ctr -n k8s.io images import OUT/sigil-server.tar      (containerd)
 #   kind load image-archive OUT/sigil-server.tar          (kind)
@@ -16,7 +16,7 @@
 # archive depends only on the binary and those files (sorted tar, mtime 0, root-owned), so rebuilding the
 # same commit with the same toolchain gives the same digest (printed).
 #
-# Default users: server and operator run as 65532 (non-root). The agent runs as uid 0 with no
+# Default users: server, operator and spiffe-demo run as 65532 (non-root). The agent runs as uid 0 with no
 # capabilities (it reads other pods' /proc/<pid> entries and owns the hostPath socket directory the CSI
 # driver mounts); the CSI driver as root, privileged (mount propagation into /var/lib/kubelet/pods).
 set -euo pipefail
@@ -47,6 +47,7 @@ IMAGES=(
   "agent sigil-agent sigil-agent 0:0"
   "operator sigil-operator sigil-operator 65532:65532"
   "csi-driver sigil-csi-driver sigil-csi-driver 0:0"
+  "spiffe-demo spiffe-demo spiffe-demo 65532:65532"
 )
 
 cargo_flags=(--locked)

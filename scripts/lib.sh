@@ -8,7 +8,7 @@
 quickstart_init() {
   echo "==> building (cargo build --bins)"
   cargo build --quiet --bins
-  bin=$PWD/target/debug
+  bin=${CARGO_TARGET_DIR:-$PWD/target}/debug
   work=$(mktemp -d "/tmp/sigil-$1.XXXXXX")
   pids=()
   trap quickstart_cleanup EXIT

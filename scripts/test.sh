@@ -63,6 +63,10 @@ tier "federation walkthrough: a.test and b.test on one host, the README's comman
 scripts/federation-quickstart.sh --once
 passed+=(federation-quickstart)
 
+tier "spiffe-demo walkthrough: service-a (uid 1000) and service-b (uid 1001) exchange and validate their SVIDs, then mTLS and JWT auth (scripts/demo.sh --once)"
+scripts/demo.sh --once
+passed+=(spiffe-demo)
+
 tier "generated CRDs: crds/ and charts/sigil-crds/templates/ are what operator/src/crd/ generates (crdgen --check)"
 cargo run --locked -q -p sigil-operator --bin crdgen -- --check
 passed+=(crdgen)

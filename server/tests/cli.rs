@@ -87,6 +87,30 @@ fn token_generate_prints_token_line() {
     assert!(uuid::Uuid::parse_str(token).is_ok());
 }
 
+/// SPIRE tutorials' `entry create ... -ttl 3600`: the X509-SVID TTL, with one deprecation line on stderr;
+/// `-ttl` beside `-x509SVIDTTL` is refused and creates nothing.
+#[test]
+fn entry_create_accepts_deprecated_ttl_as_x509_svid_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn(dir.path());
+    let base = ["entry", "create", "-parentID", "spiffe://example.org/host", "-selector", "unix:uid:1000"];
+    let o = cli(&s, &[&base[..], &["-spiffeID", "spiffe://example.org/tutorial", "-ttl", "3600"]].concat());
+    let out = ok(o.clone());
+    assert!(out.contains("X509-SVID TTL    : 3600"), "{out}");
+    assert_eq!(stderr(&o), "warning: -ttl is deprecated, use -x509SVIDTTL\n");
+    let json = ok(cli(&s, &["entry", "show", "-spiffeID", "spiffe://example.org/tutorial", "-output", "json"]));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["entries"][0]["x509_svid_ttl"], 3600, "{json}");
+
+    let both = cli(
+        &s,
+        &[&base[..], &["-spiffeID", "spiffe://example.org/both", "-ttl", "3600", "-x509SVIDTTL", "60"]].concat(),
+    );
+    assert!(!both.status.success());
+    assert!(stderr(&both).contains("-ttl and -x509SVIDTTL are the same setting"), "{}", stderr(&both));
+    assert_eq!(ok(cli(&s, &["entry", "count"])).trim(), "1 registration entry");
+}
+
 #[test]
 fn entry_create_show_count_delete_spire_style() {
     let dir = tempfile::tempdir().unwrap();

@@ -129,6 +129,10 @@ pub struct EntryFields {
     pub selectors: Vec<String>,
     #[arg(long = "x509SVIDTTL")]
     pub x509_svid_ttl: Option<i32>,
+    /// SPIRE's older name of -x509SVIDTTL (accepted by SPIRE for years and still in its tutorials):
+    /// the same value, with a deprecation note on stderr. Not combined with -x509SVIDTTL.
+    #[arg(long = "ttl", hide = true)]
+    pub ttl: Option<i32>,
     #[arg(long = "jwtSVIDTTL")]
     pub jwt_svid_ttl: Option<i32>,
     /// DNS SAN, repeatable.
@@ -472,6 +476,26 @@ mod tests {
         assert_eq!(fields.selectors, vec!["unix:uid:1000", "unix:gid:1000"]);
         assert_eq!(fields.x509_svid_ttl, Some(60));
         assert!(fields.admin);
+    }
+
+    #[test]
+    fn spire_tutorial_ttl_flag_parses() {
+        let cli = Cli::try_parse_from(norm(&[
+            "sigil-server",
+            "entry",
+            "create",
+            "-parentID",
+            "spiffe://td/agent",
+            "-spiffeID",
+            "spiffe://td/web",
+            "-selector",
+            "unix:uid:1000",
+            "-ttl",
+            "3600",
+        ]))
+        .unwrap();
+        let Command::Entry(EntryCmd::Create { fields, .. }) = cli.command else { panic!("wrong command") };
+        assert_eq!((fields.ttl, fields.x509_svid_ttl), (Some(3600), None));
     }
 
     #[test]

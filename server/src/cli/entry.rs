@@ -23,6 +23,32 @@ fn go_utc(unix: i64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
+/// The note printed (on stderr) when `-ttl` is used.
+const TTL_DEPRECATED: &str = "warning: -ttl is deprecated, use -x509SVIDTTL";
+
+/// Folds SPIRE's deprecated `-ttl` into `-x509SVIDTTL`. Returns whether the deprecation note is due; both
+/// flags together are refused (which one was meant is not ours to guess).
+fn fold_ttl_alias(f: &mut EntryFields) -> Result<bool, CliError> {
+    match (f.ttl.take(), f.x509_svid_ttl) {
+        (Some(_), Some(_)) => Err(CliError::Invalid(
+            "-ttl and -x509SVIDTTL are the same setting (-ttl is its deprecated name): give only -x509SVIDTTL".into(),
+        )),
+        (Some(ttl), None) => {
+            f.x509_svid_ttl = Some(ttl);
+            Ok(true)
+        }
+        (None, _) => Ok(false),
+    }
+}
+
+/// [`fold_ttl_alias`], printing the note on stderr.
+fn fold_ttl_alias_noting(f: &mut EntryFields) -> Result<(), CliError> {
+    if fold_ttl_alias(f)? {
+        eprintln!("{TTL_DEPRECATED}");
+    }
+    Ok(())
+}
+
 fn entry_from_fields(f: &EntryFields, trust_domain_hint: Option<&TrustDomain>) -> Result<tpb::Entry, CliError> {
     let spiffe_id = f.spiffe_id.as_deref().ok_or_else(|| CliError::Invalid("-spiffeID is required".into()))?;
     let spiffe_id = parse_id("spiffeID", spiffe_id)?;
@@ -227,6 +253,7 @@ fn flags_beside_data(entry_id: Option<&String>, f: &EntryFields) -> Option<&'sta
         ("-spiffeID", f.spiffe_id.is_some()),
         ("-selector", !f.selectors.is_empty()),
         ("-x509SVIDTTL", f.x509_svid_ttl.is_some()),
+        ("-ttl", f.ttl.is_some()),
         ("-jwtSVIDTTL", f.jwt_svid_ttl.is_some()),
         ("-dns", !f.dns.is_empty()),
         ("-federatesWith", !f.federates_with.is_empty()),
@@ -309,8 +336,9 @@ fn go_code_name(c: tonic::Code) -> String {
 
 pub(super) async fn run_entry(cmd: EntryCmd, out: &mut impl Write) -> Result<(), CliError> {
     match cmd {
-        EntryCmd::Create { socket, entry_id, data, fields, output } => {
+        EntryCmd::Create { socket, entry_id, data, mut fields, output } => {
             check_data_alone(data.as_ref(), entry_id.as_ref(), &fields)?;
+            fold_ttl_alias_noting(&mut fields)?;
             let entries = match &data {
                 Some(path) => parse_data(path)?,
                 None => {
@@ -334,8 +362,9 @@ pub(super) async fn run_entry(cmd: EntryCmd, out: &mut impl Write) -> Result<(),
             let results = resp.results.into_iter().map(|r| (r.status, r.entry)).collect();
             print_batch(out, "create", entries, results, output)
         }
-        EntryCmd::Update { socket, entry_id, data, fields, output } => {
+        EntryCmd::Update { socket, entry_id, data, mut fields, output } => {
             check_data_alone(data.as_ref(), entry_id.as_ref(), &fields)?;
+            fold_ttl_alias_noting(&mut fields)?;
             let entries = match &data {
                 Some(path) => parse_data(path)?,
                 None => {
@@ -419,5 +448,40 @@ pub(super) async fn run_entry(cmd: EntryCmd, out: &mut impl Write) -> Result<(),
             writeln!(out, "{n} registration entr{}", if n == 1 { "y" } else { "ies" })?;
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (-ttl, -x509SVIDTTL, Ok((X509-SVID TTL, deprecation noted)) or Err(start of the message)).
+    type Case = (Option<i32>, Option<i32>, Result<(Option<i32>, bool), &'static str>);
+
+    #[test]
+    fn ttl_alias_folds_into_x509_svid_ttl() {
+        let cases: &[Case] = &[
+            (None, None, Ok((None, false))),
+            (None, Some(60), Ok((Some(60), false))),
+            (Some(3600), None, Ok((Some(3600), true))),
+            (Some(3600), Some(60), Err("-ttl and -x509SVIDTTL are the same setting")),
+        ];
+        for (ttl, x509, want) in cases {
+            let mut f = EntryFields { ttl: *ttl, x509_svid_ttl: *x509, ..EntryFields::default() };
+            match (fold_ttl_alias(&mut f), want) {
+                (Ok(noted), Ok((x, n))) => {
+                    assert_eq!((f.x509_svid_ttl, noted), (*x, *n), "ttl={ttl:?} x509={x509:?}");
+                    assert_eq!(f.ttl, None);
+                }
+                (Err(e), Err(msg)) => assert!(e.to_string().contains(msg), "{e}"),
+                (got, want) => panic!("ttl={ttl:?} x509={x509:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn ttl_alias_counts_as_a_flag_beside_data() {
+        let f = EntryFields { ttl: Some(60), ..EntryFields::default() };
+        assert_eq!(flags_beside_data(None, &f), Some("-ttl"));
     }
 }
