@@ -11,6 +11,8 @@
 #   4. a Deployment (2 replicas, own namespace and service account, CSI volume): each replica gets
 #      spiffe://<td>/ns/<ns>/sa/<sa> (X509 and JWT, go-spiffe) and the two complete mTLS with each other,
 #      each checking the other's SPIFFE ID;
+#   4b. spiffe-demo: the example manifest's two pods complete /spiffe/demo/mtls/call and jwt-auth/call with
+#      each other through the CSI-mounted socket (and another authorized ID is refused);
 #   5. `helm upgrade` (log level and X509-SVID TTL) rolls the components while a workload's open watch keeps
 #      a valid SVID every 100 ms and receives new ones;
 #   6. the server pod deleted: workloads keep their SVIDs from the agent's cache meanwhile; after the restart
@@ -297,6 +299,42 @@ assert r["peer_id"] == want and r["peer_saw_me_as"] == want and r["peer_host"] =
 EOF
   log "mTLS ${app_pods[$a]} -> ${app_pods[$b]}: $out"
 done
+ok
+
+step "spiffe-demo (examples/spiffe-demo/deploy/demo.yaml): demo-a and demo-b call each other over mTLS and with a JWT-SVID"
+# The manifest as a user applies it (the chart's default ClusterSPIFFEID gives each pod its ns/sa ID); the
+# calls are made from the node to each pod's HTTP port, as `kubectl port-forward` + curl would.
+DEMO=$REPO/examples/spiffe-demo/deploy/demo.yaml
+kubectl apply -f "$DEMO" >/dev/null || fail "demo apply"
+kubectl -n spiffe-demo rollout status deploy/demo-a --timeout=120s >/dev/null || fail "demo-a not ready"
+kubectl -n spiffe-demo rollout status deploy/demo-b --timeout=120s >/dev/null || fail "demo-b not ready"
+demo_ip() { kubectl -n spiffe-demo get pods -l "app=demo-$1" -o jsonpath='{.items[0].status.podIP}'; }
+for pair in "a b" "b a"; do
+  read -r a b <<<"$pair"
+  addr=$(demo_ip "$a")
+  for call in mtls jwt-auth; do
+    out=$(on_node "curl -sS -m 20 -X POST http://$addr:8080/spiffe/demo/$call/call") || fail "demo-$a $call call: $out"
+    python3 - "$out" "spiffe://$TD/ns/spiffe-demo/sa/demo-$a" "spiffe://$TD/ns/spiffe-demo/sa/demo-$b" <<'EOF' \
+      || fail "demo-$a $call call: $out"
+import json, sys
+r, me, peer = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+assert r["ok"] is True and r["client_id"] == me and r["authorized_peer_id"] == peer, r
+# The peer's own view: it saw this pod's SPIFFE ID (mTLS) or validated its JWT-SVID, and it is the peer.
+assert r["peer_response"]["client_id"] == me and r["peer_response"]["server_id"] == peer, r
+EOF
+    log "demo-$a -> demo-$b $call: ok"
+  done
+done
+# Authorizing another peer ID is refused, with the reason.
+body="{\"peer_id\":\"spiffe://$TD/ns/spiffe-demo/sa/nobody\"}"
+out=$(on_node "curl -sS -m 20 -X POST http://$(demo_ip a):8080/spiffe/demo/mtls/call -d '$body'") \
+  || fail "demo-a wrong-peer call: $out"
+python3 - "$out" <<'EOF' || fail "demo-a wrong-peer call not refused: $out"
+import json, sys
+r = json.loads(sys.argv[1])
+assert r["ok"] is False and "not the authorized" in r["error"], r
+EOF
+kubectl delete -f "$DEMO" --wait=true --timeout=120s >/dev/null || fail "demo delete"
 ok
 
 step "helm upgrade (log level, X509-SVID TTL) rolls the components; a workload's open watch never loses its SVID"
