@@ -14,6 +14,7 @@ pub mod client;
 pub mod config;
 pub mod health;
 pub mod k8s;
+pub mod lean_stream;
 pub mod manager;
 pub mod metrics;
 pub mod node;

@@ -23,7 +23,7 @@ use futures::Stream;
 use sigil_core::bundle::Bundle;
 use sigil_core::{Selector, SpiffeId, TrustDomain};
 use sigil_proto::workload as pb;
-use sigil_proto::workload::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
+use sigil_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
@@ -283,9 +283,9 @@ impl WorkloadApi {
         self
     }
 
-    /// The tonic service, to be served on [`incoming`].
-    pub fn into_service(self) -> SpiffeWorkloadApiServer<Self> {
-        SpiffeWorkloadApiServer::new(self)
+    /// The service, to be served on [`incoming`] (the Fetch* streams framed by [`crate::lean_stream`]).
+    pub fn into_service(self) -> crate::lean_stream::WorkloadService {
+        crate::lean_stream::WorkloadService::new(self)
     }
 
     /// Header check and caller attestation: the selectors, and the process handle that streams check again

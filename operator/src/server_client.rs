@@ -97,9 +97,12 @@ impl AdminClient {
     ) -> Result<(), ClientError> {
         let mut token = String::new();
         loop {
+            // Pages of 1,000: the server answers each page under its datastore's lock, and a pod change's
+            // write waits for the page in progress (at 5,000 a page, one change waited ~0.5 s at 100,000
+            // entries while the periodic full pass listed).
             let resp = self
                 .entries()
-                .list_entries(apb::ListEntriesRequest { filter: None, page_size: 5000, page_token: token })
+                .list_entries(apb::ListEntriesRequest { filter: None, page_size: 1000, page_token: token })
                 .await
                 .map_err(rpc("ListEntries"))?
                 .into_inner();
