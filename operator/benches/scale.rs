@@ -201,6 +201,11 @@ spec:
     );
     let requests_before = op.metric("sigil_operator_kube_requests_total").await.unwrap_or(0.0);
     let writes_before = op.metric("sigil_operator_entry_writes_total").await.unwrap_or(0.0);
+    // Full passes (every gcInterval, 10 s) that ran while the changes were measured: a change must not wait
+    // for one.
+    let full_passes = r#"sigil_operator_reconcile_seconds_count{kind="full"}"#;
+    let passes_before = op.metric(full_passes).await.unwrap_or(0.0);
+    let changes_started = Instant::now();
     let mut latencies = vec![];
     // (latency, when it started): the slowest are shown beside the operator's log lines of that moment.
     let mut started_at = vec![];
@@ -241,6 +246,11 @@ spec:
         }
     }
     println!(
+        "  {} full passes ran during the {:.1} s of changes",
+        op.metric(full_passes).await.unwrap_or(0.0) - passes_before,
+        changes_started.elapsed().as_secs_f64()
+    );
+    println!(
         "Kubernetes API requests per pod change: {:.3} (watch events only); entry writes per pod change: {:.2}",
         (requests_after - requests_before) / changes as f64,
         (writes_after - writes_before) / changes as f64
@@ -268,7 +278,14 @@ spec:
         let api = Api::<Pod>::namespaced(k.clone(), ns);
         async move {
             let dp = kube::api::DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
-            let _ = api.delete_collection(&dp, &Default::default()).await;
+            // Retried: pods left behind would be watched by the next run's operator (and spoil its figures).
+            for attempt in 1..=5 {
+                match api.delete_collection(&dp, &Default::default()).await {
+                    Ok(_) => break,
+                    Err(e) if attempt == 5 => eprintln!("the pods of {ns} were not deleted: {e}"),
+                    Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                }
+            }
         }
     }))
     .buffer_unordered(8)
