@@ -201,7 +201,7 @@ spec:
     );
     let requests_before = op.metric("sigil_operator_kube_requests_total").await.unwrap_or(0.0);
     let writes_before = op.metric("sigil_operator_entry_writes_total").await.unwrap_or(0.0);
-    // Full passes (every gcInterval, 10 s) that ran while the changes were measured: a change must not wait
+    // Full passes (every gcInterval, 30 s) that ran while the changes were measured: a change must not wait
     // for one.
     let full_passes = r#"sigil_operator_reconcile_seconds_count{kind="full"}"#;
     let passes_before = op.metric(full_passes).await.unwrap_or(0.0);
@@ -209,7 +209,10 @@ spec:
     let mut latencies = vec![];
     // (latency, when it started): the slowest are shown beside the operator's log lines of that moment.
     let mut started_at = vec![];
-    for i in 0..changes {
+    // At least `changes`, and on until 3 full passes ran among them (a pass every gcInterval, 30 s), so that
+    // a change waiting for a pass shows in the figures.
+    let mut i = 0;
+    while i < changes || (op.metric(full_passes).await.unwrap_or(0.0) - passes_before < 3.0 && i < 50 * changes) {
         let (ns, name, _) = &specs[(i * 7919) % pods];
         let uid = pod_api(ns).get(name).await.unwrap().metadata.uid.unwrap();
         let id = by_pod[&uid].clone();
@@ -226,7 +229,9 @@ spec:
         }
         latencies.push(t.elapsed());
         started_at.push((t.elapsed(), t_of_day));
+        i += 1;
     }
+    let changes = latencies.len();
     latencies.sort();
     let requests_after = op.metric("sigil_operator_kube_requests_total").await.unwrap_or(0.0);
     let writes_after = op.metric("sigil_operator_entry_writes_total").await.unwrap_or(0.0);
