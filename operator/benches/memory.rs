@@ -201,10 +201,10 @@ fn run(kind: &str, pods: usize, make: fn(usize, &str, &str) -> serde_json::Value
     let before_plan = live();
     let none = HashMap::new();
     let ids = world::full_plan_ids(&w, &none);
-    let plan = world::plan(&w, ids.iter().take(5000).copied(), &none);
+    let plan = world::plan(&w, ids.iter().take(1000).copied(), &none);
     drop(ids);
     println!(
-        "  transient: a full pass's ID list and one slice's plan (5,000 creates): {:.1} MiB",
+        "  transient: a full pass's ID list and one slice's plan (1,000 creates): {:.1} MiB",
         (PEAK.load(Ordering::Relaxed) as isize - before_plan) as f64 / 1048576.0
     );
     drop(plan);

@@ -11,7 +11,7 @@
 //!
 //! After: 1.9 KiB per benchmark pod: 0.5 KiB the pod (this module), 1.3 KiB the rendered entries and indexes
 //! ([`crate::world::KeptEntry`], one shared UID, small vectors instead of set nodes), 0.1 KiB the server copy
-//! ([`crate::world::ServerCopy`]: revision, creation time and a digest), and a full pass plans 5,000 IDs at a
+//! ([`crate::world::ServerCopy`]: revision, creation time and a digest), and a full pass plans 1,000 IDs at a
 //! time. A production-like pod still costs its spec text (~5 KiB), which templates may read.
 //!
 //! # The form kept

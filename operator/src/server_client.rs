@@ -98,8 +98,7 @@ impl AdminClient {
         let mut token = String::new();
         loop {
             // Pages of 1,000: the server answers each page under its datastore's lock, and a pod change's
-            // write waits for the page in progress (at 5,000 a page, one change waited ~0.5 s at 100,000
-            // entries while the periodic full pass listed).
+            // write waits for the page in progress.
             let resp = self
                 .entries()
                 .list_entries(apb::ListEntriesRequest { filter: None, page_size: 1000, page_token: token })
