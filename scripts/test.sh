@@ -99,7 +99,7 @@ tier "Kubernetes attestation on the node tier: agent DaemonSet (k8s_psat), k8s w
 e2e/k8s-attest/run.sh --no-bench
 passed+=(k8s-attest)
 
-tier "Helm chart on the node tier: images without Docker, helm lint/schema/dry runs, install + helm test, mTLS between replicas, upgrade, server restart, start-up race, uninstall"
+tier "Helm chart on the node tier: images without Docker, helm lint/schema/dry runs, install + helm test, mTLS between replicas, the spiffe-demo pods calling each other, upgrade, server restart, start-up race, uninstall"
 e2e/helm/run.sh
 passed+=(helm)
 
