@@ -313,7 +313,13 @@ for pair in "a b" "b a"; do
   read -r a b <<<"$pair"
   addr=$(demo_ip "$a")
   for call in mtls jwt-auth; do
-    out=$(on_node "curl -sS -m 20 -X POST http://$addr:8080/spiffe/demo/$call/call") || fail "demo-$a $call call: $out"
+    # The peer's Service reaches it once kube-proxy has its endpoint (a moment after the pod is Ready).
+    for try in $(seq 30); do
+      out=$(on_node "curl -sS -m 20 -X POST http://$addr:8080/spiffe/demo/$call/call") || fail "demo-$a $call call: $out"
+      grep -q 'Connection refused' <<<"$out" || break
+      [ "$try" = 30 ] && fail "demo-$a $call call: the peer's Service never answered: $out"
+      sleep 1
+    done
     python3 - "$out" "spiffe://$TD/ns/spiffe-demo/sa/demo-$a" "spiffe://$TD/ns/spiffe-demo/sa/demo-$b" <<'EOF' \
       || fail "demo-$a $call call: $out"
 import json, sys
@@ -322,7 +328,7 @@ assert r["ok"] is True and r["client_id"] == me and r["authorized_peer_id"] == p
 # The peer's own view: it saw this pod's SPIFFE ID (mTLS) or validated its JWT-SVID, and it is the peer.
 assert r["peer_response"]["client_id"] == me and r["peer_response"]["server_id"] == peer, r
 EOF
-    log "demo-$a -> demo-$b $call: ok"
+    log "demo-$a -> demo-$b $call: ok (attempt $try)"
   done
 done
 # Authorizing another peer ID is refused, with the reason.
