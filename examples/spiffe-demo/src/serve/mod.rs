@@ -38,7 +38,8 @@ pub enum ServeError {
     Http(std::io::Error),
 }
 
-/// Runs until the HTTP server fails.
+/// Runs until the HTTP server fails, or until SIGTERM or SIGINT (then it stops at once: as a container's PID 1
+/// an unhandled SIGTERM is ignored, and the pod would wait out its whole grace period).
 pub async fn run(o: ServeOptions) -> Result<(), ServeError> {
     let shared = Shared::new(o.endpoint.clone());
     tokio::spawn(state::watch(shared.clone(), RETRY));
@@ -60,5 +61,20 @@ pub async fn run(o: ServeOptions) -> Result<(), ServeError> {
         mtls_addr.map_or_else(|| "(none)".to_owned(), |a| format!("https://{a}")),
         o.endpoint
     );
-    axum::serve(http, routes::router(app)).await.map_err(ServeError::Http)
+    axum::serve(http, routes::router(app)).with_graceful_shutdown(stop_signal()).await.map_err(ServeError::Http)
+}
+
+/// SIGTERM or SIGINT (Ctrl-C).
+async fn stop_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
