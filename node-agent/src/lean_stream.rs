@@ -206,10 +206,7 @@ mod tests {
 
     #[test]
     fn a_frame_is_the_flag_the_length_and_the_message_in_one_exact_allocation() {
-        let m = sigil_proto::workload::X509BundlesResponse {
-            crl: vec![vec![1, 2, 3]],
-            bundles: Default::default(),
-        };
+        let m = sigil_proto::workload::X509BundlesResponse { crl: vec![vec![1, 2, 3]], bundles: Default::default() };
         let f = frame(&m).unwrap();
         let len = m.encoded_len();
         assert_eq!(f.len(), 5 + len);
