@@ -97,6 +97,13 @@ where
     Fut: Future<Output = Result<tonic::Response<MessageStream<T>>, Status>>,
 {
     let (parts, body) = req.into_parts();
+    // No request compression is supported (tonic refuses the same way, naming what it accepts).
+    if let Some(encoding) = parts.headers.get("grpc-encoding").filter(|e| e.as_bytes() != b"identity") {
+        let encoding = String::from_utf8_lossy(encoding.as_bytes()).into_owned();
+        let mut res = Status::unimplemented(format!("request compression `{encoding}` is not supported")).into_http();
+        res.headers_mut().insert("grpc-accept-encoding", http::HeaderValue::from_static("identity"));
+        return Ok(res);
+    }
     let message = match read_request::<M>(body).await {
         Ok(m) => m,
         Err(status) => return Ok(status.into_http()),
@@ -113,37 +120,40 @@ where
     }
 }
 
-/// The first length-prefixed message of a request body (uncompressed, at most [`MAX_REQUEST`] bytes).
+/// The request message: the whole request body is read (a server-streaming call sends one message and
+/// half-closes, and the call starts after that, as tonic's does), at most [`MAX_REQUEST`] bytes.
 async fn read_request<M: prost::Message + Default>(mut body: Body) -> Result<M, Status> {
     let mut buf = BytesMut::new();
-    loop {
-        if let Some(len) = message_len(&buf)?
-            && buf.len() >= 5 + len
-        {
-            buf.advance(5);
-            return M::decode(buf.split_to(len).freeze())
-                .map_err(|e| Status::internal(format!("cannot decode the request message: {e}")));
-        }
-        match body.frame().await {
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    if buf.len() + data.len() > 5 + MAX_REQUEST {
-                        return Err(Status::out_of_range(format!("request message larger than {MAX_REQUEST} bytes")));
-                    }
-                    buf.extend_from_slice(&data);
-                }
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if buf.len() + data.len() > 5 + MAX_REQUEST {
+                return Err(Status::out_of_range(format!("request message larger than {MAX_REQUEST} bytes")));
             }
-            Some(Err(status)) => return Err(status),
-            None => return Err(Status::internal("missing request message")),
+            buf.extend_from_slice(&data);
+            // A header announcing too much is refused before the rest arrives.
+            message_len(&buf)?;
         }
+    }
+    match message_len(&buf)? {
+        Some(len) if buf.len() >= 5 + len => {
+            buf.advance(5);
+            M::decode(buf.split_to(len).freeze())
+                .map_err(|e| Status::internal(format!("cannot decode the request message: {e}")))
+        }
+        Some(_) => Err(Status::internal("incomplete request message")),
+        None if buf.is_empty() => Err(Status::internal("missing request message")),
+        None => Err(Status::internal("incomplete request message")),
     }
 }
 
 /// The length of the message a gRPC frame header announces, once the header is in.
 fn message_len(buf: &[u8]) -> Result<Option<usize>, Status> {
     let Some(header) = buf.get(..5) else { return Ok(None) };
-    if header[0] != 0 {
-        return Err(Status::unimplemented("compressed request messages are not supported"));
+    match header[0] {
+        0 => {}
+        // Compressed, although no grpc-encoding other than identity gets this far.
+        1 => return Err(Status::internal("compressed request message without a supported grpc-encoding")),
+        f => return Err(Status::internal(format!("invalid compression flag {f} in a request message"))),
     }
     let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
     if len > MAX_REQUEST {
@@ -222,7 +232,8 @@ mod tests {
             (&[0, 0, 0], Ok(None)),
             (&[0, 0, 0, 0, 0], Ok(Some(0))),
             (&[0, 0, 0, 1, 0], Ok(Some(256))),
-            (&[1, 0, 0, 0, 0], Err(tonic::Code::Unimplemented)),
+            (&[1, 0, 0, 0, 0], Err(tonic::Code::Internal)),
+            (&[2, 0, 0, 0, 0], Err(tonic::Code::Internal)),
             (&[0, 0, 1, 0, 1], Err(tonic::Code::OutOfRange)),
         ];
         for (buf, want) in cases {
@@ -239,5 +250,8 @@ mod tests {
         assert_eq!(m, sigil_proto::workload::X509svidRequest::default());
         let status = read_request::<sigil_proto::workload::X509svidRequest>(Body::empty()).await.unwrap_err();
         assert_eq!((status.code(), status.message()), (tonic::Code::Internal, "missing request message"));
+        let cut = Body::new(http_body_util::Full::new(Bytes::from_static(&[0, 0, 0, 0, 2, 8])));
+        let status = read_request::<sigil_proto::workload::X509svidRequest>(cut).await.unwrap_err();
+        assert_eq!((status.code(), status.message()), (tonic::Code::Internal, "incomplete request message"));
     }
 }

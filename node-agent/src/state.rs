@@ -15,8 +15,8 @@ use std::sync::Arc;
 use sigil_core::bundle::Bundle;
 use sigil_core::{RegistrationEntry, Selector, SpiffeId, TrustDomain, selector};
 
-/// An entry's ID as the agent keeps it: one allocation per entry, shared by every map and schedule that names
-/// the entry (a `String` per map cost ~70 B each, eight times per cached SVID).
+/// An entry's ID as the agent keeps it: one allocation per entry (beside the entry's own `id`), shared by every
+/// map and schedule that names the entry (a `String` per map cost ~70 B each, eight times per cached SVID).
 pub type EntryId = Arc<str>;
 
 /// An X509-SVID held by the agent, with its private key.
