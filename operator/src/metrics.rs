@@ -65,7 +65,7 @@ pub fn labels(pairs: &[(&str, &str)]) -> Labels {
 impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("sigil_operator");
-        r.register("reconcile_seconds", "Reconcile pass duration by kind", self.reconcile_seconds.clone());
+        r.register("reconcile_seconds", "Reconcile pass duration by kind (full: from the listing of the server's entries to the last slice compared, with pod changes written between slices)", self.reconcile_seconds.clone());
         r.register("entry_writes", "Entry writes by op and result", self.entry_writes.clone());
         r.register("drift_repaired", "Entries repaired by a full resync", self.drift_repaired.clone());
         r.register("errors", "Errors by stage", self.errors.clone());
