@@ -275,7 +275,8 @@ impl Worker {
         }
     }
 
-    /// The shared ID of an entry the agent holds (or had an SVID for), a new one otherwise.
+    /// The shared ID of an entry the agent holds (or had an SVID for), a new one otherwise (signing takes the
+    /// IDs from the entries map itself, see [`Self::due`]).
     fn intern(&self, id: &str) -> EntryId {
         let held = self.snap.entries.get_key_value(id).map(|(k, _)| k);
         match held.or_else(|| self.snap.svids.get_key_value(id).map(|(k, _)| k)) {
@@ -359,8 +360,8 @@ impl Worker {
 
     /// Entries that need an SVID now: the dirty ones and those whose wake-up came, when they have no SVID,
     /// their SVID is due for rotation or no longer fits the entry. Entries waiting out a refusal are left to
-    /// their wake-up.
-    fn due(&mut self, now: i64) -> Vec<Arc<RegistrationEntry>> {
+    /// their wake-up. Each with its ID as the entries map holds it (the one allocation every map shares).
+    fn due(&mut self, now: i64) -> Vec<(EntryId, Arc<RegistrationEntry>)> {
         if now < self.global_retry {
             return vec![];
         }
@@ -369,7 +370,7 @@ impl Worker {
         }
         let mut due = vec![];
         for id in std::mem::take(&mut self.dirty) {
-            let Some(e) = self.snap.entries.get(&id) else { continue };
+            let Some((key, e)) = self.snap.entries.get_key_value(&id) else { continue };
             if self.entry_retry.get(&id).is_some_and(|t| now < *t) {
                 continue;
             }
@@ -379,7 +380,7 @@ impl Worker {
                 Some(s) => now >= s.rotate_at || !s.fits(e),
             };
             if needs {
-                due.push(e.clone());
+                due.push((key.clone(), e.clone()));
             }
         }
         due
@@ -420,26 +421,23 @@ impl Worker {
         }
         // Entries without any SVID first: they block workloads; rotations can wait a moment.
         let (mut missing, rotating): (Vec<_>, Vec<_>) =
-            due.into_iter().partition(|e| !self.snap.svids.contains_key(e.id.as_str()));
+            due.into_iter().partition(|(id, _)| !self.snap.svids.contains_key(id));
         missing.extend(rotating);
-        self.snap.pending = missing
-            .iter()
-            .filter(|e| !self.snap.svids.contains_key(e.id.as_str()))
-            .map(|e| self.intern(&e.id))
-            .collect();
+        self.snap.pending =
+            missing.iter().filter(|(id, _)| !self.snap.svids.contains_key(id)).map(|(id, _)| id.clone()).collect();
         self.publish();
         for (n, batch) in missing.chunks(BATCH_SIZE).enumerate() {
             let mut keys: HashMap<EntryId, Vec<u8>> = HashMap::new();
             let mut params = Vec::with_capacity(batch.len());
-            for e in batch {
+            for (id, e) in batch {
                 match new_key_and_csr() {
                     Ok((key, csr)) => {
-                        keys.insert(self.intern(&e.id), key);
+                        keys.insert(id.clone(), key);
                         params.push((e.id.clone(), csr));
                     }
                     Err(err) => {
                         tracing::error!(entry_id = %e.id, error = %err, "cannot create a CSR");
-                        self.retry_later(self.intern(&e.id), now + ENTRY_RETRY);
+                        self.retry_later(id.clone(), now + ENTRY_RETRY);
                     }
                 }
             }
@@ -490,9 +488,8 @@ impl Worker {
                     self.global_retry = now_unix() + i64::try_from(self.backoff.as_secs()).unwrap_or(30);
                     self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
                     // This batch and the ones not sent are looked at again after the global retry wait.
-                    for e in missing.iter().skip(n * BATCH_SIZE) {
-                        let id = self.intern(&e.id);
-                        self.dirty.insert(id);
+                    for (id, _) in missing.iter().skip(n * BATCH_SIZE) {
+                        self.dirty.insert(id.clone());
                     }
                     break;
                 }
